@@ -1,0 +1,353 @@
+// dsq_math.cuh — every scalar formula of dsquant, compiled for the host (C++17, the CPU path) and
+// for the device (NVRTC, the CUDA path). The CPU and GPU results are bit-identical because both
+// sides run exactly these functions with IEEE arithmetic: no fast math, no FMA contraction
+// (host -ffp-contract=off, NVRTC --fmad=false; fmaf is written where a fused op is meant), no
+// flush-to-zero. The contract these functions implement is docs/numerics.md.
+//
+// Only integer/float operations that are exactly specified by IEEE 754 and C++ are used here
+// (no rint/round/floor library calls whose inlining differs between compilers): rounding to an
+// integer is done by float->int truncation plus exact comparisons.
+#pragma once
+
+#if defined(__CUDACC__) || defined(__CUDACC_RTC__)
+#define DSQ_HD __host__ __device__ __forceinline__
+#define DSQ_DEVICE_CODE 1
+#else
+#define DSQ_HD inline __attribute__((always_inline))
+#endif
+
+#if defined(__CUDACC_RTC__)
+typedef unsigned short uint16_t;
+typedef unsigned int uint32_t;
+typedef unsigned long long uint64_t;
+typedef int int32_t;
+typedef long long int64_t;
+typedef signed char int8_t;
+typedef unsigned char uint8_t;
+#else
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#endif
+
+namespace dsq {
+
+// ---------------------------------------------------------------------------------------------
+// Bit casts and storage formats. float16 and bfloat16 are stored as uint16_t on both sides, so
+// the kernels need no cuda_fp16.h and the host needs no compiler half type.
+// ---------------------------------------------------------------------------------------------
+DSQ_HD uint32_t float_bits(float f) {
+#ifdef DSQ_DEVICE_CODE
+  return __float_as_uint(f);
+#else
+  uint32_t u; std::memcpy(&u, &f, 4); return u;
+#endif
+}
+DSQ_HD float bits_float(uint32_t u) {
+#ifdef DSQ_DEVICE_CODE
+  return __uint_as_float(u);
+#else
+  float f; std::memcpy(&f, &u, 4); return f;
+#endif
+}
+DSQ_HD uint64_t double_bits(double d) {
+#ifdef DSQ_DEVICE_CODE
+  return (uint64_t)__double_as_longlong(d);
+#else
+  uint64_t u; std::memcpy(&u, &d, 8); return u;
+#endif
+}
+
+// IEEE binary16 -> binary32, exact (subnormals included).
+DSQ_HD float half_to_float(uint16_t h) {
+  uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
+  uint32_t em = h & 0x7fffu;
+  if (em >= 0x7c00u) return bits_float(sign | 0x7f800000u | ((uint32_t)(em & 0x3ffu) << 13));
+  if (em >= 0x0400u) return bits_float(sign | ((em << 13) + 0x38000000u));
+  // subnormal or zero: em * 2^-24, exact in float
+  float mag = (float)em * 5.9604644775390625e-08f;
+  return bits_float(sign | float_bits(mag));
+}
+
+// binary32 -> binary16, round to nearest even; overflow to Inf, NaN stays NaN (quiet).
+DSQ_HD uint16_t float_to_half(float f) {
+  uint32_t x = float_bits(f);
+  uint32_t sign = (x >> 16) & 0x8000u;
+  uint32_t ax = x & 0x7fffffffu;
+  if (ax >= 0x7f800000u) return (uint16_t)(sign | 0x7c00u | (ax > 0x7f800000u ? 0x200u | ((ax >> 13) & 0x3ffu) : 0u));
+  if (ax >= 0x477ff000u) return (uint16_t)(sign | 0x7c00u);  // rounds to >= 65520: Inf
+  if (ax < 0x38800000u) {
+    // result is subnormal or zero: add 0.5 (in float) so the hardware float adder does the RNE
+    // rounding at the 2^-24 quantum; the sum's low mantissa bits are the half subnormal.
+    float mag = bits_float(ax) + 0.5f;
+    return (uint16_t)(sign | (float_bits(mag) - 0x3f000000u));
+  }
+  uint32_t mant_odd = (ax >> 13) & 1u;
+  ax += 0xc8000fffu + mant_odd;  // rebias exponent (-112 << 23) and round to nearest even
+  return (uint16_t)(sign | (ax >> 13));
+}
+
+DSQ_HD float bf16_to_float(uint16_t h) { return bits_float((uint32_t)h << 16); }
+
+// binary32 -> bfloat16, round to nearest even; NaN stays a quiet NaN with its sign.
+DSQ_HD uint16_t float_to_bf16(float f) {
+  uint32_t x = float_bits(f);
+  if ((x & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((x >> 16) | 0x40u);
+  x += 0x7fffu + ((x >> 16) & 1u);
+  return (uint16_t)(x >> 16);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Element formats: how a stored element becomes the compute type and back, and its "order key"
+// (an integer whose signed order equals the value order for every non-NaN value), used to reduce
+// statistics without converting. Compute type is float for 16/32-bit formats, double for float64.
+// ---------------------------------------------------------------------------------------------
+enum DType : int { DT_FLOAT16 = 0, DT_BFLOAT16 = 1, DT_FLOAT32 = 2, DT_FLOAT64 = 3 };
+
+struct F16 {
+  typedef uint16_t storage; typedef float compute; typedef int32_t key;
+  static DSQ_HD float load(uint16_t v) { return half_to_float(v); }
+  static DSQ_HD uint16_t store(float v) { return float_to_half(v); }
+  static DSQ_HD bool finite(uint16_t v) { return (v & 0x7c00u) != 0x7c00u; }
+  static DSQ_HD int32_t abs_key(uint16_t v) { return (int32_t)(v & 0x7fffu); }
+  static DSQ_HD int32_t key_of(uint16_t v) { return (v & 0x8000u) ? -(int32_t)(v & 0x7fffu) - 1 : (int32_t)v; }
+  static DSQ_HD float from_abs_key(int32_t k) { return half_to_float((uint16_t)k); }
+  static DSQ_HD float from_key(int32_t k) { return half_to_float((uint16_t)(k < 0 ? ((-k - 1) | 0x8000) : k)); }
+};
+struct BF16 {
+  typedef uint16_t storage; typedef float compute; typedef int32_t key;
+  static DSQ_HD float load(uint16_t v) { return bf16_to_float(v); }
+  static DSQ_HD uint16_t store(float v) { return float_to_bf16(v); }
+  static DSQ_HD bool finite(uint16_t v) { return (v & 0x7f80u) != 0x7f80u; }
+  static DSQ_HD int32_t abs_key(uint16_t v) { return (int32_t)(v & 0x7fffu); }
+  static DSQ_HD int32_t key_of(uint16_t v) { return (v & 0x8000u) ? -(int32_t)(v & 0x7fffu) - 1 : (int32_t)v; }
+  static DSQ_HD float from_abs_key(int32_t k) { return bf16_to_float((uint16_t)k); }
+  static DSQ_HD float from_key(int32_t k) { return bf16_to_float((uint16_t)(k < 0 ? ((-k - 1) | 0x8000) : k)); }
+};
+struct F32 {
+  typedef float storage; typedef float compute; typedef int32_t key;
+  static DSQ_HD float load(float v) { return v; }
+  static DSQ_HD float store(float v) { return v; }
+  static DSQ_HD bool finite(float v) { return (float_bits(v) & 0x7f800000u) != 0x7f800000u; }
+  static DSQ_HD int32_t abs_key(float v) { return (int32_t)(float_bits(v) & 0x7fffffffu); }
+  static DSQ_HD int32_t key_of(float v) {
+    uint32_t u = float_bits(v);
+    return (u & 0x80000000u) ? -(int32_t)(u & 0x7fffffffu) - 1 : (int32_t)u;
+  }
+  static DSQ_HD float from_abs_key(int32_t k) { return bits_float((uint32_t)k); }
+  static DSQ_HD float from_key(int32_t k) { return bits_float(k < 0 ? ((uint32_t)(-(k + 1)) | 0x80000000u) : (uint32_t)k); }
+};
+struct F64 {
+  typedef double storage; typedef double compute; typedef int64_t key;
+  static DSQ_HD double load(double v) { return v; }
+  static DSQ_HD double store(double v) { return v; }
+  static DSQ_HD bool finite(double v) { return (double_bits(v) & 0x7ff0000000000000ull) != 0x7ff0000000000000ull; }
+  static DSQ_HD int64_t abs_key(double v) { return (int64_t)(double_bits(v) & 0x7fffffffffffffffull); }
+  static DSQ_HD int64_t key_of(double v) {
+    uint64_t u = double_bits(v);
+    return (u >> 63) ? -(int64_t)(u & 0x7fffffffffffffffull) - 1 : (int64_t)u;
+  }
+  static DSQ_HD double bits_to_double(uint64_t u) {
+#ifdef DSQ_DEVICE_CODE
+    return __longlong_as_double((long long)u);
+#else
+    double d; std::memcpy(&d, &u, 8); return d;
+#endif
+  }
+  static DSQ_HD double from_abs_key(int64_t k) { return bits_to_double((uint64_t)k); }
+  static DSQ_HD double from_key(int64_t k) {
+    return bits_to_double(k < 0 ? ((uint64_t)(-(k + 1)) | 0x8000000000000000ull) : (uint64_t)k);
+  }
+};
+
+// Statistics of one group over its finite elements, as order keys, so partial results from
+// threads, chunks or blocks combine with integer max/min (exact, associative, order-free).
+// Empty (no finite element) is absmax_key = 0, max_key < min_key; both read back as 0.0.
+template <class Fmt> struct Stats {
+  typedef typename Fmt::key key;
+  key absmax_key, max_key, min_key;
+};
+
+template <class Fmt> DSQ_HD Stats<Fmt> stats_empty() {
+  typedef typename Fmt::key K;
+  Stats<Fmt> s;
+  s.absmax_key = 0;
+  K most_positive = (K)((((uint64_t)1) << (sizeof(K) * 8 - 1)) - 1);
+  s.max_key = -most_positive - 1;
+  s.min_key = most_positive;
+  return s;
+}
+
+template <class Fmt> DSQ_HD void stats_add(Stats<Fmt>& s, typename Fmt::storage v) {
+  typedef typename Fmt::key K;
+  bool ok = Fmt::finite(v);
+  K a = Fmt::abs_key(v), k = Fmt::key_of(v);
+  K a_ok = ok ? a : (K)0;
+  s.absmax_key = a_ok > s.absmax_key ? a_ok : s.absmax_key;
+  K hi = ok ? k : s.max_key, lo = ok ? k : s.min_key;
+  s.max_key = hi > s.max_key ? hi : s.max_key;
+  s.min_key = lo < s.min_key ? lo : s.min_key;
+}
+
+template <class Fmt> DSQ_HD void stats_merge(Stats<Fmt>& s, const Stats<Fmt>& o) {
+  s.absmax_key = o.absmax_key > s.absmax_key ? o.absmax_key : s.absmax_key;
+  s.max_key = o.max_key > s.max_key ? o.max_key : s.max_key;
+  s.min_key = o.min_key < s.min_key ? o.min_key : s.min_key;
+}
+
+template <class Fmt> DSQ_HD bool stats_has_finite(const Stats<Fmt>& s) { return s.max_key >= s.min_key; }
+template <class Fmt> DSQ_HD typename Fmt::compute stats_absmax(const Stats<Fmt>& s) { return Fmt::from_abs_key(s.absmax_key); }
+template <class Fmt> DSQ_HD typename Fmt::compute stats_max(const Stats<Fmt>& s) {
+  return stats_has_finite(s) ? Fmt::from_key(s.max_key) : (typename Fmt::compute)0;
+}
+template <class Fmt> DSQ_HD typename Fmt::compute stats_min(const Stats<Fmt>& s) {
+  return stats_has_finite(s) ? Fmt::from_key(s.min_key) : (typename Fmt::compute)0;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Rounding helpers, exact for |v| < 2^31 (callers clamp to the code range first).
+// ---------------------------------------------------------------------------------------------
+template <class C> DSQ_HD C floor_small(C v) {
+  C t = (C)(int32_t)v;             // truncation toward zero, exact
+  return t > v ? t - (C)1 : t;
+}
+// round half to even
+template <class C> DSQ_HD C round_half_even(C v) {
+  C t = floor_small(v);
+  C f = v - t;                     // exact: t <= v < t + 1
+  bool odd = ((int32_t)t & 1) != 0;
+  return (f > (C)0.5 || (f == (C)0.5 && odd)) ? t + (C)1 : t;
+}
+// round half away from zero, for v >= 0
+template <class C> DSQ_HD C round_half_up_nonneg(C v) {
+  C t = floor_small(v);
+  return (v - t >= (C)0.5) ? t + (C)1 : t;
+}
+template <class C> DSQ_HD C clamp(C v, C lo, C hi) { return v < lo ? lo : (v > hi ? hi : v); }
+
+#ifdef DSQ_DEVICE_CODE
+DSQ_HD float fma_c(float a, float b, float c) { return fmaf(a, b, c); }
+DSQ_HD double fma_c(double a, double b, double c) { return fma(a, b, c); }
+#else
+DSQ_HD float fma_c(float a, float b, float c) { return std::fma(a, b, c); }
+DSQ_HD double fma_c(double a, double b, double c) { return std::fma(a, b, c); }
+#endif
+
+// ---------------------------------------------------------------------------------------------
+// Fake quantization (quantize + dequantize in the input's dtype). Parameters of one group.
+// ---------------------------------------------------------------------------------------------
+template <class C> struct FakeParams {
+  C scale;   // multiplies x (symmetric) ; step size (asymmetric)
+  C inv;     // 1 / scale
+  C base;    // asymmetric: group minimum ; symmetric: 0
+  C lo, hi;  // code range
+};
+
+// Symmetric: s = C(2^b / (2·d(absmax) + 1e-5)), written as 2^(b-1) / (d(absmax) + 5e-6), which is
+// the same double quotient (both operands halved exactly) but cannot overflow for dtype max.
+template <class C> DSQ_HD FakeParams<C> fake_params_symmetric(C absmax, int bits) {
+  FakeParams<C> p;
+  double half_levels = (double)(1u << (bits - 1));
+  p.scale = (C)(half_levels / ((double)absmax + 5e-6));
+  p.inv = (C)1 / p.scale;
+  p.base = (C)0;
+  p.lo = -(C)half_levels;
+  p.hi = (C)half_levels - (C)1;
+  return p;
+}
+
+// Asymmetric: s = C((d(mx) - d(mn) + 1e-5) / 2^b), codes 0 .. 2^b - 1. Written with halved
+// operands (exact for every finite float; for float64 it avoids overflow of mx - mn).
+template <class C> DSQ_HD FakeParams<C> fake_params_asymmetric(C mn, C mx, int bits) {
+  FakeParams<C> p;
+  double half_levels = (double)(1u << (bits - 1));
+  p.scale = (C)((((double)mx * 0.5 - (double)mn * 0.5) + 5e-6) / half_levels);
+  p.inv = (C)1 / p.scale;
+  p.base = mn;
+  p.lo = (C)0;
+  p.hi = (C)(2.0 * half_levels) - (C)1;
+  return p;
+}
+
+template <class Fmt> DSQ_HD FakeParams<typename Fmt::compute> fake_params(const Stats<Fmt>& st, int bits, bool symmetric) {
+  return symmetric ? fake_params_symmetric(stats_absmax(st), bits)
+                   : fake_params_asymmetric(stats_min(st), stats_max(st), bits);
+}
+
+// The value on the code scale, before rounding: x·s (symmetric) or (x - mn)·(1/s) (asymmetric).
+template <class C> DSQ_HD C fake_scaled(C x, const FakeParams<C>& p, bool symmetric) {
+  return symmetric ? x * p.scale : (x - p.base) * p.inv;
+}
+
+// The code as a value of type C. u in [0, 1) for stochastic rounding, ignored otherwise.
+// Non-finite x must not reach here (callers pass finite values only; see fake_element).
+template <class C> DSQ_HD C fake_code(C x, const FakeParams<C>& p, bool symmetric, bool stochastic, float u) {
+  C v = clamp(fake_scaled(x, p, symmetric), p.lo, p.hi);
+  if (stochastic) {
+    C t = floor_small(v);
+    return ((C)u < v - t) ? t + (C)1 : t;   // v <= hi, so t + 1 <= hi whenever taken
+  }
+  return symmetric ? round_half_even(v) : round_half_up_nonneg(v);
+}
+
+template <class C> DSQ_HD C fake_dequant(C q, const FakeParams<C>& p, bool symmetric) {
+  return symmetric ? q * p.inv : fma_c(q, p.scale, p.base);
+}
+
+// One element of fake quantization in storage format: non-finite elements come back unchanged.
+template <class Fmt>
+DSQ_HD typename Fmt::storage fake_element(typename Fmt::storage raw, const FakeParams<typename Fmt::compute>& p,
+                                          bool symmetric, bool stochastic, float u) {
+  typedef typename Fmt::compute C;
+  bool ok = Fmt::finite(raw);
+  C x = ok ? Fmt::load(raw) : (C)0;
+  C y = fake_dequant(fake_code(x, p, symmetric, stochastic, u), p, symmetric);
+  return ok ? Fmt::store(y) : raw;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Integer quantization in DeepSpeed's format (params = 1/scale [, offset]; signed codes).
+// ---------------------------------------------------------------------------------------------
+template <class C> struct IntParams {
+  C scale;    // multiplies (x - offset)
+  float p0;   // stored: f32(1 / scale)
+  float p1;   // stored: offset (asymmetric), 0 (symmetric)
+  C offset;
+  C lo, hi;
+};
+
+template <class Fmt> DSQ_HD IntParams<typename Fmt::compute> int_params(const Stats<Fmt>& st, int bits, bool symmetric) {
+  typedef typename Fmt::compute C;
+  IntParams<C> p;
+  double levels = (double)(1u << bits);
+  if (symmetric) {
+    double a = (double)stats_absmax(st);
+    p.scale = a == 0.0 ? (C)1 : (C)((levels * 0.5) / a);
+    p.offset = (C)0;
+  } else {
+    double mx = (double)stats_max(st), mn = (double)stats_min(st);
+    p.scale = mx == mn ? (C)1 : (C)((levels * 0.5) / (mx * 0.5 - mn * 0.5));
+    p.offset = (C)(mx * 0.5 + mn * 0.5);
+  }
+  p.p0 = (float)((C)1 / p.scale);
+  p.p1 = (float)p.offset;
+  p.lo = -(C)(levels * 0.5);
+  p.hi = (C)(levels * 0.5) - (C)1;
+  return p;
+}
+
+// Signed code of one stored element: NaN -> 0, +Inf -> hi, -Inf -> lo.
+template <class Fmt> DSQ_HD int32_t int_code(typename Fmt::storage raw, const IntParams<typename Fmt::compute>& p) {
+  typedef typename Fmt::compute C;
+  C x = Fmt::load(raw);
+  if (!Fmt::finite(raw)) return x != x ? 0 : (x > (C)0 ? (int32_t)p.hi : (int32_t)p.lo);
+  C v = clamp((x - p.offset) * p.scale, p.lo, p.hi);
+  return (int32_t)round_half_even(v);
+}
+
+// Dequantized value (compute type float) of a code with stored params.
+DSQ_HD float int_dequant(int32_t q, float p0, float p1, bool symmetric) {
+  return symmetric ? (float)q * p0 : fma_c((float)q, p0, p1);
+}
+
+}  // namespace dsq

@@ -1,0 +1,10 @@
+"""dsquant: DeepSpeed's quantizer rebuilt without torch.
+
+Group-wise fake quantization and integer quantization for NumPy, CuPy, PyTorch and JAX arrays,
+with one set of numerics shared by the CPU and CUDA paths (bit-identical results).
+Importing dsquant imports none of torch, jax or cupy.
+"""
+from ._info import __version__, info
+from ._ops import ds_quantizer, fake_quantize, manual_seed
+
+__all__ = ["__version__", "ds_quantizer", "fake_quantize", "info", "manual_seed"]
