@@ -243,6 +243,10 @@ template <class C> struct FakeParams {
   C lo, hi;  // code range
 };
 
+template <class C> DSQ_HD C max_finite();
+template <> DSQ_HD float max_finite<float>() { return 3.40282346638528859812e+38f; }
+template <> DSQ_HD double max_finite<double>() { return 1.79769313486231570815e+308; }
+
 // Symmetric: s = C(2^b / (2·d(absmax) + 1e-5)), written as 2^(b-1) / (d(absmax) + 5e-6), which is
 // the same double quotient (both operands halved exactly) but cannot overflow for dtype max.
 template <class C> DSQ_HD FakeParams<C> fake_params_symmetric(C absmax, int bits) {
@@ -307,6 +311,13 @@ DSQ_HD typename Fmt::storage fake_element(typename Fmt::storage raw, const FakeP
 
 // ---------------------------------------------------------------------------------------------
 // Integer quantization in DeepSpeed's format (params = 1/scale [, offset]; signed codes).
+// Contract (DESIGN.md §2, docs/format.md), per group, b bits, lo = -2^(b-1), hi = 2^(b-1) - 1:
+//   symmetric : scale = 1 if absmax = 0, else C(2^b / (2·d(absmax)));  params [f32(1/scale)]
+//   asymmetric: scale = 1 if mx = mn,    else C(2^b / (d(mx) - d(mn))); offset = C((d(mx) + d(mn)) / 2)
+//               params [f32(1/scale), f32(offset)]
+//   code      : clamp(rne(C(C(x - offset)·scale)), lo, hi) (offset 0 when symmetric);
+//               NaN -> 0, +Inf -> hi, -Inf -> lo
+// C is float (float64 inputs: double). Statistics are over finite elements only.
 // ---------------------------------------------------------------------------------------------
 template <class C> struct IntParams {
   C scale;    // multiplies (x - offset)
@@ -316,18 +327,30 @@ template <class C> struct IntParams {
   C lo, hi;
 };
 
+// num / den (den >= 0) rounded once to C; 1 for an empty range. Saturates at the largest finite C
+// instead of overflowing: only a group whose span is below 2^b / max_finite (float32/bfloat16
+// values near the subnormal range) gets there, and an infinite scale would turn 0·scale into NaN.
+template <class C> DSQ_HD C int_scale(double num, double den) {
+  if (den == 0.0) return (C)1;
+  double s = num / den;
+  return s < (double)max_finite<C>() ? (C)s : max_finite<C>();
+}
+
 template <class Fmt> DSQ_HD IntParams<typename Fmt::compute> int_params(const Stats<Fmt>& st, int bits, bool symmetric) {
   typedef typename Fmt::compute C;
   IntParams<C> p;
   double levels = (double)(1u << bits);
+  const double big = max_finite<double>();
   if (symmetric) {
-    double a = (double)stats_absmax(st);
-    p.scale = a == 0.0 ? (C)1 : (C)((levels * 0.5) / a);
+    // 2^b / (2·absmax) is the same double quotient as 2^(b-1) / absmax, which cannot overflow
+    p.scale = int_scale<C>(levels * 0.5, (double)stats_absmax(st));
     p.offset = (C)0;
   } else {
     double mx = (double)stats_max(st), mn = (double)stats_min(st);
-    p.scale = mx == mn ? (C)1 : (C)((levels * 0.5) / (mx * 0.5 - mn * 0.5));
-    p.offset = (C)(mx * 0.5 + mn * 0.5);
+    // Only float64 groups near ±max overflow the span or the sum; they use halved operands.
+    double span = mx - mn, sum = mx + mn;
+    p.scale = span <= big ? int_scale<C>(levels, span) : int_scale<C>(levels * 0.5, mx * 0.5 - mn * 0.5);
+    p.offset = (C)(sum <= big && sum >= -big ? sum * 0.5 : mx * 0.5 + mn * 0.5);
   }
   p.p0 = (float)((C)1 / p.scale);
   p.p1 = (float)p.offset;
@@ -336,18 +359,61 @@ template <class Fmt> DSQ_HD IntParams<typename Fmt::compute> int_params(const St
   return p;
 }
 
-// Signed code of one stored element: NaN -> 0, +Inf -> hi, -Inf -> lo.
+// Signed code of one stored element: NaN -> 0, +Inf -> hi, -Inf -> lo. Written without early
+// returns so the CPU loops vectorize; a non-finite element is coded from a finite stand-in and
+// then replaced.
 template <class Fmt> DSQ_HD int32_t int_code(typename Fmt::storage raw, const IntParams<typename Fmt::compute>& p) {
   typedef typename Fmt::compute C;
+  bool ok = Fmt::finite(raw);
   C x = Fmt::load(raw);
-  if (!Fmt::finite(raw)) return x != x ? 0 : (x > (C)0 ? (int32_t)p.hi : (int32_t)p.lo);
-  C v = clamp((x - p.offset) * p.scale, p.lo, p.hi);
-  return (int32_t)round_half_even(v);
+  C v = clamp(((ok ? x : p.offset) - p.offset) * p.scale, p.lo, p.hi);
+  int32_t q = (int32_t)round_half_even(v);
+  int32_t special = x > (C)0 ? (int32_t)p.hi : (x < (C)0 ? (int32_t)p.lo : 0);
+  return ok ? q : special;
 }
 
 // Dequantized value (compute type float) of a code with stored params.
 DSQ_HD float int_dequant(int32_t q, float p0, float p1, bool symmetric) {
   return symmetric ? (float)q * p0 : fma_c((float)q, p0, p1);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Code bytes. When 8 % b == 0 (b = 2, 4, 8) a byte holds `per` = 8/b codes of width w = b, the
+// FIRST element in the HIGH bits (for 4 bits: element 2j in bits 7..4, as DeepSpeed); codes are
+// two's complement masked to w bits. Other widths store one code per byte (per = 1, w = 8, int8).
+// Packing follows the flat element order, across group and row boundaries.
+// ---------------------------------------------------------------------------------------------
+DSQ_HD int int_codes_per_byte(int bits) { return 8 % bits == 0 ? 8 / bits : 1; }
+
+// Field j (0 = first element) of a byte holding `per` codes, placed in the byte.
+DSQ_HD uint32_t code_to_field(int32_t code, int per, int j) {
+  int w = 8 / per;
+  return ((uint32_t)code & ((1u << w) - 1u)) << (8 - w * (j + 1));
+}
+
+// Field j of a byte holding `per` codes, as an unsigned value 0 .. 2^w - 1.
+DSQ_HD uint32_t field_unsigned(uint32_t byte, int per, int j) {
+  int w = 8 / per;
+  return (byte >> (8 - w * (j + 1))) & ((1u << w) - 1u);
+}
+
+// Field j of a byte holding `per` codes, as a signed (two's complement) value -2^(w-1) .. 2^(w-1)-1.
+DSQ_HD int32_t field_signed(uint32_t byte, int per, int j) {
+  int w = 8 / per;
+  uint32_t u = field_unsigned(byte, per, j);
+  return (int32_t)u - (int32_t)((u >> (w - 1)) << w);
+}
+
+// ---------------------------------------------------------------------------------------------
+// DeepSpeed's experimental inference dequantization (dequantize_int{4,8}_to_half_experimental):
+// unsigned codes, float16 scale and minimum per group, y = f16(f16(q) / scale) + min in
+// half-precision arithmetic. Each half operation is computed in float and rounded once to half;
+// float's 24-bit significand is at least 2·11 + 2 bits, so that double rounding is innocuous and
+// the results are the correctly rounded half quotient and sum. f16(q) is exact (q <= 255).
+// ---------------------------------------------------------------------------------------------
+DSQ_HD uint16_t uint_dequant_half(uint32_t q, uint16_t scale, uint16_t minimum) {
+  uint16_t t = float_to_half((float)q / half_to_float(scale));
+  return float_to_half(half_to_float(t) + half_to_float(minimum));
 }
 
 }  // namespace dsq

@@ -5,6 +5,6 @@ with one set of numerics shared by the CPU and CUDA paths (bit-identical results
 Importing dsquant imports none of torch, jax or cupy.
 """
 from ._info import __version__, info
-from ._ops import ds_quantizer, fake_quantize, manual_seed
+from ._ops import dequantize, ds_quantizer, fake_quantize, manual_seed, quantize
 
-__all__ = ["__version__", "ds_quantizer", "fake_quantize", "info", "manual_seed"]
+__all__ = ["__version__", "dequantize", "ds_quantizer", "fake_quantize", "info", "manual_seed", "quantize"]

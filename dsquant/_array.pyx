@@ -47,6 +47,7 @@ cdef extern from "_dlpack.h":
         kDLCUDAManaged
         kDLFloat
         kDLBfloat
+        kDLInt
         kDLUInt
     uint64_t DLPACK_FLAG_BITMASK_READ_ONLY
 
@@ -64,6 +65,9 @@ DTYPE_NAMES = ("float16", "bfloat16", "float32", "float64")
 DTYPE_ITEMSIZE = (2, 2, 4, 8)
 _DL_OF_DTYPE = {0: (kDLFloat, 16), 1: (kDLBfloat, 16), 2: (kDLFloat, 32), 3: (kDLFloat, 64)}
 _DL_CODE_NAMES = {0: "int", 1: "uint", 2: "float", 3: "opaque", 4: "bfloat", 5: "complex", 6: "bool"}
+
+# DLPack (code, bits) of the non-float buffers dsquant exports (integer codes).
+DL_INT8 = (kDLInt, 8)
 
 DEVICE_CPU = kDLCPU
 DEVICE_CUDA = kDLCUDA
@@ -219,7 +223,9 @@ cdef void _capsule_destructor_versioned(object capsule) noexcept:
 
 cdef class HostBuffer:
     """A 64-byte-aligned, C-contiguous host array owned by dsquant until it is exported once
-    through ``__dlpack__`` (then the consumer owns it and frees it through the deleter)."""
+    through ``__dlpack__`` (then the consumer owns it and frees it through the deleter).
+
+    ``dtype`` is a dsquant dtype code, or a DLPack ``(code, bits)`` pair such as :data:`DL_INT8`."""
     cdef void* _data
     cdef readonly uintptr_t data
     cdef readonly tuple shape
@@ -227,11 +233,11 @@ cdef class HostBuffer:
     cdef uint8_t _code
     cdef uint8_t _bits
 
-    def __cinit__(self, shape, int dtype, bint as_uint=False):
+    def __cinit__(self, shape, dtype, bint as_uint=False):
         if len(shape) > 32:
             raise ValueError(f"arrays of more than 32 dimensions are not supported (got {len(shape)})")
         self.shape = tuple(int(s) for s in shape)
-        code, bits = _DL_OF_DTYPE[dtype]
+        code, bits = dtype if isinstance(dtype, tuple) else _DL_OF_DTYPE[dtype]
         self._code = kDLUInt if as_uint else code
         self._bits = bits
         n = 1

@@ -4,7 +4,7 @@
 Every function takes plain integers (addresses, sizes, codes) resolved by the caller, and
 releases the GIL for the whole computation.
 """
-from libc.stdint cimport int64_t, uint64_t, uintptr_t
+from libc.stdint cimport int64_t, uint8_t, uint16_t, uint64_t, uintptr_t
 from libcpp cimport bool as cbool
 
 cdef extern from "_cpu_kernels.hpp" namespace "dsq_cpu" nogil:
@@ -20,6 +20,36 @@ cdef extern from "_cpu_kernels.hpp" namespace "dsq_cpu" nogil:
         uint64_t offset
         int threads
     void c_fake_quantize "dsq_cpu::fake_quantize"(int dtype, const FakeArgs& a)
+    cdef struct IntQuantArgs:
+        const void* in_ "in"
+        uint8_t* q
+        float* params
+        int64_t n
+        int64_t groups
+        int bits
+        cbool symmetric
+        int threads
+    void c_int_quantize "dsq_cpu::int_quantize"(int dtype, const IntQuantArgs& a)
+    cdef struct IntDequantArgs:
+        const uint8_t* q
+        const float* params
+        void* out
+        int64_t n
+        int64_t groups
+        int bits
+        cbool symmetric
+        int threads
+    void c_int_dequantize "dsq_cpu::int_dequantize"(int dtype, const IntDequantArgs& a)
+    cdef struct UintHalfArgs:
+        const uint8_t* q
+        const uint16_t* scale
+        const uint16_t* minimum
+        uint16_t* out
+        int64_t num_group
+        int64_t group_size
+        int bits
+        int threads
+    void c_uint_dequantize_half "dsq_cpu::uint_dequantize_half"(const UintHalfArgs& a)
     void c_strided_copy "dsq_cpu::strided_copy"(const char* src, const int64_t* src_strides, char* dst,
                                                 const int64_t* dst_strides, const int64_t* shape,
                                                 int ndim, int itemsize, int threads)
@@ -45,6 +75,54 @@ def fake_quantize(uintptr_t src, uintptr_t dst, int dtype, int64_t n, int64_t gr
     a.threads = threads
     with nogil:
         c_fake_quantize(dtype, a)
+
+
+def int_quantize(uintptr_t src, uintptr_t q, uintptr_t params, int dtype, int64_t n, int64_t groups,
+                 int bits, bint symmetric, int threads):
+    """Integer codes of n elements (dtype code `dtype`) into q and float32 params into params."""
+    cdef IntQuantArgs a
+    a.in_ = <const void*>src
+    a.q = <uint8_t*>q
+    a.params = <float*>params
+    a.n = n
+    a.groups = groups
+    a.bits = bits
+    a.symmetric = symmetric
+    a.threads = threads
+    with nogil:
+        c_int_quantize(dtype, a)
+
+
+def int_dequantize(uintptr_t q, uintptr_t params, uintptr_t dst, int dtype, int64_t n, int64_t groups,
+                   int bits, bint symmetric, int threads):
+    """n values of dtype code `dtype` into dst from the codes q and float32 params."""
+    cdef IntDequantArgs a
+    a.q = <const uint8_t*>q
+    a.params = <const float*>params
+    a.out = <void*>dst
+    a.n = n
+    a.groups = groups
+    a.bits = bits
+    a.symmetric = symmetric
+    a.threads = threads
+    with nogil:
+        c_int_dequantize(dtype, a)
+
+
+def uint_dequantize_half(uintptr_t q, uintptr_t scale, uintptr_t minimum, uintptr_t dst, int64_t num_group,
+                         int64_t group_size, int bits, int threads):
+    """float16 [num_group, group_size] from unsigned codes and float16 scale/minimum per group."""
+    cdef UintHalfArgs a
+    a.q = <const uint8_t*>q
+    a.scale = <const uint16_t*>scale
+    a.minimum = <const uint16_t*>minimum
+    a.out = <uint16_t*>dst
+    a.num_group = num_group
+    a.group_size = group_size
+    a.bits = bits
+    a.threads = threads
+    with nogil:
+        c_uint_dequantize_half(a)
 
 
 def strided_copy(uintptr_t src, src_strides, uintptr_t dst, dst_strides, shape, int itemsize, int threads):

@@ -147,6 +147,205 @@ inline void fake_quantize(int dtype, const FakeArgs& a) {
   kFakeTable[dtype][a.symmetric ? 1 : 0][a.stochastic ? 1 : 0](a);
 }
 
+// ---------------------------------------------------------------- integer quantization
+// Codes of the flat elements [begin, end) into their bytes, each element with the params of its
+// own group (params[g - g0] for group g). begin is a multiple of Per, so only whole bytes are
+// written and work items that start on byte boundaries never share a byte.
+template <class Fmt, int Per>
+inline void range_int_codes(const typename Fmt::storage* in, uint8_t* q, int64_t begin, int64_t end, int64_t S,
+                            const IntParams<typename Fmt::compute>* params, int64_t g0) {
+  if (Per == 1) {
+    for (int64_t i = begin; i < end;) {
+      const int64_t g = i / S, stop = std::min(end, (g + 1) * S);
+      const IntParams<typename Fmt::compute> p = params[g - g0];
+#pragma omp simd
+      for (int64_t k = i; k < stop; ++k) q[k] = (uint8_t)dsq::int_code<Fmt>(in[k], p);
+      i = stop;
+    }
+    return;
+  }
+  int32_t codes[kTile];   // a tile of codes, then packed: kTile is a multiple of every Per
+  for (int64_t t0 = begin; t0 < end; t0 += kTile) {
+    const int64_t m = std::min(kTile, end - t0);
+    for (int64_t i = t0; i < t0 + m;) {
+      const int64_t g = i / S, stop = std::min(t0 + m, (g + 1) * S);
+      const IntParams<typename Fmt::compute> p = params[g - g0];
+#pragma omp simd
+      for (int64_t k = i; k < stop; ++k) codes[k - t0] = dsq::int_code<Fmt>(in[k], p);
+      i = stop;
+    }
+    const int64_t nbytes = (m + Per - 1) / Per;
+    for (int64_t j = m; j < nbytes * Per; ++j) codes[j] = 0;   // ragged end: zero fields
+    uint8_t* dst = q + t0 / Per;
+#pragma omp simd
+    for (int64_t b = 0; b < nbytes; ++b) {
+      uint32_t byte = 0;
+      for (int j = 0; j < Per; ++j) byte |= dsq::code_to_field(codes[b * Per + j], Per, j);
+      dst[b] = (uint8_t)byte;
+    }
+  }
+}
+
+struct IntQuantArgs {
+  const void* in;
+  uint8_t* q;        // ceil(n / per) bytes
+  float* params;     // [groups, symmetric ? 1 : 2]
+  int64_t n, groups;
+  int bits;
+  bool symmetric;
+  int threads;
+};
+
+template <class C> inline void store_int_params(const IntQuantArgs& a, int64_t g, const IntParams<C>& p) {
+  if (a.symmetric) {
+    a.params[g] = p.p0;
+  } else {
+    a.params[2 * g] = p.p0;
+    a.params[2 * g + 1] = p.p1;
+  }
+}
+
+inline int64_t gcd64(int64_t a, int64_t b) { while (b) { int64_t t = a % b; a = b; b = t; } return a; }
+
+template <class Fmt, int Per>
+void int_quantize_typed(const IntQuantArgs& a) {
+  typedef typename Fmt::storage T;
+  typedef typename Fmt::compute C;
+  const T* in = static_cast<const T*>(a.in);
+  const int64_t S = a.n / a.groups;
+  if (S < kLargeGroup) {
+    // A work item is the shortest run of whole groups that also fills whole bytes: Per / gcd(S, Per)
+    // groups (1, 2 or 4). Statistics, params and codes in one visit while the run is in cache.
+    const int64_t run = Per / gcd64(S, Per);
+    const int64_t items = (a.groups + run - 1) / run;
+#pragma omp parallel for schedule(static) num_threads(a.threads)
+    for (int64_t k = 0; k < items; ++k) {
+      IntParams<C> p[Per];
+      const int64_t g0 = k * run, g1 = std::min(a.groups, g0 + run);
+      for (int64_t g = g0; g < g1; ++g) {
+        p[g - g0] = dsq::int_params(range_stats<Fmt>(in + g * S, S), a.bits, a.symmetric);
+        store_int_params(a, g, p[g - g0]);
+      }
+      range_int_codes<Fmt, Per>(in, a.q, g0 * S, g1 * S, S, p, g0);
+    }
+    return;
+  }
+  // Large groups: partial statistics per chunk, params per group, then codes per chunk of the
+  // flat input (kChunk is a multiple of Per, so chunks start on byte boundaries).
+  const int64_t per_group = (S + kChunk - 1) / kChunk;
+  const int64_t items = a.groups * per_group;
+  const int64_t flat_chunks = (a.n + kChunk - 1) / kChunk;
+  std::vector<Stats<Fmt>> partial(items);
+  std::vector<IntParams<C>> params(a.groups);
+#pragma omp parallel num_threads(a.threads)
+  {
+#pragma omp for schedule(static)
+    for (int64_t k = 0; k < items; ++k) {
+      int64_t g = k / per_group, c = k % per_group;
+      int64_t begin = g * S + c * kChunk, len = std::min(kChunk, S - c * kChunk);
+      partial[k] = range_stats<Fmt>(in + begin, len);
+    }
+#pragma omp for schedule(static)
+    for (int64_t g = 0; g < a.groups; ++g) {
+      Stats<Fmt> st = partial[g * per_group];
+      for (int64_t c = 1; c < per_group; ++c) dsq::stats_merge(st, partial[g * per_group + c]);
+      params[g] = dsq::int_params(st, a.bits, a.symmetric);
+      store_int_params(a, g, params[g]);
+    }
+#pragma omp for schedule(static)
+    for (int64_t c = 0; c < flat_chunks; ++c)
+      range_int_codes<Fmt, Per>(in, a.q, c * kChunk, std::min(a.n, (c + 1) * kChunk), S, params.data(), 0);
+  }
+}
+
+struct IntDequantArgs {
+  const uint8_t* q;
+  const float* params;   // [groups, symmetric ? 1 : 2]
+  void* out;             // n elements of the output dtype
+  int64_t n, groups;
+  int bits;
+  bool symmetric;
+  int threads;
+};
+
+template <class Fmt, int Per, bool Symmetric>
+void int_dequantize_typed(const IntDequantArgs& a) {
+  typedef typename Fmt::storage T;
+  typedef typename Fmt::compute C;
+  T* out = static_cast<T*>(a.out);
+  const int64_t S = a.n / a.groups;
+  const int64_t chunks = (a.n + kChunk - 1) / kChunk;
+#pragma omp parallel for schedule(static) num_threads(a.threads) if (chunks > 1)
+  for (int64_t c = 0; c < chunks; ++c) {
+    const int64_t end = std::min(a.n, (c + 1) * kChunk);
+    for (int64_t i = c * kChunk; i < end;) {
+      const int64_t g = i / S, stop = std::min(end, (g + 1) * S);
+      const float p0 = a.params[Symmetric ? g : 2 * g], p1 = Symmetric ? 0.0f : a.params[2 * g + 1];
+#pragma omp simd
+      for (int64_t k = i; k < stop; ++k) {
+        int32_t code = Per == 1 ? (int32_t)(int8_t)a.q[k] : dsq::field_signed(a.q[k / Per], Per, (int)(k % Per));
+        out[k] = Fmt::store((C)dsq::int_dequant(code, p0, p1, Symmetric));
+      }
+      i = stop;
+    }
+  }
+}
+
+// Dispatch tables: [dtype][codes per byte 1, 2, 4] (and [symmetric] for dequantization).
+inline int per_index(int bits) {
+  int per = dsq::int_codes_per_byte(bits);
+  return per == 1 ? 0 : (per == 2 ? 1 : 2);
+}
+
+typedef void (*IntQuantFn)(const IntQuantArgs&);
+#define DSQ_INTQ_ROW(F) {&int_quantize_typed<F, 1>, &int_quantize_typed<F, 2>, &int_quantize_typed<F, 4>}
+static const IntQuantFn kIntQuantTable[4][3] = {
+    DSQ_INTQ_ROW(dsq::F16), DSQ_INTQ_ROW(dsq::BF16), DSQ_INTQ_ROW(dsq::F32), DSQ_INTQ_ROW(dsq::F64)};
+#undef DSQ_INTQ_ROW
+
+typedef void (*IntDequantFn)(const IntDequantArgs&);
+#define DSQ_INTD_PER(F, P) {&int_dequantize_typed<F, P, false>, &int_dequantize_typed<F, P, true>}
+#define DSQ_INTD_ROW(F) {DSQ_INTD_PER(F, 1), DSQ_INTD_PER(F, 2), DSQ_INTD_PER(F, 4)}
+static const IntDequantFn kIntDequantTable[4][3][2] = {
+    DSQ_INTD_ROW(dsq::F16), DSQ_INTD_ROW(dsq::BF16), DSQ_INTD_ROW(dsq::F32), DSQ_INTD_ROW(dsq::F64)};
+#undef DSQ_INTD_ROW
+#undef DSQ_INTD_PER
+
+inline void int_quantize(int dtype, const IntQuantArgs& a) { kIntQuantTable[dtype][per_index(a.bits)](a); }
+
+inline void int_dequantize(int dtype, const IntDequantArgs& a) {
+  if (a.n == 0) return;
+  kIntDequantTable[dtype][per_index(a.bits)][a.symmetric ? 1 : 0](a);
+}
+
+// DeepSpeed's experimental unsigned-code dequantization to float16 (bits 4 or 8).
+struct UintHalfArgs {
+  const uint8_t* q;
+  const uint16_t* scale;     // [num_group] float16
+  const uint16_t* minimum;   // [num_group] float16
+  uint16_t* out;             // [num_group, group_size] float16
+  int64_t num_group, group_size;
+  int bits;
+  int threads;
+};
+
+inline void uint_dequantize_half(const UintHalfArgs& a) {
+  const int per = dsq::int_codes_per_byte(a.bits);
+  const int64_t n = a.num_group * a.group_size;
+  const int64_t chunks = (n + kChunk - 1) / kChunk;
+#pragma omp parallel for schedule(static) num_threads(a.threads) if (chunks > 1)
+  for (int64_t c = 0; c < chunks; ++c) {
+    const int64_t end = std::min(n, (c + 1) * kChunk);
+    for (int64_t i = c * kChunk; i < end;) {
+      const int64_t g = i / a.group_size, stop = std::min(end, (g + 1) * a.group_size);
+      const uint16_t s = a.scale[g], m = a.minimum[g];
+      for (int64_t k = i; k < stop; ++k)
+        a.out[k] = dsq::uint_dequant_half(dsq::field_unsigned(a.q[k / per], per, (int)(k % per)), s, m);
+      i = stop;
+    }
+  }
+}
+
 // ---------------------------------------------------------------- strided copies
 // Copies an n-d array of `itemsize`-byte elements between two layouts (strides in elements, may
 // be zero or negative on the source). Used to make a contiguous copy of a non-contiguous input

@@ -1,5 +1,18 @@
-"""The CPU backend: drives the OpenMP kernels of ``_cpu`` on host memory."""
+"""The CPU backend: drives the OpenMP kernels of ``_cpu`` on host memory.
+
+Backend interface (``_ops._backend`` returns this module for host arrays; ``_cuda`` provides the
+same functions for CUDA arrays). Arguments arrive checked and resolved by ``_ops``; results are
+arrays of the caller's framework:
+
+* ``fake_quantize(src, dst, groups, bits, symmetric, stochastic, seed, offset)``
+* ``fake_quantize_inplace(op, groups, bits, symmetric, stochastic, seed, offset)``
+* ``quantize(src, groups, bits, symmetric, q_shape) -> (q, params)``
+* ``dequantize(codes, params, groups, bits, symmetric, dtype, shape, dst) -> array``
+* ``dequantize_unsigned_half(codes, scale, minimum, num_group, group_size, bits) -> array``
+"""
 from __future__ import annotations
+
+import math
 
 from . import _array, _cpu, _interop
 from ._interop import Operand
@@ -21,24 +34,42 @@ def _scatter(src_ptr: int, t: _array.Tensor) -> None:
                       t.itemsize, num_threads())
 
 
+def _contiguous(t: _array.Tensor):
+    """(address of t's elements in C order, the copy that must stay alive or None)."""
+    if t.is_c_contiguous:
+        return t.data, None
+    copy = _array.HostBuffer((t.numel * t.itemsize,), _array.DL_INT8)   # bytes enough for t
+    _gather(t, copy.data)
+    return copy.data, copy
+
+
+def _result(framework: str, shape, dtype: int, dst: Operand | None):
+    """(address to write the result to, the new buffer or None when writing straight into dst)."""
+    if dst is not None and dst.tensor.is_c_contiguous:
+        return dst.tensor.data, None
+    uint_view = dst is None and _interop.numpy_needs_uint_view(framework, dtype)
+    buffer = _array.HostBuffer(shape, dtype, uint_view)
+    return buffer.data, buffer
+
+
+def _deliver(buffer, dst: Operand | None, framework: str, dtype: int):
+    """The caller's result: the new buffer wrapped in its framework, or dst (written back if needed)."""
+    if dst is None:
+        return _interop.wrap_host(buffer, framework, _array.DTYPE_NAMES[dtype])
+    if buffer is not None:
+        _scatter(buffer.data, dst.tensor)
+    return dst.obj
+
+
 def fake_quantize(src: Operand, dst: Operand | None, groups, bits, symmetric, stochastic, seed, offset):
     t = src.tensor
-    if dst is not None and dst.tensor.is_c_contiguous:
-        target, buffer = dst.tensor.data, None
-    else:
-        uint_view = dst is None and _interop.numpy_needs_uint_view(src.framework, t.dtype)
-        buffer = _array.HostBuffer(t.shape, t.dtype, uint_view)
-        target = buffer.data
+    target, buffer = _result(src.framework, t.shape, t.dtype, dst)
     if t.is_c_contiguous:
         _run_fake(t.data, target, t, groups, bits, symmetric, stochastic, seed, offset)
     else:
         _gather(t, target)           # the one contiguous copy, made in the result itself
         _run_fake(target, target, t, groups, bits, symmetric, stochastic, seed, offset)
-    if dst is None:
-        return _interop.wrap_host(buffer, src.framework, t.dtype_name)
-    if buffer is not None:
-        _scatter(target, dst.tensor)
-    return dst.obj
+    return _deliver(buffer, dst, src.framework, t.dtype)
 
 
 def fake_quantize_inplace(op: Operand, groups, bits, symmetric, stochastic, seed, offset) -> None:
@@ -50,3 +81,34 @@ def fake_quantize_inplace(op: Operand, groups, bits, symmetric, stochastic, seed
     _gather(t, scratch.data)
     _run_fake(scratch.data, scratch.data, t, groups, bits, symmetric, stochastic, seed, offset)
     _scatter(scratch.data, t)
+
+
+# ------------------------------------------------------------------------------ integer codes
+_FLOAT16, _FLOAT32 = 0, 2     # dsquant dtype codes
+
+
+def quantize(src: Operand, groups, bits, symmetric, q_shape):
+    t = src.tensor
+    q = _array.HostBuffer(q_shape, _array.DL_INT8)
+    params = _array.HostBuffer((groups, 1 if symmetric else 2), _FLOAT32)
+    data, _keep = _contiguous(t)
+    _cpu.int_quantize(data, q.data, params.data, t.dtype, t.numel, groups, bits, symmetric, num_threads())
+    return (_interop.wrap_host(q, src.framework, "int8"),
+            _interop.wrap_host(params, src.framework, "float32"))
+
+
+def dequantize(codes: Operand, params: Operand, groups, bits, symmetric, dtype, shape, dst: Operand | None):
+    q_ptr, _keep_q = _contiguous(codes.tensor)
+    p_ptr, _keep_p = _contiguous(params.tensor)
+    target, buffer = _result(codes.framework, shape, dtype, dst)
+    _cpu.int_dequantize(q_ptr, p_ptr, target, dtype, math.prod(shape), groups, bits, symmetric, num_threads())
+    return _deliver(buffer, dst, codes.framework, dtype)
+
+
+def dequantize_unsigned_half(codes: Operand, scale: Operand, minimum: Operand, num_group, group_size, bits):
+    q_ptr, _keep_q = _contiguous(codes.tensor)
+    s_ptr, _keep_s = _contiguous(scale.tensor)
+    m_ptr, _keep_m = _contiguous(minimum.tensor)
+    out = _array.HostBuffer((num_group, group_size), _FLOAT16)
+    _cpu.uint_dequantize_half(q_ptr, s_ptr, m_ptr, out.data, num_group, group_size, bits, num_threads())
+    return _interop.wrap_host(out, codes.framework, "float16")

@@ -4,10 +4,14 @@ from __future__ import annotations
 import operator
 import os
 
+import numpy as np
+
 from . import _array, _interop, _rng
 from ._interop import Operand
 
 MIN_BITS, MAX_BITS = 2, 16
+INT_MIN_BITS, INT_MAX_BITS = 2, 8       # integer quantization: codes fit an int8
+CODE_DTYPES = ("int8", "uint8")         # what dequantize reads codes from
 
 
 # ------------------------------------------------------------------------------ argument checks
@@ -49,6 +53,49 @@ def check_dtype(op: Operand, name: str) -> None:
                         f"{', '.join(_array.DTYPE_NAMES)}")
 
 
+def dtype_code(dtype, name: str = "dtype") -> int:
+    """dsquant's code of a float dtype given by name ('float16', ...), as a NumPy/CuPy/JAX dtype
+    or scalar type, or as a torch dtype (``torch.float16``)."""
+    if isinstance(dtype, str):
+        key = dtype
+    elif type(dtype).__module__.partition(".")[0] == "torch":
+        key = str(dtype).rpartition(".")[2]           # torch.float16 -> 'float16'
+    else:
+        try:
+            key = np.dtype(dtype).name
+        except TypeError:
+            key = None
+    if key not in _array.DTYPE_NAMES:
+        raise TypeError(f"{name} must be one of {', '.join(_array.DTYPE_NAMES)} (a name, NumPy or torch "
+                        f"dtype), got {dtype!r}")
+    return _array.DTYPE_NAMES.index(key)
+
+
+def codes_per_byte(bits: int) -> int:
+    """Codes stored per byte: 8 // bits when that is whole (packed), else one per int8."""
+    return 8 // bits if 8 % bits == 0 else 1
+
+
+def code_shape(shape: tuple, bits: int, name: str = "x") -> tuple:
+    """Shape of the codes of an array of `shape`: the last dimension times bits/8 when packed.
+    A 0-d array counts as one element in its last dimension (so it packs only at 8 bits or when
+    codes are not packed) and its codes are 0-d too."""
+    per = codes_per_byte(bits)
+    last = shape[-1] if shape else 1
+    if last % per:
+        raise ValueError(f"{bits}-bit codes are packed {per} per byte along the last dimension, but the last "
+                         f"dimension of {name} (shape {shape}) has {last} elements, not a multiple of {per}")
+    return shape[:-1] + (last // per,) if shape else shape
+
+
+def value_shape(shape: tuple, bits: int) -> tuple:
+    """Shape of the values encoded by codes of `shape` (inverse of :func:`code_shape`)."""
+    per = codes_per_byte(bits)
+    if per > 1 and not shape:
+        raise ValueError(f"0-d codes cannot hold packed {bits}-bit values; give q at least one dimension")
+    return shape[:-1] + (shape[-1] * per,) if shape else shape
+
+
 def num_threads() -> int:
     """CPU threads used by a call: DSQUANT_NUM_THREADS, else OpenMP's (OMP_NUM_THREADS)."""
     env = os.environ.get("DSQUANT_NUM_THREADS")
@@ -76,12 +123,26 @@ def _backend(op: Operand):
                       f"(dsquant runs on the CPU and on CUDA GPUs)")
 
 
-def _intake(x, name: str) -> Operand:
+def _intake(x, name: str, dtypes=None) -> Operand:
+    """Consume `x` on its device; check its dtype against `dtypes` (names), by default the float
+    dtypes dsquant quantizes."""
     op = _interop.intake(x, name)
     if not op.on_cpu:
         # GPU producers must be asked again with the consumer stream (see _cuda.intake)
         op = _backend(op).intake(x, name)
-    check_dtype(op, name)
+    if dtypes is None:
+        check_dtype(op, name)
+    elif op.tensor.dtype_name not in dtypes:
+        raise TypeError(f"{name} has dtype {op.tensor.dtype_name}; expected {' or '.join(dtypes)}")
+    return op
+
+
+def _intake_peer(x, name: str, first: Operand, first_name: str, dtypes) -> Operand:
+    """Consume `x`, a further array argument that must share `first`'s framework and device."""
+    op = _interop.intake(x, name) if first.on_cpu else _backend(first).intake(x, name)
+    _check_peer(first, op, name, first_name)
+    if op.tensor.dtype_name not in dtypes:
+        raise TypeError(f"{name} has dtype {op.tensor.dtype_name}; expected {' or '.join(dtypes)}")
     return op
 
 
@@ -157,18 +218,160 @@ def ds_quantizer(input, groups=1, bit_num=8, sr=False, asym=False):
     return input
 
 
+def quantize(x, groups=1, bits=8, *, symmetric=True):
+    """Group-wise integer quantization of `x` in DeepSpeed's format: ``(q, params)``.
+
+    A group is ``x.size // groups`` contiguous elements of `x` in C order. Symmetric groups are
+    scaled by ``2**(bits-1) / absmax``; asymmetric groups are centred on the midpoint of their range
+    and scaled by ``2**bits / (max - min)``. Codes are signed, ``-2**(bits-1) .. 2**(bits-1)-1``,
+    rounded half to even; NaN becomes 0, +Inf the largest code, -Inf the smallest. Statistics ignore
+    non-finite elements. The byte layout is in docs/format.md.
+
+    Args:
+        x: float16, bfloat16, float32 or float64 array (NumPy, CuPy, torch, JAX, any DLPack producer).
+        groups: number of groups; must divide ``x.size``. Any group size works.
+        bits: 2..8. With 2, 4 and 8 bits the codes are packed 8/bits per byte, first element in the
+            high bits (so 4-bit codes match DeepSpeed's nibble order); with 3, 5, 6, 7 bits each code
+            takes one int8.
+        symmetric: True: params ``[groups, 1]`` holding ``1/scale``; False: params ``[groups, 2]``
+            holding ``1/scale`` and the group midpoint.
+
+    Returns:
+        ``(q, params)`` in `x`'s framework and device: `q` int8 with `x`'s shape except that the last
+        dimension is multiplied by ``bits/8`` when packed (a ``ValueError`` if that is not whole);
+        `params` float32 ``[groups, 1]`` or ``[groups, 2]``.
+
+    Example:
+        >>> import numpy as np, dsquant
+        >>> q, params = dsquant.quantize(np.array([3.0, -2.0, 8.0, -8.0], dtype=np.float32), bits=4)
+        >>> [hex(b) for b in q.view(np.uint8)], params
+        (['0x3e', '0x78'], array([[1.]], dtype=float32))
+        >>> dsquant.dequantize(q, params, bits=4)
+        array([ 3., -2.,  7., -8.], dtype=float32)
+    """
+    symmetric = _bool_arg(symmetric, "symmetric")
+    bits = check_bits(bits, INT_MIN_BITS, INT_MAX_BITS)
+    src = _intake(x, "x")
+    groups = check_groups(groups, src.tensor.numel)
+    q_shape = code_shape(src.tensor.shape, bits)
+    return _backend(src).quantize(src, groups, bits, symmetric, q_shape)
+
+
+def dequantize(q, params, bits=8, *, dtype=None, out=None):
+    """Values of integer codes made by :func:`quantize` (or by DeepSpeed's ``quantize``).
+
+    The group count and the scheme come from ``params.shape``: ``[groups, 1]`` is symmetric
+    (``y = q * params[g, 0]``), ``[groups, 2]`` asymmetric (``y = fma(q, params[g, 0],
+    params[g, 1])``), computed in float32 and rounded once to `dtype`.
+
+    Args:
+        q: int8 (or uint8, the same bytes) codes; the last dimension holds 8/bits packed codes per
+            byte for 2 and 4 bits.
+        params: float32 ``[groups, 1]`` or ``[groups, 2]``, same framework and device as `q`;
+            ``groups`` must divide the number of values.
+        bits: 2..8, as given to :func:`quantize`.
+        dtype: float16, bfloat16, float32 (default) or float64, by name or as a NumPy or torch dtype.
+            With `out` and no `dtype`, `out`'s dtype.
+        out: optional array (same framework and device as `q`) of the result's shape to write into.
+
+    Returns:
+        A new array (or `out`) in `q`'s framework and device: `q`'s shape with the last dimension
+        multiplied by ``8/bits`` when packed.
+
+    Example:
+        >>> import numpy as np, dsquant
+        >>> q = np.array([0x3e], dtype=np.uint8)            # codes 3 and -2, high nibble first
+        >>> dsquant.dequantize(q, np.array([[0.5]], dtype=np.float32), bits=4, dtype="float16")
+        array([ 1.5, -1. ], dtype=float16)
+    """
+    bits = check_bits(bits, INT_MIN_BITS, INT_MAX_BITS)
+    codes = _intake(q, "q", CODE_DTYPES)
+    prm = _intake_peer(params, "params", codes, "q", ("float32",))
+    if len(prm.tensor.shape) != 2 or prm.tensor.shape[1] not in (1, 2):
+        raise ValueError(f"params must have shape [groups, 1] (symmetric) or [groups, 2] (asymmetric), "
+                         f"got {prm.tensor.shape}")
+    shape = value_shape(codes.tensor.shape, bits)
+    numel = codes.tensor.numel * codes_per_byte(bits)
+    groups = check_groups(prm.tensor.shape[0], numel, name="params.shape[0] (the group count)")
+    dst = None
+    if out is not None:
+        dst = _intake_peer(out, "out", codes, "q", _array.DTYPE_NAMES)
+        if dtype is None:
+            dtype = dst.tensor.dtype_name
+        if dst.tensor.shape != shape:
+            raise ValueError(f"out has shape {dst.tensor.shape} but the result has shape {shape}")
+        _check_writable(dst)
+    dtype = dtype_code("float32" if dtype is None else dtype)
+    if dst is not None and dst.tensor.dtype != dtype:
+        raise TypeError(f"out has dtype {dst.tensor.dtype_name} but dtype is {_array.DTYPE_NAMES[dtype]}")
+    symmetric = prm.tensor.shape[1] == 1
+    return _backend(codes).dequantize(codes, prm, groups, bits, symmetric, dtype, shape, dst)
+
+
+def dequantize_unsigned_half(data, scale, minimum, num_group, group_size, bits):
+    """DeepSpeed's experimental inference dequantization (``dequantize_int4_to_half_experimental``,
+    ``dequantize_int8_to_half_experimental``): unsigned codes, float16 ``scale`` and ``minimum`` per
+    group, ``y = f16(f16(q) / scale[g]) + minimum[g]`` in float16 arithmetic (correctly rounded).
+
+    Args:
+        data: uint8 (or int8) bytes: ``num_group * group_size * bits / 8`` of them; 4-bit codes hold
+            the first element of each byte in the high nibble.
+        scale, minimum: float16, ``num_group`` elements each, same framework and device as `data`.
+        num_group, group_size: positive integers; group g is elements ``g*group_size ..`` of the output.
+        bits: 4 or 8.
+
+    Returns:
+        float16 ``[num_group, group_size]`` in `data`'s framework and device.
+
+    Example:
+        >>> import numpy as np
+        >>> from dsquant._ops import dequantize_unsigned_half
+        >>> half = lambda *v: np.array(v, dtype=np.float16)
+        >>> dequantize_unsigned_half(np.array([0x3f], np.uint8), half(2.0), half(-1.0), 1, 2, 4)
+        array([[ 0.5, 6.5]], dtype=float16)
+    """
+    bits = _int_arg(bits, "bits")
+    if bits not in (4, 8):
+        raise ValueError(f"bits must be 4 or 8, got {bits}")
+    num_group = _int_arg(num_group, "num_group")
+    group_size = _int_arg(group_size, "group_size")
+    if num_group <= 0 or group_size <= 0:
+        raise ValueError(f"num_group and group_size must be positive, got {num_group} and {group_size}")
+    per = codes_per_byte(bits)
+    codes = _intake(data, "data", CODE_DTYPES)
+    if (num_group * group_size) % per or codes.tensor.numel != num_group * group_size // per:
+        raise ValueError(f"data must hold num_group * group_size = {num_group * group_size} {bits}-bit codes, "
+                         f"{per} per byte, but it has {codes.tensor.numel} bytes")
+    scale_op = _intake_peer(scale, "scale", codes, "data", ("float16",))
+    min_op = _intake_peer(minimum, "min", codes, "data", ("float16",))
+    for name, op in (("scale", scale_op), ("min", min_op)):
+        if op.tensor.numel != num_group:
+            raise ValueError(f"{name} must have num_group = {num_group} elements, got {op.tensor.numel}")
+    return _backend(codes).dequantize_unsigned_half(codes, scale_op, min_op, num_group, group_size, bits)
+
+
+def _check_peer(first: Operand, other: Operand, name: str, first_name: str = "x") -> None:
+    s, d = first.tensor, other.tensor
+    if other.framework != first.framework:
+        raise TypeError(f"{name} is a {other.framework} array but {first_name} is a {first.framework} array; "
+                        f"{name} must be of the input's framework")
+    if (d.device_type, d.device_id) != (s.device_type, s.device_id):
+        raise BufferError(f"{name} is on device {(d.device_type, d.device_id)} but {first_name} is on "
+                          f"{(s.device_type, s.device_id)}")
+
+
 def _check_out(src: Operand, dst: Operand) -> None:
     s, d = src.tensor, dst.tensor
-    if dst.framework != src.framework:
-        raise TypeError(f"out is a {dst.framework} array but x is a {src.framework} array; "
-                        f"out must be of the input's framework")
-    if (d.device_type, d.device_id) != (s.device_type, s.device_id):
-        raise BufferError(f"out is on device {(d.device_type, d.device_id)} but x is on "
-                          f"{(s.device_type, s.device_id)}")
+    _check_peer(src, dst, "out")
     if d.dtype != s.dtype:
         raise TypeError(f"out has dtype {d.dtype_name} but x has {s.dtype_name}; they must match")
     if d.shape != s.shape:
         raise ValueError(f"out has shape {d.shape} but x has {s.shape}; they must match")
+    _check_writable(dst)
+
+
+def _check_writable(dst: Operand) -> None:
+    d = dst.tensor
     if _interop.is_immutable(dst):
         raise BufferError("out is read-only or immutable")
     if d.has_overlap_or_reversal:
