@@ -56,7 +56,7 @@ def check_dtype(op: Operand, name: str) -> None:
 def dtype_code(dtype, name: str = "dtype") -> int:
     """dsquant's code of a float dtype given by name ('float16', ...), as a NumPy/CuPy/JAX dtype
     or scalar type, or as a torch dtype (``torch.float16``)."""
-    if isinstance(dtype, str):
+    if dtype is None or isinstance(dtype, str):
         key = dtype
     elif type(dtype).__module__.partition(".")[0] == "torch":
         key = str(dtype).rpartition(".")[2]           # torch.float16 -> 'float16'
@@ -328,7 +328,7 @@ def dequantize_unsigned_half(data, scale, minimum, num_group, group_size, bits):
         >>> from dsquant._ops import dequantize_unsigned_half
         >>> half = lambda *v: np.array(v, dtype=np.float16)
         >>> dequantize_unsigned_half(np.array([0x3f], np.uint8), half(2.0), half(-1.0), 1, 2, 4)
-        array([[ 0.5, 6.5]], dtype=float16)
+        array([[0.5, 6.5]], dtype=float16)
     """
     bits = _int_arg(bits, "bits")
     if bits not in (4, 8):

@@ -1,0 +1,139 @@
+"""Drop-in replacement for DeepSpeed's quantizer op module (what ``QuantizerBuilder().load()`` returns).
+
+Same names, argument orders and return types as DeepSpeed's extension, running dsquant's kernels:
+torch tensors in, torch tensors out (CPU or CUDA); NumPy and CuPy arrays work too. How to plug it
+into DeepSpeed, and every place where results differ from DeepSpeed's (and why), is in
+docs/deepspeed.md.
+
+Not provided: ``swizzle_quant``, ``quantized_reduction`` and their LoCo variants (ZeRO++ qgZ).
+
+Example:
+    >>> import torch
+    >>> from dsquant.compat import deepspeed as ds_ops
+    >>> x = torch.tensor([[0.5, -1.0, 0.25, 2.0]], dtype=torch.float16)
+    >>> q, params = ds_ops.quantize(x, 1, 8, ds_ops.Symmetric)
+    >>> ds_ops.dequantize(q, params, 1, 8, ds_ops.Symmetric)
+    tensor([[ 0.5000, -1.0000,  0.2500,  1.9844]], dtype=torch.float16)
+"""
+from __future__ import annotations
+
+import enum
+import math
+import operator
+
+from .. import _ops
+
+__all__ = [
+    "Asymmetric", "QuantizationType", "Symmetric",
+    "dequantize", "dequantize_fp32", "dequantize_int4_to_half_experimental",
+    "dequantize_int8_to_half_experimental",
+    "ds_quantize_asym_fp16", "ds_quantize_asym_fp32", "ds_quantize_fp16", "ds_quantize_fp32",
+    "ds_sr_quantize_asym_fp16", "ds_sr_quantize_asym_fp32", "ds_sr_quantize_fp16", "ds_sr_quantize_fp32",
+    "quantize",
+]
+
+
+class QuantizationType(enum.IntEnum):
+    """DeepSpeed's ``QuantizationType``: symmetric codes around 0, or around the group midpoint."""
+    Symmetric = 0
+    Asymmetric = 1
+
+
+Symmetric = QuantizationType.Symmetric
+Asymmetric = QuantizationType.Asymmetric
+
+
+def _is_symmetric(quant_type) -> bool:
+    try:
+        value = operator.index(quant_type)
+    except TypeError:
+        raise TypeError(f"quant_type must be a QuantizationType, got {type(quant_type).__name__} "
+                        f"{quant_type!r}") from None
+    try:
+        return QuantizationType(value) is Symmetric
+    except ValueError:
+        raise ValueError(f"quant_type must be QuantizationType.Symmetric (0) or .Asymmetric (1), "
+                         f"got {quant_type!r}") from None
+
+
+def _require_dtype(vals, dtype: str, op: str) -> None:
+    found = getattr(vals, "dtype", None)
+    try:
+        ok = found is not None and _ops.dtype_code(found) == _ops.dtype_code(dtype)
+    except TypeError:   # not a float dtype dsquant knows
+        ok = False
+    if not ok:
+        raise TypeError(f"{op} quantizes {dtype} tensors in place, got dtype {found}; use the matching "
+                        f"_fp16/_fp32 function, or dsquant.ds_quantizer for any float dtype")
+
+
+# ------------------------------------------------------------------------------ fake quantization
+def _fake(dtype: str, stochastic: bool, asymmetric: bool, name: str):
+    def op(vals, groups, bits):
+        _require_dtype(vals, dtype, name)
+        return _ops.ds_quantizer(vals, groups, bits, sr=stochastic, asym=asymmetric)
+    kind = ("stochastic-rounding " if stochastic else "") + ("asymmetric" if asymmetric else "symmetric")
+    op.__name__ = op.__qualname__ = name
+    op.__doc__ = (f"{name}(vals, groups, bits): {kind} fake quantization of a {dtype} tensor in place; "
+                  f"returns `vals`. See :func:`dsquant.ds_quantizer`.")
+    return op
+
+
+ds_quantize_fp32 = _fake("float32", False, False, "ds_quantize_fp32")
+ds_quantize_fp16 = _fake("float16", False, False, "ds_quantize_fp16")
+ds_sr_quantize_fp32 = _fake("float32", True, False, "ds_sr_quantize_fp32")
+ds_sr_quantize_fp16 = _fake("float16", True, False, "ds_sr_quantize_fp16")
+ds_quantize_asym_fp32 = _fake("float32", False, True, "ds_quantize_asym_fp32")
+ds_quantize_asym_fp16 = _fake("float16", False, True, "ds_quantize_asym_fp16")
+ds_sr_quantize_asym_fp32 = _fake("float32", True, True, "ds_sr_quantize_asym_fp32")
+ds_sr_quantize_asym_fp16 = _fake("float16", True, True, "ds_sr_quantize_asym_fp16")
+
+
+# ------------------------------------------------------------------------------ integer codes
+def quantize(input, groups, num_bits, quant_type):
+    """Integer codes and params of `input` in `groups` groups: ``[q, params]``.
+
+    `q` is int8 (last dimension halved for 4 bits), `params` float32 ``[groups, 1]`` (symmetric)
+    or ``[groups, 2]`` (asymmetric). Any float dtype and group size; see :func:`dsquant.quantize`.
+    """
+    q, params = _ops.quantize(input, groups, num_bits, symmetric=_is_symmetric(quant_type))
+    return [q, params]
+
+
+def _dequantize(q, params, groups, num_bits, quant_type, dtype: str):
+    # DeepSpeed reads params as a flat array, 1 (symmetric) or 2 (asymmetric) floats per group, and
+    # takes the group size as N / groups. Its callers pass groups = params.numel(), which is the
+    # group count only for symmetric params; the group count here comes from params, and `groups`
+    # may be either that count or params.numel().
+    symmetric = _is_symmetric(quant_type)
+    per_group = 1 if symmetric else 2
+    size = math.prod(params.shape)
+    count = size // per_group
+    groups = _ops._int_arg(groups, "groups")
+    if size % per_group or groups not in (count, size):
+        scheme = "symmetric" if symmetric else "asymmetric"
+        raise ValueError(f"{scheme} params hold {per_group} float(s) per group; params has {size} floats, so "
+                         f"groups must be {size / per_group:g} (or params.numel() = {size}), got {groups}")
+    return _ops.dequantize(q, params.reshape(count, per_group), num_bits, dtype=dtype)
+
+
+def dequantize(q, params, groups, num_bits, quant_type):
+    """float16 values of DeepSpeed-format codes (see :func:`dsquant.dequantize`)."""
+    return _dequantize(q, params, groups, num_bits, quant_type, "float16")
+
+
+def dequantize_fp32(q, params, groups, num_bits, quant_type):
+    """float32 values of DeepSpeed-format codes (see :func:`dsquant.dequantize`)."""
+    return _dequantize(q, params, groups, num_bits, quant_type, "float32")
+
+
+def dequantize_int4_to_half_experimental(data, scale, min, num_group, group_size):  # noqa: A002 - DeepSpeed's name
+    """float16 ``[num_group, group_size]`` from unsigned 4-bit codes (high nibble first):
+    ``f16(f16(q) / scale[g]) + min[g]`` in half precision, for any group count and size."""
+    return _ops.dequantize_unsigned_half(data, scale, min, num_group, group_size, 4)
+
+
+def dequantize_int8_to_half_experimental(data, scale, min, num_group, group_size):  # noqa: A002 - DeepSpeed's name
+    """float16 ``[num_group, group_size]`` from unsigned 8-bit codes:
+    ``f16(f16(q) / scale[g]) + min[g]`` in half precision, for any group count and size."""
+    return _ops.dequantize_unsigned_half(data, scale, min, num_group, group_size, 8)

@@ -1,0 +1,148 @@
+"""Independent NumPy reference of dsquant's integer quantization format (DESIGN.md §2, docs/format.md).
+
+Written from the contract, not from the implementation: float32 arithmetic is NumPy float32 array
+arithmetic (each operation rounds to nearest even), the double parts are float64, the fused
+multiply-add is made exact by round-to-odd in float64, code packing uses shifts on int64 arrays,
+and the experimental float16 dequantization uses NumPy's float16 arithmetic.
+"""
+from __future__ import annotations
+
+import ml_dtypes
+import numpy as np
+
+BF16 = np.dtype(ml_dtypes.bfloat16)
+DTYPES = {"float16": np.dtype(np.float16), "bfloat16": BF16,
+          "float32": np.dtype(np.float32), "float64": np.dtype(np.float64)}
+
+
+def compute_dtype(dtype) -> np.dtype:
+    return np.dtype(np.float64) if np.dtype(dtype) == np.float64 else np.dtype(np.float32)
+
+
+def codes_per_byte(bits: int) -> int:
+    return 8 // bits if 8 % bits == 0 else 1
+
+
+def fma32(a, b, c):
+    """Correctly rounded float32 a*b + c, for a*b exact in float64 (a an integer code, b float32).
+
+    The float64 sum is turned into its round-to-odd value (step one ulp towards the exact sum when
+    the sum was inexact and its last bit is even); rounding that to float32 is then exact, since
+    53 >= 24 + 2 bits."""
+    a, b, c = (np.asarray(v, dtype=np.float64) for v in (a, b, c))
+    with np.errstate(invalid="ignore", over="ignore"):   # infinite params: s is already the answer
+        p = a * b
+        s = p + c
+        bb = s - p
+        err = (p - (s - bb)) + (c - bb)                 # s + err == p + c exactly (TwoSum)
+        even = (s.view(np.int64) & 1) == 0
+        toward = np.where(err > 0, np.inf, -np.inf)
+        s = np.where(np.isfinite(s) & (err != 0) & even, np.nextafter(s, toward), s)
+        return s.astype(np.float32)
+
+
+def group_stats(xc: np.ndarray):
+    """absmax, max, min of each row over finite elements (+0 for a row without any)."""
+    fin = np.isfinite(xc)
+    has = fin.any(axis=1)
+    absmax = np.where(fin, np.abs(np.where(fin, xc, 0)), 0).max(axis=1, initial=0)
+    mx = np.where(has, np.where(fin, xc, -np.inf).max(axis=1, initial=-np.inf), 0)
+    mn = np.where(has, np.where(fin, xc, np.inf).min(axis=1, initial=np.inf), 0)
+    # the contract orders -0 below +0 (NumPy's max/min may return either zero)
+    zero, neg = xc == 0, np.signbit(xc)
+    mx = np.where((mx == 0) & (zero & ~neg).any(axis=1), 0.0, mx)
+    mn = np.where((mn == 0) & (zero & neg).any(axis=1), -0.0, mn)
+    return absmax.astype(xc.dtype), mx.astype(xc.dtype), mn.astype(xc.dtype)
+
+
+def _round_scale(quotient: np.ndarray, c: np.dtype) -> np.ndarray:
+    """A float64 quotient rounded once to the compute type, saturating at its largest value."""
+    big = np.finfo(c).max
+    return np.where(quotient < big, quotient, big).astype(c)
+
+
+def params_ref(x: np.ndarray, groups: int, bits: int, symmetric: bool):
+    """(scale, offset) in the compute type and the stored float32 params [groups, 1|2]."""
+    c = compute_dtype(x.dtype)
+    xc = np.asarray(x).astype(c).reshape(groups, -1)
+    absmax, mx, mn = group_stats(xc)
+    levels = 2.0 ** bits
+    # float64 groups beyond float32's range have infinite float32 params: no warnings for that
+    with np.errstate(divide="ignore", over="ignore"):
+        if symmetric:
+            # 2^b / (2·absmax) == 2^(b-1) / absmax: the same real quotient, without the overflow of
+            # 2·absmax at float64's max
+            a = absmax.astype(np.float64)
+            scale = np.where(a == 0, c.type(1), _round_scale((levels / 2) / a, c))
+            offset = np.zeros(groups, dtype=c)
+        else:
+            span = mx.astype(np.float64) - mn.astype(np.float64)
+            scale = np.where(span == 0, c.type(1), _round_scale(levels / span, c))
+            offset = ((mx.astype(np.float64) + mn.astype(np.float64)) / 2).astype(c)
+        p0 = (c.type(1) / scale).astype(np.float32)
+        params = p0[:, None] if symmetric else np.stack([p0, offset.astype(np.float32)], axis=1)
+    return scale.astype(c), offset, params
+
+
+def codes_ref(x: np.ndarray, groups: int, bits: int, symmetric: bool):
+    """Signed codes (int64, flat) and float32 params of `x`."""
+    c = compute_dtype(x.dtype)
+    scale, offset, params = params_ref(x, groups, bits, symmetric)
+    xc = np.asarray(x).astype(c).reshape(groups, -1)
+    lo, hi = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+    fin = np.isfinite(xc)
+    v = (np.where(fin, xc, offset[:, None]) - offset[:, None]) * scale[:, None]   # two roundings in c
+    q = np.rint(np.clip(v, lo, hi)).astype(np.int64)                              # half to even
+    q = np.where(fin, q, np.where(np.isnan(xc), 0, np.where(xc > 0, hi, lo)))
+    return q.reshape(-1), params
+
+
+def pack_ref(codes: np.ndarray, bits: int) -> np.ndarray:
+    """Code bytes (uint8, flat): packed first-element-high when 8 % bits == 0, else one int8 each."""
+    per = codes_per_byte(bits)
+    if per == 1:
+        return codes.astype(np.int8).view(np.uint8)
+    fields = (codes.astype(np.int64) & ((1 << bits) - 1)).reshape(-1, per)
+    shifts = 8 - bits * np.arange(1, per + 1)
+    return (fields << shifts).sum(axis=1).astype(np.uint8)
+
+
+def unpack_ref(data: np.ndarray, bits: int, signed: bool = True) -> np.ndarray:
+    """Codes (int64, flat) of code bytes."""
+    data = np.asarray(data).reshape(-1).view(np.uint8).astype(np.int64)
+    per = codes_per_byte(bits)
+    width = 8 // per
+    shifts = 8 - width * np.arange(1, per + 1)
+    fields = ((data[:, None] >> shifts) & ((1 << width) - 1)).reshape(-1)
+    if signed:
+        fields = np.where(fields >= 2 ** (width - 1), fields - 2 ** width, fields)
+    return fields
+
+
+def quantize_ref(x: np.ndarray, groups: int, bits: int, symmetric: bool):
+    """(code bytes uint8 flat, params float32) of dsquant.quantize."""
+    codes, params = codes_ref(x, groups, bits, symmetric)
+    return pack_ref(codes, bits), params
+
+
+def dequantize_ref(data: np.ndarray, params: np.ndarray, bits: int, dtype) -> np.ndarray:
+    """Flat values of dsquant.dequantize: float32 q·p0 or fma(q, p0, p1), rounded once to dtype."""
+    codes = unpack_ref(data, bits).astype(np.float32)
+    groups = params.shape[0]
+    q = codes.reshape(groups, -1)
+    if params.shape[1] == 1:
+        with np.errstate(invalid="ignore", over="ignore"):
+            y = q * params[:, :1]
+    else:
+        y = fma32(q, params[:, :1], params[:, 1:])
+    with np.errstate(over="ignore"):
+        return y.astype(DTYPES[dtype] if isinstance(dtype, str) else dtype).reshape(-1)
+
+
+def uint_half_ref(data, scale, minimum, num_group: int, group_size: int, bits: int) -> np.ndarray:
+    """DeepSpeed's experimental dequantization in NumPy float16 arithmetic: f16(q)/scale + min."""
+    q = unpack_ref(data, bits, signed=False).astype(np.float16).reshape(num_group, group_size)
+    s = np.asarray(scale, dtype=np.float16).reshape(-1, 1)
+    m = np.asarray(minimum, dtype=np.float16).reshape(-1, 1)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        return q / s + m
