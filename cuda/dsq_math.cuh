@@ -6,7 +6,7 @@
 //
 // Only integer/float operations that are exactly specified by IEEE 754 and C++ are used here
 // (no rint/round/floor library calls whose inlining differs between compilers): rounding to an
-// integer is done by float->int truncation plus exact comparisons.
+// integer is done by float->int truncation plus exact comparisons, or by an IEEE addition.
 #pragma once
 
 #if defined(__CUDACC__) || defined(__CUDACC_RTC__)
@@ -211,12 +211,15 @@ template <class C> DSQ_HD C floor_small(C v) {
   C t = (C)(int32_t)v;             // truncation toward zero, exact
   return t > v ? t - (C)1 : t;
 }
-// round half to even
+// round half to even, exact for |v| <= 2^22 (float) / 2^51 (double): after adding 1.5·2^23
+// (1.5·2^52) no fraction bits are left, so the IEEE addition itself rounds half to even, and
+// subtracting the constant back is exact. Branch-free, so the CPU loops vectorize. A zero result
+// is +0, as from the integer conversion.
+template <class C> DSQ_HD C rne_magic();
+template <> DSQ_HD float rne_magic<float>() { return 12582912.0f; }
+template <> DSQ_HD double rne_magic<double>() { return 6755399441055744.0; }
 template <class C> DSQ_HD C round_half_even(C v) {
-  C t = floor_small(v);
-  C f = v - t;                     // exact: t <= v < t + 1
-  bool odd = ((int32_t)t & 1) != 0;
-  return (f > (C)0.5 || (f == (C)0.5 && odd)) ? t + (C)1 : t;
+  return (v + rne_magic<C>()) - rne_magic<C>();
 }
 // round half away from zero, for v >= 0
 template <class C> DSQ_HD C round_half_up_nonneg(C v) {
@@ -359,17 +362,16 @@ template <class Fmt> DSQ_HD IntParams<typename Fmt::compute> int_params(const St
   return p;
 }
 
-// Signed code of one stored element: NaN -> 0, +Inf -> hi, -Inf -> lo. Written without early
-// returns so the CPU loops vectorize; a non-finite element is coded from a finite stand-in and
-// then replaced.
+// Signed code of one stored element: NaN -> 0, +Inf -> hi, -Inf -> lo. NaN is replaced by the
+// offset (code 0); ±Inf need nothing (scale > 0, so they clamp to hi / lo). v is never NaN, so
+// the clamp is written as two max/min-shaped selections, which vectorize best on the CPU.
 template <class Fmt> DSQ_HD int32_t int_code(typename Fmt::storage raw, const IntParams<typename Fmt::compute>& p) {
   typedef typename Fmt::compute C;
-  bool ok = Fmt::finite(raw);
   C x = Fmt::load(raw);
-  C v = clamp(((ok ? x : p.offset) - p.offset) * p.scale, p.lo, p.hi);
-  int32_t q = (int32_t)round_half_even(v);
-  int32_t special = x > (C)0 ? (int32_t)p.hi : (x < (C)0 ? (int32_t)p.lo : 0);
-  return ok ? q : special;
+  C v = ((x == x ? x : p.offset) - p.offset) * p.scale;
+  v = v > p.lo ? v : p.lo;
+  v = v < p.hi ? v : p.hi;
+  return (int32_t)round_half_even(v);
 }
 
 // Dequantized value (compute type float) of a code with stored params.

@@ -12,6 +12,9 @@
 #include <cstdint>
 #include <cstdlib>
 #include <vector>
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
 
 #include "dsq_math.cuh"
 #include "dsq_philox.cuh"
@@ -148,6 +151,26 @@ inline void fake_quantize(int dtype, const FakeArgs& a) {
 }
 
 // ---------------------------------------------------------------- integer quantization
+// The loops that touch elements are compiled twice, for AVX2 and for the x86-64 baseline, and
+// the running CPU picks one (GCC/Clang function multiversioning, Linux/ELF only). SSE2 has no
+// packed 32-bit integer min/max or blend, which the statistics and the clamp need. The results
+// are identical: IEEE operations only, and no FMA contraction (-ffp-contract=off).
+#if defined(__GNUC__) && defined(__x86_64__) && defined(__linux__)
+#define DSQ_CPU_MULTIVERSION __attribute__((target_clones("avx2", "default"), noinline))
+#else
+#define DSQ_CPU_MULTIVERSION
+#endif
+
+struct IntQuantArgs {
+  const void* in;
+  uint8_t* q;        // ceil(n / per) bytes
+  float* params;     // [groups, symmetric ? 1 : 2]
+  int64_t n, groups;
+  int bits;
+  bool symmetric;
+  int threads;
+};
+
 // Codes of the flat elements [begin, end) into their bytes, each element with the params of its
 // own group (params[g - g0] for group g). begin is a multiple of Per, so only whole bytes are
 // written and work items that start on byte boundaries never share a byte.
@@ -186,16 +209,6 @@ inline void range_int_codes(const typename Fmt::storage* in, uint8_t* q, int64_t
   }
 }
 
-struct IntQuantArgs {
-  const void* in;
-  uint8_t* q;        // ceil(n / per) bytes
-  float* params;     // [groups, symmetric ? 1 : 2]
-  int64_t n, groups;
-  int bits;
-  bool symmetric;
-  int threads;
-};
-
 template <class C> inline void store_int_params(const IntQuantArgs& a, int64_t g, const IntParams<C>& p) {
   if (a.symmetric) {
     a.params[g] = p.p0;
@@ -203,6 +216,70 @@ template <class C> inline void store_int_params(const IntQuantArgs& a, int64_t g
     a.params[2 * g] = p.p0;
     a.params[2 * g + 1] = p.p1;
   }
+}
+
+// Statistics of a range for symmetric integer codes, which need only absmax: a third of the work
+// of range_stats (max and min are left empty).
+template <class Fmt>
+inline Stats<Fmt> range_absmax(const typename Fmt::storage* x, int64_t n) {
+  typedef typename Fmt::key K;
+  Stats<Fmt> s = dsq::stats_empty<Fmt>();
+  K a = s.absmax_key;
+#pragma omp simd reduction(max : a)
+  for (int64_t i = 0; i < n; ++i) {
+    K ak = Fmt::finite(x[i]) ? Fmt::abs_key(x[i]) : (K)0;
+    a = ak > a ? ak : a;
+  }
+  s.absmax_key = a;
+  return s;
+}
+
+template <class Fmt>
+inline Stats<Fmt> int_range_stats(const typename Fmt::storage* x, int64_t n, bool symmetric) {
+  return symmetric ? range_absmax<Fmt>(x, n) : range_stats<Fmt>(x, n);
+}
+
+// Asks for the cache lines kPrefetchAhead bytes after [p, p + bytes): the per-group work between
+// loads leaves too few loads in flight to stream from memory at full speed. (A hint: addresses
+// past the end of the array are harmless.)
+const int64_t kPrefetchAhead = 4096;
+inline void prefetch_ahead(const void* p, int64_t bytes) {
+#if defined(__GNUC__)
+  const uintptr_t c = (uintptr_t)p + kPrefetchAhead;   // integer arithmetic: may pass the end
+  for (int64_t off = 0; off < bytes; off += 64) __builtin_prefetch((const void*)(c + off));
+#else
+  (void)p; (void)bytes;
+#endif
+}
+
+// Groups [g_begin, g_end), at most kBatchGroups of them and about kChunk elements: statistics
+// and params of every group (one streaming pass), then the codes of all of them (a second pass,
+// from cache). g_begin and g_end are multiples of the run of groups that fills whole bytes.
+const int64_t kBatchGroups = 512;
+
+template <class Fmt, int Per>
+DSQ_CPU_MULTIVERSION void int_quantize_batch(const IntQuantArgs& a, int64_t g_begin, int64_t g_end) {
+  typedef typename Fmt::storage T;
+  const T* in = static_cast<const T*>(a.in);
+  const int64_t S = a.n / a.groups;
+  IntParams<typename Fmt::compute> p[kBatchGroups];
+  for (int64_t g = g_begin; g < g_end; ++g) {
+    prefetch_ahead(in + g * S, S * (int64_t)sizeof(T));
+    p[g - g_begin] = dsq::int_params(int_range_stats<Fmt>(in + g * S, S, a.symmetric), a.bits, a.symmetric);
+    store_int_params(a, g, p[g - g_begin]);
+  }
+  range_int_codes<Fmt, Per>(in, a.q, g_begin * S, g_end * S, S, p, g_begin);
+}
+
+template <class Fmt>
+DSQ_CPU_MULTIVERSION Stats<Fmt> chunk_stats(const typename Fmt::storage* in, int64_t n, bool symmetric) {
+  return int_range_stats<Fmt>(in, n, symmetric);
+}
+
+template <class Fmt, int Per>
+DSQ_CPU_MULTIVERSION void chunk_int_codes(const IntQuantArgs& a, int64_t begin, int64_t end,
+                                          const IntParams<typename Fmt::compute>* params) {
+  range_int_codes<Fmt, Per>(static_cast<const typename Fmt::storage*>(a.in), a.q, begin, end, a.n / a.groups, params, 0);
 }
 
 inline int64_t gcd64(int64_t a, int64_t b) { while (b) { int64_t t = a % b; a = b; b = t; } return a; }
@@ -214,20 +291,14 @@ void int_quantize_typed(const IntQuantArgs& a) {
   const T* in = static_cast<const T*>(a.in);
   const int64_t S = a.n / a.groups;
   if (S < kLargeGroup) {
-    // A work item is the shortest run of whole groups that also fills whole bytes: Per / gcd(S, Per)
-    // groups (1, 2 or 4). Statistics, params and codes in one visit while the run is in cache.
+    // Batches of whole runs (the shortest run of groups that fills whole bytes: Per / gcd(S, Per)
+    // groups) are the parallel work items, so no two threads write the same byte.
     const int64_t run = Per / gcd64(S, Per);
-    const int64_t items = (a.groups + run - 1) / run;
-#pragma omp parallel for schedule(static) num_threads(a.threads)
-    for (int64_t k = 0; k < items; ++k) {
-      IntParams<C> p[Per];
-      const int64_t g0 = k * run, g1 = std::min(a.groups, g0 + run);
-      for (int64_t g = g0; g < g1; ++g) {
-        p[g - g0] = dsq::int_params(range_stats<Fmt>(in + g * S, S), a.bits, a.symmetric);
-        store_int_params(a, g, p[g - g0]);
-      }
-      range_int_codes<Fmt, Per>(in, a.q, g0 * S, g1 * S, S, p, g0);
-    }
+    const int64_t batch = run * std::max<int64_t>(1, std::min(kChunk / std::max<int64_t>(1, run * S), kBatchGroups / run));
+    const int64_t batches = (a.groups + batch - 1) / batch;
+#pragma omp parallel for schedule(static) num_threads(a.threads) if (batches > 1)
+    for (int64_t b = 0; b < batches; ++b)
+      int_quantize_batch<Fmt, Per>(a, b * batch, std::min(a.groups, (b + 1) * batch));
     return;
   }
   // Large groups: partial statistics per chunk, params per group, then codes per chunk of the
@@ -243,7 +314,7 @@ void int_quantize_typed(const IntQuantArgs& a) {
     for (int64_t k = 0; k < items; ++k) {
       int64_t g = k / per_group, c = k % per_group;
       int64_t begin = g * S + c * kChunk, len = std::min(kChunk, S - c * kChunk);
-      partial[k] = range_stats<Fmt>(in + begin, len);
+      partial[k] = chunk_stats<Fmt>(in + begin, len, a.symmetric);
     }
 #pragma omp for schedule(static)
     for (int64_t g = 0; g < a.groups; ++g) {
@@ -254,7 +325,7 @@ void int_quantize_typed(const IntQuantArgs& a) {
     }
 #pragma omp for schedule(static)
     for (int64_t c = 0; c < flat_chunks; ++c)
-      range_int_codes<Fmt, Per>(in, a.q, c * kChunk, std::min(a.n, (c + 1) * kChunk), S, params.data(), 0);
+      chunk_int_codes<Fmt, Per>(a, c * kChunk, std::min(a.n, (c + 1) * kChunk), params.data());
   }
 }
 
@@ -268,27 +339,44 @@ struct IntDequantArgs {
   int threads;
 };
 
+// Values of the flat elements [begin, end), begin a multiple of Per. Packed codes are unpacked
+// a tile at a time into a plain array first, so both loops vectorize.
 template <class Fmt, int Per, bool Symmetric>
-void int_dequantize_typed(const IntDequantArgs& a) {
+DSQ_CPU_MULTIVERSION void int_dequantize_range(const IntDequantArgs& a, int64_t begin, int64_t end) {
   typedef typename Fmt::storage T;
   typedef typename Fmt::compute C;
   T* out = static_cast<T*>(a.out);
   const int64_t S = a.n / a.groups;
-  const int64_t chunks = (a.n + kChunk - 1) / kChunk;
-#pragma omp parallel for schedule(static) num_threads(a.threads) if (chunks > 1)
-  for (int64_t c = 0; c < chunks; ++c) {
-    const int64_t end = std::min(a.n, (c + 1) * kChunk);
-    for (int64_t i = c * kChunk; i < end;) {
-      const int64_t g = i / S, stop = std::min(end, (g + 1) * S);
-      const float p0 = a.params[Symmetric ? g : 2 * g], p1 = Symmetric ? 0.0f : a.params[2 * g + 1];
+  int32_t codes[kTile];
+  for (int64_t t0 = begin; t0 < end; t0 += kTile) {
+    const int64_t m = std::min(kTile, end - t0);
+    const uint8_t* src = a.q + t0 / Per;
+    if (Per == 1) {
 #pragma omp simd
-      for (int64_t k = i; k < stop; ++k) {
-        int32_t code = Per == 1 ? (int32_t)(int8_t)a.q[k] : dsq::field_signed(a.q[k / Per], Per, (int)(k % Per));
-        out[k] = Fmt::store((C)dsq::int_dequant(code, p0, p1, Symmetric));
-      }
+      for (int64_t j = 0; j < m; ++j) codes[j] = (int32_t)(int8_t)src[j];
+    } else {
+      const int64_t nbytes = (m + Per - 1) / Per;
+#pragma omp simd
+      for (int64_t b = 0; b < nbytes; ++b)
+        for (int j = 0; j < Per; ++j) codes[b * Per + j] = dsq::field_signed(src[b], Per, j);
+    }
+    for (int64_t i = t0; i < t0 + m;) {
+      const int64_t g = i / S, stop = std::min(t0 + m, (g + 1) * S);
+      const float p0 = a.params[Symmetric ? g : 2 * g], p1 = Symmetric ? 0.0f : a.params[2 * g + 1];
+      const int32_t* c = codes - t0;
+#pragma omp simd
+      for (int64_t k = i; k < stop; ++k) out[k] = Fmt::store((C)dsq::int_dequant(c[k], p0, p1, Symmetric));
       i = stop;
     }
   }
+}
+
+template <class Fmt, int Per, bool Symmetric>
+void int_dequantize_typed(const IntDequantArgs& a) {
+  const int64_t chunks = (a.n + kChunk - 1) / kChunk;
+#pragma omp parallel for schedule(static) num_threads(a.threads) if (chunks > 1)
+  for (int64_t c = 0; c < chunks; ++c)
+    int_dequantize_range<Fmt, Per, Symmetric>(a, c * kChunk, std::min(a.n, (c + 1) * kChunk));
 }
 
 // Dispatch tables: [dtype][codes per byte 1, 2, 4] (and [symmetric] for dequantization).
@@ -383,6 +471,14 @@ inline int max_threads() { return omp_get_max_threads(); }
 inline void* aligned_buffer(size_t bytes) {
   void* p = nullptr;
   if (posix_memalign(&p, 64, bytes ? bytes : 64) != 0) return nullptr;
+#ifdef MADV_HUGEPAGE
+  // Large results are written once, right away: transparent huge pages cut the page faults of
+  // the first touch (what NumPy does for its own large arrays). Advisory; failures are harmless.
+  if (bytes >= (size_t(4) << 20)) {
+    uintptr_t first = ((uintptr_t)p + 4095) & ~(uintptr_t)4095, last = ((uintptr_t)p + bytes) & ~(uintptr_t)4095;
+    if (last > first) madvise((void*)first, last - first, MADV_HUGEPAGE);
+  }
+#endif
   return p;
 }
 
