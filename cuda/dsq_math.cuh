@@ -237,11 +237,16 @@ DSQ_HD double fma_c(double a, double b, double c) { return std::fma(a, b, c); }
 // Fake quantization (quantize + dequantize in the input's dtype). Parameters of one group.
 // ---------------------------------------------------------------------------------------------
 template <class C> struct FakeParams {
-  C scale;   // multiplies x (symmetric) ; step size (asymmetric)
-  C inv;     // 1 / scale
-  C base;    // asymmetric: group minimum ; symmetric: 0
-  C lo, hi;  // code range
+  C scale;     // multiplies x (symmetric) ; step size (asymmetric)
+  C inv;       // 1 / scale
+  C base;      // asymmetric: group minimum ; symmetric: 0
+  C lo, hi;    // code range
+  bool halve;  // asymmetric group whose span mx - mn overflows C: scale with halved operands
 };
+
+template <class C> DSQ_HD C max_finite();
+template <> DSQ_HD float max_finite<float>() { return 3.40282346638528859812e+38f; }
+template <> DSQ_HD double max_finite<double>() { return 1.79769313486231570815e+308; }
 
 // Symmetric: s = C(2^b / (2·d(absmax) + 1e-5)), written as 2^(b-1) / (d(absmax) + 5e-6), which is
 // the same double quotient (both operands halved exactly) but cannot overflow for dtype max.
@@ -253,6 +258,7 @@ template <class C> DSQ_HD FakeParams<C> fake_params_symmetric(C absmax, int bits
   p.base = (C)0;
   p.lo = -(C)half_levels;
   p.hi = (C)half_levels - (C)1;
+  p.halve = false;
   return p;
 }
 
@@ -266,6 +272,7 @@ template <class C> DSQ_HD FakeParams<C> fake_params_asymmetric(C mn, C mx, int b
   p.base = mn;
   p.lo = (C)0;
   p.hi = (C)(2.0 * half_levels) - (C)1;
+  p.halve = mx - mn > max_finite<C>();
   return p;
 }
 
@@ -275,8 +282,11 @@ template <class Fmt> DSQ_HD FakeParams<typename Fmt::compute> fake_params(const 
 }
 
 // The value on the code scale, before rounding: x·s (symmetric) or (x - mn)·(1/s) (asymmetric).
+// A group spanning more than the largest finite C (only possible near ±max) would overflow
+// x - mn; it computes (x/2 - mn/2)·(2/s) instead, which is the same product wherever both exist.
 template <class C> DSQ_HD C fake_scaled(C x, const FakeParams<C>& p, bool symmetric) {
-  return symmetric ? x * p.scale : (x - p.base) * p.inv;
+  if (symmetric) return x * p.scale;
+  return p.halve ? (x * (C)0.5 - p.base * (C)0.5) * (p.inv * (C)2) : (x - p.base) * p.inv;
 }
 
 // The code as a value of type C. u in [0, 1) for stochastic rounding, ignored otherwise.
