@@ -1,16 +1,17 @@
 // CPU kernels: loops, threads and vector code around the scalar math of cuda/dsq_math.cuh.
 // Nothing numeric is defined here; every formula comes from the shared headers, so these loops
 // produce the same bits as the CUDA kernels.
-//
-// Work split (OpenMP): groups smaller than kLargeGroup are whole work items (statistics and
-// quantization in one visit, the group stays in cache); larger groups are cut into chunks of
-// kChunk elements processed in two parallel passes (partial statistics, then quantization), so a
-// single huge group uses every thread.
+// The per-range loops are compiled twice (baseline x86-64 and AVX2+FMA+F16C) and the faster one
+// that this CPU supports is chosen at run time (never -march=native: wheels must run anywhere).
 #pragma once
 #include <omp.h>
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
 #include <algorithm>
 #include <cstdint>
 #include <cstdlib>
+#include <type_traits>
 #include <vector>
 
 #include "dsq_math.cuh"
@@ -22,62 +23,53 @@ using dsq::Stats;
 using dsq::FakeParams;
 using dsq::IntParams;
 
-const int64_t kTile = 512;          // elements per inner tile (random words are drawn per tile)
+// ---------------------------------------------------------------- per-range loops, two ISAs
+// The kernels of one ISA for one element format: statistics of a range indexed [symmetric], and
+// fake quantization of a range indexed [symmetric][stochastic].
+template <class Fmt> struct Ranges {
+  typedef void (*FakeFn)(const typename Fmt::storage*, typename Fmt::storage*, int64_t,
+                         const FakeParams<typename Fmt::compute>&, uint64_t, uint64_t);
+  Stats<Fmt> (*stats[2])(const typename Fmt::storage*, int64_t);
+  FakeFn fake[2][2];
+};
+
+namespace base {
+#include "_cpu_ranges.inc"
+}  // namespace base
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#define DSQ_CPU_HAVE_AVX2 1
+#pragma GCC push_options
+#pragma GCC target("avx2,fma,f16c")
+namespace avx2 {
+#define DSQ_CPU_F16C 1
+#include "_cpu_ranges.inc"
+#undef DSQ_CPU_F16C
+}  // namespace avx2
+#pragma GCC pop_options
+#endif
+
+inline bool use_avx2() {
+#ifdef DSQ_CPU_HAVE_AVX2
+  static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+                         __builtin_cpu_supports("f16c") && std::getenv("DSQUANT_CPU_BASELINE") == nullptr;
+  return ok;
+#else
+  return false;
+#endif
+}
+
+template <class Fmt> const Ranges<Fmt>& ranges_for_this_cpu() {
+#ifdef DSQ_CPU_HAVE_AVX2
+  static const Ranges<Fmt> r = use_avx2() ? avx2::ranges<Fmt>() : base::ranges<Fmt>();
+#else
+  static const Ranges<Fmt> r = base::ranges<Fmt>();
+#endif
+  return r;
+}
+
 const int64_t kLargeGroup = 1 << 15;
 const int64_t kChunk = 1 << 15;
-
-// ---------------------------------------------------------------- statistics of a range
-template <class Fmt>
-inline Stats<Fmt> range_stats(const typename Fmt::storage* x, int64_t n) {
-  typedef typename Fmt::key K;
-  Stats<Fmt> init = dsq::stats_empty<Fmt>();
-  // independent accumulators in plain locals, so the compiler vectorizes the reduction
-  K a = init.absmax_key, hi = init.max_key, lo = init.min_key;
-#pragma omp simd reduction(max : a, hi) reduction(min : lo)
-  for (int64_t i = 0; i < n; ++i) {
-    bool ok = Fmt::finite(x[i]);
-    K ak = ok ? Fmt::abs_key(x[i]) : (K)0;
-    K k = Fmt::key_of(x[i]);
-    K kh = ok ? k : init.max_key, kl = ok ? k : init.min_key;
-    a = ak > a ? ak : a;
-    hi = kh > hi ? kh : hi;
-    lo = kl < lo ? kl : lo;
-  }
-  Stats<Fmt> s;
-  s.absmax_key = a; s.max_key = hi; s.min_key = lo;
-  return s;
-}
-
-// ---------------------------------------------------------------- uniforms for a tile
-// u[j] = uniform of stream position pos + j, j < n <= kTile.
-inline void fill_uniforms(uint64_t seed, uint64_t pos, int64_t n, float* u) {
-  uint32_t words[kTile + 8];
-  uint64_t first_block = pos >> 2;
-  int64_t nblocks = (int64_t)(((pos + (uint64_t)n + 3) >> 2) - first_block);
-  for (int64_t b = 0; b < nblocks; ++b) {
-    dsq::U32x4 w = dsq::philox_block(seed, first_block + (uint64_t)b);
-    words[4 * b + 0] = w.v[0]; words[4 * b + 1] = w.v[1];
-    words[4 * b + 2] = w.v[2]; words[4 * b + 3] = w.v[3];
-  }
-  const uint32_t* start = words + (pos & 3u);
-  for (int64_t j = 0; j < n; ++j) u[j] = dsq::uniform_from_word(start[j]);
-}
-
-// ---------------------------------------------------------------- fake quantization of a range
-template <class Fmt, bool Symmetric, bool Stochastic>
-inline void range_fake(const typename Fmt::storage* in, typename Fmt::storage* out, int64_t n,
-                       const FakeParams<typename Fmt::compute>& p, uint64_t seed, uint64_t pos) {
-  float u[kTile];
-  for (int64_t t0 = 0; t0 < n; t0 += kTile) {
-    int64_t m = std::min(kTile, n - t0);
-    if (Stochastic) fill_uniforms(seed, pos + (uint64_t)t0, m, u);
-    const typename Fmt::storage* src = in + t0;
-    typename Fmt::storage* dst = out + t0;
-#pragma omp simd
-    for (int64_t j = 0; j < m; ++j)
-      dst[j] = dsq::fake_element<Fmt>(src[j], p, Symmetric, Stochastic, Stochastic ? u[j] : 0.0f);
-  }
-}
 
 struct FakeArgs {
   const void* in;
@@ -89,19 +81,25 @@ struct FakeArgs {
   int threads;
 };
 
-template <class Fmt, bool Symmetric, bool Stochastic>
+// Groups below kLargeGroup are whole work items (statistics and quantization in one visit, the
+// group stays in cache); larger groups are cut into kChunk pieces processed in two parallel
+// passes (partial statistics, then quantization), so a single huge group uses every thread.
+template <class Fmt>
 void fake_quantize_typed(const FakeArgs& a) {
   typedef typename Fmt::storage T;
   typedef typename Fmt::compute C;
+  const Ranges<Fmt>& k = ranges_for_this_cpu<Fmt>();
+  const auto stats = k.stats[a.symmetric];
+  const auto fake = k.fake[a.symmetric][a.stochastic];
   const T* in = static_cast<const T*>(a.in);
   T* out = static_cast<T*>(a.out);
   const int64_t S = a.n / a.groups;
   if (S < kLargeGroup) {
 #pragma omp parallel for schedule(static) num_threads(a.threads)
     for (int64_t g = 0; g < a.groups; ++g) {
-      const int64_t base = g * S;
-      FakeParams<C> p = dsq::fake_params(range_stats<Fmt>(in + base, S), a.bits, Symmetric);
-      range_fake<Fmt, Symmetric, Stochastic>(in + base, out + base, S, p, a.seed, a.offset + (uint64_t)base);
+      const int64_t begin = g * S;
+      FakeParams<C> p = dsq::fake_params(stats(in + begin, S), a.bits, a.symmetric);
+      fake(in + begin, out + begin, S, p, a.seed, a.offset + (uint64_t)begin);
     }
     return;
   }
@@ -112,39 +110,33 @@ void fake_quantize_typed(const FakeArgs& a) {
 #pragma omp parallel num_threads(a.threads)
   {
 #pragma omp for schedule(static)
-    for (int64_t k = 0; k < items; ++k) {
-      int64_t g = k / per_group, c = k % per_group;
-      int64_t begin = g * S + c * kChunk, len = std::min(kChunk, S - c * kChunk);
-      partial[k] = range_stats<Fmt>(in + begin, len);
+    for (int64_t i = 0; i < items; ++i) {
+      const int64_t g = i / per_group, c = i % per_group;
+      partial[i] = stats(in + g * S + c * kChunk, std::min(kChunk, S - c * kChunk));
     }
 #pragma omp for schedule(static)
     for (int64_t g = 0; g < a.groups; ++g) {
       Stats<Fmt> st = partial[g * per_group];
       for (int64_t c = 1; c < per_group; ++c) dsq::stats_merge(st, partial[g * per_group + c]);
-      params[g] = dsq::fake_params(st, a.bits, Symmetric);
+      params[g] = dsq::fake_params(st, a.bits, a.symmetric);
     }
 #pragma omp for schedule(static)
-    for (int64_t k = 0; k < items; ++k) {
-      int64_t g = k / per_group, c = k % per_group;
-      int64_t begin = g * S + c * kChunk, len = std::min(kChunk, S - c * kChunk);
-      range_fake<Fmt, Symmetric, Stochastic>(in + begin, out + begin, len, params[g], a.seed,
-                                             a.offset + (uint64_t)begin);
+    for (int64_t i = 0; i < items; ++i) {
+      const int64_t g = i / per_group, c = i % per_group;
+      const int64_t begin = g * S + c * kChunk;
+      fake(in + begin, out + begin, std::min(kChunk, S - c * kChunk), params[g], a.seed, a.offset + (uint64_t)begin);
     }
   }
 }
 
-// Dispatch table: [dtype][symmetric][stochastic] -> implementation.
+// Dispatch table by dsq::DType.
 typedef void (*FakeFn)(const FakeArgs&);
-#define DSQ_FAKE_ROW(F) \
-  {{&fake_quantize_typed<F, false, false>, &fake_quantize_typed<F, false, true>}, \
-   {&fake_quantize_typed<F, true, false>, &fake_quantize_typed<F, true, true>}}
-static const FakeFn kFakeTable[4][2][2] = {
-    DSQ_FAKE_ROW(dsq::F16), DSQ_FAKE_ROW(dsq::BF16), DSQ_FAKE_ROW(dsq::F32), DSQ_FAKE_ROW(dsq::F64)};
-#undef DSQ_FAKE_ROW
+static const FakeFn kFakeTable[4] = {&fake_quantize_typed<dsq::F16>, &fake_quantize_typed<dsq::BF16>,
+                                     &fake_quantize_typed<dsq::F32>, &fake_quantize_typed<dsq::F64>};
 
 inline void fake_quantize(int dtype, const FakeArgs& a) {
   if (a.n == 0) return;
-  kFakeTable[dtype][a.symmetric ? 1 : 0][a.stochastic ? 1 : 0](a);
+  kFakeTable[dtype](a);
 }
 
 // ---------------------------------------------------------------- strided copies
