@@ -35,3 +35,35 @@ def test_results_independent_of_thread_count(tmp_path, env_name):
         results[threads] = np.load(path)
     for threads, data in results.items():
         assert np.array_equal(data, results[1]), f"{threads} threads differ from 1 thread"
+
+
+ISA_SCRIPT = """
+import sys, numpy as np, ml_dtypes, dsquant
+rng = np.random.default_rng(1)
+base = rng.standard_normal(3 * 40009) * np.exp(rng.uniform(-6, 6, 3 * 40009))
+base[::997] = np.nan
+base[5::1013] = np.inf
+outs = []
+for dtype in (np.float16, ml_dtypes.bfloat16, np.float32, np.float64):
+    x = base.astype(dtype)
+    for groups in (3, 40009, 120027):
+        for sym in (True, False):
+            for sr in (False, True):
+                outs.append(dsquant.fake_quantize(x, groups, 5, symmetric=sym, stochastic=sr, seed=4).view(np.uint8).ravel())
+np.save(sys.argv[1], np.concatenate(outs))
+"""
+
+
+def test_baseline_and_avx2_builds_agree(tmp_path):
+    """The per-range loops are compiled for baseline x86-64 and for AVX2+FMA+F16C; both give the
+    same bits (DSQUANT_CPU_BASELINE=1 forces the baseline build)."""
+    results = []
+    for baseline in (False, True):
+        env = {k: v for k, v in os.environ.items() if k != "DSQUANT_CPU_BASELINE"}
+        if baseline:
+            env["DSQUANT_CPU_BASELINE"] = "1"
+        path = tmp_path / f"isa{int(baseline)}.npy"
+        proc = subprocess.run([sys.executable, "-c", ISA_SCRIPT, str(path)], env=env, capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr
+        results.append(np.load(path))
+    assert np.array_equal(results[0], results[1])
