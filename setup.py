@@ -10,6 +10,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 INCLUDE = [os.path.join(HERE, "cuda"), os.path.join(HERE, "dsquant")]
 # IEEE numerics pinned: the CPU path must give the CUDA path's bits (docs/numerics.md).
 COMPILE = ["-std=c++17", "-O3", "-fopenmp", "-ffp-contract=off", "-fno-fast-math", "-fno-math-errno",
+           "-fno-trapping-math",  # results unchanged; lets the compiler if-convert and vectorize
            "-Wall", "-Wno-unused-function"]
 LINK = ["-fopenmp"]
 

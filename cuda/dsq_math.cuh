@@ -27,7 +27,6 @@ typedef unsigned char uint8_t;
 #else
 #include <cmath>
 #include <cstdint>
-#include <cstring>
 #endif
 
 namespace dsq {
@@ -40,21 +39,21 @@ DSQ_HD uint32_t float_bits(float f) {
 #ifdef DSQ_DEVICE_CODE
   return __float_as_uint(f);
 #else
-  uint32_t u; std::memcpy(&u, &f, 4); return u;
+  return __builtin_bit_cast(uint32_t, f);
 #endif
 }
 DSQ_HD float bits_float(uint32_t u) {
 #ifdef DSQ_DEVICE_CODE
   return __uint_as_float(u);
 #else
-  float f; std::memcpy(&f, &u, 4); return f;
+  return __builtin_bit_cast(float, u);
 #endif
 }
 DSQ_HD uint64_t double_bits(double d) {
 #ifdef DSQ_DEVICE_CODE
   return (uint64_t)__double_as_longlong(d);
 #else
-  uint64_t u; std::memcpy(&u, &d, 8); return u;
+  return __builtin_bit_cast(uint64_t, d);
 #endif
 }
 
@@ -92,9 +91,9 @@ DSQ_HD float bf16_to_float(uint16_t h) { return bits_float((uint32_t)h << 16); }
 // binary32 -> bfloat16, round to nearest even; NaN stays a quiet NaN with its sign.
 DSQ_HD uint16_t float_to_bf16(float f) {
   uint32_t x = float_bits(f);
-  if ((x & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((x >> 16) | 0x40u);
-  x += 0x7fffu + ((x >> 16) & 1u);
-  return (uint16_t)(x >> 16);
+  uint32_t rounded = (x + 0x7fffu + ((x >> 16) & 1u)) >> 16;
+  uint32_t quiet_nan = (x >> 16) | 0x40u;
+  return (uint16_t)((x & 0x7fffffffu) > 0x7f800000u ? quiet_nan : rounded);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -151,7 +150,7 @@ struct F64 {
 #ifdef DSQ_DEVICE_CODE
     return __longlong_as_double((long long)u);
 #else
-    double d; std::memcpy(&d, &u, 8); return d;
+    return __builtin_bit_cast(double, u);
 #endif
   }
   static DSQ_HD double from_abs_key(int64_t k) { return bits_to_double((uint64_t)k); }
@@ -205,28 +204,30 @@ template <class Fmt> DSQ_HD typename Fmt::compute stats_min(const Stats<Fmt>& s)
 }
 
 // ---------------------------------------------------------------------------------------------
-// Rounding helpers, exact for |v| < 2^31 (callers clamp to the code range first).
+// Rounding to integers, exact for |v| < 2^22 (callers clamp to the code range, |v| <= 2^16,
+// first). Adding and subtracting 1.5·2^23 (2^52 for double) makes the IEEE adder round v to an
+// integer, half to even: no library call whose inlining differs between compilers, no negative
+// zero, and only selects (no branches), so the host compiler vectorizes the loops around them.
 // ---------------------------------------------------------------------------------------------
+template <class C> DSQ_HD C round_magic();
+template <> DSQ_HD float round_magic<float>() { return 12582912.0f; }
+template <> DSQ_HD double round_magic<double>() { return 6755399441055744.0; }
+
+// round half to even
+template <class C> DSQ_HD C round_half_even(C v) { return (v + round_magic<C>()) - round_magic<C>(); }
 template <class C> DSQ_HD C floor_small(C v) {
-  C t = (C)(int32_t)v;             // truncation toward zero, exact
-  return t > v ? t - (C)1 : t;
-}
-// round half to even, exact for |v| <= 2^22 (float) / 2^51 (double): after adding 1.5·2^23
-// (1.5·2^52) no fraction bits are left, so the IEEE addition itself rounds half to even, and
-// subtracting the constant back is exact. Branch-free, so the CPU loops vectorize. A zero result
-// is +0, as from the integer conversion.
-template <class C> DSQ_HD C rne_magic();
-template <> DSQ_HD float rne_magic<float>() { return 12582912.0f; }
-template <> DSQ_HD double rne_magic<double>() { return 6755399441055744.0; }
-template <class C> DSQ_HD C round_half_even(C v) {
-  return (v + rne_magic<C>()) - rne_magic<C>();
+  C r = round_half_even(v);
+  return r > v ? r - (C)1 : r;
 }
 // round half away from zero, for v >= 0
 template <class C> DSQ_HD C round_half_up_nonneg(C v) {
   C t = floor_small(v);
-  return (v - t >= (C)0.5) ? t + (C)1 : t;
+  return v - t >= (C)0.5 ? t + (C)1 : t;   // v - t is exact: t <= v < t + 1
 }
-template <class C> DSQ_HD C clamp(C v, C lo, C hi) { return v < lo ? lo : (v > hi ? hi : v); }
+template <class C> DSQ_HD C clamp(C v, C lo, C hi) {
+  C a = v < lo ? lo : v;
+  return a > hi ? hi : a;
+}
 
 #ifdef DSQ_DEVICE_CODE
 DSQ_HD float fma_c(float a, float b, float c) { return fmaf(a, b, c); }
@@ -240,10 +241,11 @@ DSQ_HD double fma_c(double a, double b, double c) { return std::fma(a, b, c); }
 // Fake quantization (quantize + dequantize in the input's dtype). Parameters of one group.
 // ---------------------------------------------------------------------------------------------
 template <class C> struct FakeParams {
-  C scale;   // multiplies x (symmetric) ; step size (asymmetric)
-  C inv;     // 1 / scale
-  C base;    // asymmetric: group minimum ; symmetric: 0
-  C lo, hi;  // code range
+  C scale;     // multiplies x (symmetric) ; step size (asymmetric)
+  C inv;       // 1 / scale
+  C base;      // asymmetric: group minimum ; symmetric: 0
+  C lo, hi;    // code range
+  bool halve;  // asymmetric group whose span mx - mn overflows C: scale with halved operands
 };
 
 template <class C> DSQ_HD C max_finite();
@@ -260,6 +262,7 @@ template <class C> DSQ_HD FakeParams<C> fake_params_symmetric(C absmax, int bits
   p.base = (C)0;
   p.lo = -(C)half_levels;
   p.hi = (C)half_levels - (C)1;
+  p.halve = false;
   return p;
 }
 
@@ -273,6 +276,7 @@ template <class C> DSQ_HD FakeParams<C> fake_params_asymmetric(C mn, C mx, int b
   p.base = mn;
   p.lo = (C)0;
   p.hi = (C)(2.0 * half_levels) - (C)1;
+  p.halve = mx - mn > max_finite<C>();
   return p;
 }
 
@@ -282,8 +286,11 @@ template <class Fmt> DSQ_HD FakeParams<typename Fmt::compute> fake_params(const 
 }
 
 // The value on the code scale, before rounding: x·s (symmetric) or (x - mn)·(1/s) (asymmetric).
+// A group spanning more than the largest finite C (only possible near ±max) would overflow
+// x - mn; it computes (x/2 - mn/2)·(2/s) instead, which is the same product wherever both exist.
 template <class C> DSQ_HD C fake_scaled(C x, const FakeParams<C>& p, bool symmetric) {
-  return symmetric ? x * p.scale : (x - p.base) * p.inv;
+  if (symmetric) return x * p.scale;
+  return p.halve ? (x * (C)0.5 - p.base * (C)0.5) * (p.inv * (C)2) : (x - p.base) * p.inv;
 }
 
 // The code as a value of type C. u in [0, 1) for stochastic rounding, ignored otherwise.
@@ -292,7 +299,7 @@ template <class C> DSQ_HD C fake_code(C x, const FakeParams<C>& p, bool symmetri
   C v = clamp(fake_scaled(x, p, symmetric), p.lo, p.hi);
   if (stochastic) {
     C t = floor_small(v);
-    return ((C)u < v - t) ? t + (C)1 : t;   // v <= hi, so t + 1 <= hi whenever taken
+    return (C)u < v - t ? t + (C)1 : t;   // v <= hi, so t + 1 <= hi whenever it is taken
   }
   return symmetric ? round_half_even(v) : round_half_up_nonneg(v);
 }
@@ -301,14 +308,19 @@ template <class C> DSQ_HD C fake_dequant(C q, const FakeParams<C>& p, bool symme
   return symmetric ? q * p.inv : fma_c(q, p.scale, p.base);
 }
 
-// One element of fake quantization in storage format: non-finite elements come back unchanged.
+// Fake quantization of one finite value of the compute type.
+template <class C> DSQ_HD C fake_value(C x, const FakeParams<C>& p, bool symmetric, bool stochastic, float u) {
+  return fake_dequant(fake_code(x, p, symmetric, stochastic, u), p, symmetric);
+}
+
+// One element of fake quantization in storage format: non-finite elements come back unchanged
+// (and are replaced by 0 inside the arithmetic, which never sees NaN or Inf).
 template <class Fmt>
 DSQ_HD typename Fmt::storage fake_element(typename Fmt::storage raw, const FakeParams<typename Fmt::compute>& p,
                                           bool symmetric, bool stochastic, float u) {
   typedef typename Fmt::compute C;
-  bool ok = Fmt::finite(raw);
-  C x = ok ? Fmt::load(raw) : (C)0;
-  C y = fake_dequant(fake_code(x, p, symmetric, stochastic, u), p, symmetric);
+  const bool ok = Fmt::finite(raw);
+  const C y = fake_value(ok ? Fmt::load(raw) : (C)0, p, symmetric, stochastic, u);
   return ok ? Fmt::store(y) : raw;
 }
 
@@ -362,16 +374,15 @@ template <class Fmt> DSQ_HD IntParams<typename Fmt::compute> int_params(const St
   return p;
 }
 
-// Signed code of one stored element: NaN -> 0, +Inf -> hi, -Inf -> lo. NaN is replaced by the
-// offset (code 0); ±Inf need nothing (scale > 0, so they clamp to hi / lo). v is never NaN, so
-// the clamp is written as two max/min-shaped selections, which vectorize best on the CPU.
+// Signed code of one value of the compute type: NaN -> 0, +Inf -> hi, -Inf -> lo. NaN is replaced
+// by the offset (code 0); ±Inf need nothing, they clamp to hi / lo (scale > 0).
+template <class C> DSQ_HD int32_t int_code_value(C x, const IntParams<C>& p) {
+  return (int32_t)round_half_even(clamp(((x == x ? x : p.offset) - p.offset) * p.scale, p.lo, p.hi));
+}
+
+// Signed code of one stored element.
 template <class Fmt> DSQ_HD int32_t int_code(typename Fmt::storage raw, const IntParams<typename Fmt::compute>& p) {
-  typedef typename Fmt::compute C;
-  C x = Fmt::load(raw);
-  C v = ((x == x ? x : p.offset) - p.offset) * p.scale;
-  v = v > p.lo ? v : p.lo;
-  v = v < p.hi ? v : p.hi;
-  return (int32_t)round_half_even(v);
+  return int_code_value(Fmt::load(raw), p);
 }
 
 // Dequantized value (compute type float) of a code with stored params.

@@ -16,23 +16,28 @@ DSQ_HD void mulhilo32(uint32_t a, uint32_t b, uint32_t& hi, uint32_t& lo) {
   lo = (uint32_t)p;
 }
 
+const uint32_t kPhiloxM0 = 0xD2511F53u, kPhiloxM1 = 0xCD9E8D57u;
+const uint32_t kPhiloxW0 = 0x9E3779B9u, kPhiloxW1 = 0xBB67AE85u;
+
+// One Philox round on the counter words with round key (k0, k1).
+DSQ_HD void philox_round(uint32_t& c0, uint32_t& c1, uint32_t& c2, uint32_t& c3, uint32_t k0, uint32_t k1) {
+  uint32_t hi0, lo0, hi1, lo1;
+  mulhilo32(kPhiloxM0, c0, hi0, lo0);
+  mulhilo32(kPhiloxM1, c2, hi1, lo1);
+  c0 = hi1 ^ c1 ^ k0;
+  c1 = lo1;
+  c2 = hi0 ^ c3 ^ k1;
+  c3 = lo0;
+}
+
 DSQ_HD U32x4 philox4x32_10(U32x4 ctr, uint32_t k0, uint32_t k1) {
-  const uint32_t M0 = 0xD2511F53u, M1 = 0xCD9E8D57u, W0 = 0x9E3779B9u, W1 = 0xBB67AE85u;
 #ifdef __CUDACC__
 #pragma unroll
 #endif
   for (int round = 0; round < 10; ++round) {
-    uint32_t hi0, lo0, hi1, lo1;
-    mulhilo32(M0, ctr.v[0], hi0, lo0);
-    mulhilo32(M1, ctr.v[2], hi1, lo1);
-    U32x4 next;
-    next.v[0] = hi1 ^ ctr.v[1] ^ k0;
-    next.v[1] = lo1;
-    next.v[2] = hi0 ^ ctr.v[3] ^ k1;
-    next.v[3] = lo0;
-    ctr = next;
-    k0 += W0;
-    k1 += W1;
+    philox_round(ctr.v[0], ctr.v[1], ctr.v[2], ctr.v[3], k0, k1);
+    k0 += kPhiloxW0;
+    k1 += kPhiloxW1;
   }
   return ctr;
 }
@@ -48,7 +53,7 @@ DSQ_HD U32x4 philox_block(uint64_t seed, uint64_t block) {
 }
 
 // A 32-bit word -> float in [0, 1) with 24 random bits (exact).
-DSQ_HD float uniform_from_word(uint32_t w) { return (float)(w >> 8) * 5.9604644775390625e-08f; }
+DSQ_HD float uniform_from_word(uint32_t w) { return (float)(int32_t)(w >> 8) * 5.9604644775390625e-08f; }
 
 // The uniform of stream position p.
 DSQ_HD float uniform_at(uint64_t seed, uint64_t p) {

@@ -37,13 +37,13 @@ def _timed_against_copy(fn, nbytes: int, reps: int) -> tuple[float, float]:
     return statistics.median(op_times), statistics.median(copy_times)
 
 
-def int_rows(numel: int = 1 << 24, dtype: str = "float32", reps: int = 7) -> list[dict]:
+def int_rows(numel: int = 1 << 24, reps: int = 7, dtype: str = "float32") -> list[dict]:
     """Throughput of quantize and dequantize (int8 and int4, group sizes 128 and 4096).
 
     Args:
         numel: elements per call (default 16M: well beyond the caches).
-        dtype: the float dtype quantized from and dequantized to.
         reps: timed repetitions per row (the median is reported).
+        dtype: the float dtype quantized from and dequantized to.
 
     Returns:
         One dict per row: ``op``, ``dtype``, ``bits``, ``group``, ``GB/s`` (bytes moved per second,

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
+import json
 import sys
 
 try:
@@ -63,3 +64,9 @@ def _cuda_usable(have_cupy: bool):
         return _cuda.device_count() > 0
     except Exception:   # noqa: BLE001 - any failure means "not usable here"
         return False
+
+
+def main(argv) -> int:
+    """``python -m dsquant info``: print :func:`info` as JSON."""
+    print(json.dumps(info(), indent=2))
+    return 0

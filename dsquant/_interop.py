@@ -55,8 +55,6 @@ def intake(obj, name: str, stream=None) -> Operand:
         source = obj.detach()                            # same storage; DLPack refuses grad tensors
     try:
         tensor = _array.consume(source, stream, as_dtype)
-    except BufferError:
-        raise
     except (TypeError, RuntimeError, ValueError) as exc:
         raise BufferError(f"{name}: {type(obj).__qualname__} could not be exported through DLPack: {exc}") from exc
     return Operand(obj, fw, tensor)

@@ -1,6 +1,9 @@
 """dsquant.quantize / dsquant.dequantize on the CPU: bit-exact against the independent reference
 (reference_int.py), exact byte tables for packing and edge values, round trips, interop, errors."""
 import math
+import os
+import subprocess
+import sys
 import zlib
 
 import jax.numpy as jnp
@@ -278,6 +281,41 @@ def test_thread_count_does_not_change_results(monkeypatch, scheme):
         q, params = dsquant.quantize(x, 4, 4, symmetric=SCHEMES[scheme])
         outputs.append((q.tobytes(), params.tobytes(), dsquant.dequantize(q, params, 4).tobytes()))
     assert outputs[0] == outputs[1] == outputs[2]
+
+
+ISA_SCRIPT = """
+import sys, numpy as np, ml_dtypes, dsquant
+rng = np.random.default_rng(2)
+base = rng.standard_normal(4 * 40004) * np.exp(rng.uniform(-6, 6, 4 * 40004))
+base[::997] = np.nan
+base[5::1013] = np.inf
+outs = []
+for dtype in (np.float16, ml_dtypes.bfloat16, np.float32, np.float64):
+    x = base.astype(dtype)
+    for groups in (4, 40004, 160016):
+        for bits in (2, 3, 4, 8):
+            for sym in (True, False):
+                q, p = dsquant.quantize(x, groups, bits, symmetric=sym)
+                outs += [q.view(np.uint8), p.view(np.uint8).ravel()]
+                for out in ("float16", "bfloat16", "float64"):
+                    outs.append(dsquant.dequantize(q, p, bits, dtype=out).view(np.uint8))
+np.save(sys.argv[1], np.concatenate(outs))
+"""
+
+
+def test_baseline_and_avx2_builds_agree(tmp_path):
+    """The range loops are compiled for baseline x86-64 and AVX2+FMA+F16C (DSQUANT_CPU_BASELINE=1
+    forces the baseline): both give the same bytes."""
+    results = []
+    for baseline in (False, True):
+        env = {k: v for k, v in os.environ.items() if k != "DSQUANT_CPU_BASELINE"}
+        if baseline:
+            env["DSQUANT_CPU_BASELINE"] = "1"
+        path = tmp_path / f"isa{int(baseline)}.npy"
+        proc = subprocess.run([sys.executable, "-c", ISA_SCRIPT, str(path)], env=env, capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr
+        results.append(np.load(path))
+    assert np.array_equal(results[0], results[1])
 
 
 # ------------------------------------------------------------------------------ shapes
