@@ -1,10 +1,11 @@
 """The examples in docstrings run and print what they say."""
 import doctest
 import importlib
+from pathlib import Path
 
 import pytest
 
-MODULES = ["dsquant._ops", "dsquant._info"]
+MODULES = ["dsquant._ops", "dsquant._info", "dsquant.compat.deepspeed", "dsquant._bench_int"]
 
 
 @pytest.mark.parametrize("name", MODULES)
@@ -12,3 +13,18 @@ def test_docstring_examples(name):
     result = doctest.testmod(importlib.import_module(name), optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0
     assert result.failed == 0
+
+
+DOCS = ["api.md", "format.md"]   # pages whose >>> examples are exact (quickstart's are illustrative)
+
+
+@pytest.mark.parametrize("name", DOCS)
+def test_markdown_examples(name):
+    """The `>>>` examples of these docs pages run and print what they say (code fences removed, so
+    a closing fence does not count as expected output)."""
+    path = Path(__file__).parent.parent / "docs" / name
+    text = "\n".join("" if line.startswith("```") else line for line in path.read_text().splitlines())
+    test = doctest.DocTestParser().get_doctest(text, {}, path.name, str(path), 0)
+    runner = doctest.DocTestRunner(optionflags=doctest.NORMALIZE_WHITESPACE)
+    runner.run(test)
+    assert runner.failures == 0
