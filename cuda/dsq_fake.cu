@@ -79,15 +79,15 @@ template <class Fmt> DSQ_DEV void stats_unit(Stats<Fmt>& s, const Unit<Fmt>& u, 
 
 // u[k] = uniform of stream position pos + k: the words of the Philox blocks the unit straddles
 // (one more block when pos is not a multiple of 4), selected without run-time array indexing.
+// Positions wrap modulo 2^64 like every stream position, so block b is (pos + 4b) >> 2.
 template <int N> DSQ_DEV void unit_uniforms(uint64_t seed, uint64_t pos, float (&u)[N]) {
   constexpr int NB = N / 4;
   uint32_t w[4 * NB + 4];
-  const uint64_t block = pos >> 2;
   const uint32_t r = (uint32_t)pos & 3u;
 #pragma unroll
   for (int b = 0; b <= NB; ++b) {
     U32x4 x = {{0u, 0u, 0u, 0u}};
-    if (b < NB || r != 0u) x = philox_block(seed, block + (uint64_t)b);
+    if (b < NB || r != 0u) x = philox_block(seed, (pos + 4u * (uint64_t)b) >> 2);
 #pragma unroll
     for (int i = 0; i < 4; ++i) w[4 * b + i] = x.v[i];
   }

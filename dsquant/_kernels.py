@@ -183,6 +183,16 @@ def _parse_ptxas(log: str) -> dict[str, dict[str, int]]:
     return info
 
 
+def cache_key(module: str, target: str, sources: dict[str, bytes] | None = None) -> str:
+    """What a compiled module depends on: NVRTC's version, the target, the options, the name
+    expressions, and the content of every source file (headers included)."""
+    sources = _sources() if sources is None else sources
+    return hashlib.sha256(json.dumps({
+        "nvrtc": nvrtc_version(), "module": module, "target": target, "options": options_for(target),
+        "names": MODULES[module], "sources": {k: hashlib.sha256(v).hexdigest() for k, v in sources.items()},
+    }, sort_keys=True).encode()).hexdigest()[:32]
+
+
 def options_for(target: str) -> tuple[str, ...]:
     arch = f"-arch={target}"
     verbose = ("-Xptxas=-v",) if target.startswith("sm_") else ()   # ptxas runs for sm_ targets only
@@ -201,10 +211,7 @@ def compile_module(module: str, target: str) -> Compiled:
     names = MODULES[module]
     options = options_for(target)
     nvrtc = _nvrtc()
-    key = hashlib.sha256(json.dumps({
-        "nvrtc": nvrtc_version(), "module": module, "target": target, "options": options,
-        "names": names, "sources": {k: hashlib.sha256(v).hexdigest() for k, v in sources.items()},
-    }, sort_keys=True).encode()).hexdigest()[:32]
+    key = cache_key(module, target, sources)
     suffix = ".cubin" if target.startswith("sm_") else ".ptx"
     root = cache_dir()
     binary, meta = root / f"{key}{suffix}", root / f"{key}.json"

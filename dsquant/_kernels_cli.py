@@ -52,8 +52,9 @@ def _device_targets() -> list[str]:
                    for i in range(_cuda.device_count())})
 
 
-def check(target: str, out=sys.stdout) -> bool:
+def check(target: str, out=None) -> bool:
     """Compile every module for `target`, print the resource table; True when all is clean."""
+    out = sys.stdout if out is None else out
     clean = True
     for module, names in _kernels.MODULES.items():
         try:

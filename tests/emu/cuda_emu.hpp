@@ -6,6 +6,11 @@
 // reductions, random-stream positions, and that no thread skips a barrier or a shuffle its
 // partners wait in (that deadlocks here and is reported as an error). The scalar math is the
 // host branch of cuda/dsq_math.cuh, the same functions the CPU path runs.
+//
+// Which runnable thread goes next follows a policy that changes from launch to launch: round
+// robin, or always the lowest (highest) numbered runnable thread, which lets the first (last)
+// warp run ahead of the others up to the next block barrier. A missing barrier between a write
+// to shared memory and other warps' reads of the old value then shows as a wrong result.
 #pragma once
 #include <ucontext.h>
 
@@ -26,14 +31,17 @@ struct Dim {
   unsigned x, y, z;
 };
 
+struct Barrier {
+  unsigned arrived = 0, generation = 0;
+};
+
 struct Fiber {
   ucontext_t ctx;
   Dim tid;
   bool done;
-};
-
-struct Barrier {
-  unsigned arrived = 0, generation = 0;
+  const Barrier* waiting;   // the barrier it waits at, or null
+  unsigned wait_generation;
+  bool runnable() const { return !done && (!waiting || waiting->generation != wait_generation); }
 };
 
 inline Dim block_idx, block_dim, grid_dim;
@@ -44,27 +52,37 @@ inline Barrier block_bar;
 inline std::vector<unsigned long long> lanes;    // shuffle exchange slots, one per thread
 inline ucontext_t scheduler;
 inline int current = 0;
-inline unsigned long long progress = 0;
 inline void (*body)() = nullptr;
 inline std::string error;
+inline unsigned launches = 0;   // picks the scheduling policy of each launch
 
 inline void yield() { swapcontext(&fibers[current].ctx, &scheduler); }
 
 inline void wait_at(Barrier& b, unsigned count) {
-  const unsigned gen = b.generation;
-  ++progress;
   if (++b.arrived == count) {
     b.arrived = 0;
     ++b.generation;
     return;
   }
-  while (b.generation == gen) yield();
+  fibers[current].waiting = &b;
+  fibers[current].wait_generation = b.generation;
+  yield();   // the scheduler resumes this fiber once the barrier has opened
+  fibers[current].waiting = nullptr;
+}
+
+// The next fiber to run under `policy` (0 round robin after `last`, 1 lowest, 2 highest), or -1.
+inline int next_fiber(int policy, int last) {
+  const int n = (int)fibers.size();
+  for (int i = 0; i < n; ++i) {
+    const int t = policy == 0 ? (last + 1 + i) % n : policy == 1 ? i : n - 1 - i;
+    if (fibers[t].runnable()) return t;
+  }
+  return -1;
 }
 
 inline void fiber_main() {
   body();
   fibers[current].done = true;
-  ++progress;
   // returning resumes uc_link (the scheduler)
 }
 
@@ -76,6 +94,7 @@ inline int run(unsigned grid, unsigned block) {
   }
   grid_dim = {grid, 1, 1};
   block_dim = {block, 1, 1};
+  const int policy = (int)(launches++ % 3);
   const size_t stack_bytes = 256 * 1024;
   stacks.resize(block);
   for (auto& s : stacks) s.resize(stack_bytes);
@@ -89,26 +108,26 @@ inline int run(unsigned grid, unsigned block) {
       Fiber& f = fibers[t];
       f.tid = {t, 0, 0};
       f.done = false;
+      f.waiting = nullptr;
       getcontext(&f.ctx);
       f.ctx.uc_stack.ss_sp = stacks[t].data();
       f.ctx.uc_stack.ss_size = stack_bytes;
       f.ctx.uc_link = &scheduler;
       makecontext(&f.ctx, fiber_main, 0);
     }
-    for (;;) {
-      bool all_done = true;
-      const unsigned long long before = progress;
-      for (unsigned t = 0; t < block; ++t) {
-        if (fibers[t].done) continue;
-        all_done = false;
-        current = (int)t;
-        swapcontext(&scheduler, &fibers[t].ctx);
+    for (int t = -1;;) {
+      t = next_fiber(policy, t);
+      if (t < 0) {
+        for (const Fiber& f : fibers) {
+          if (!f.done) {
+            error = "block " + std::to_string(b) + ": threads wait at a barrier or shuffle that others never reach";
+            return -1;
+          }
+        }
+        break;
       }
-      if (all_done) break;
-      if (progress == before) {
-        error = "block " + std::to_string(b) + ": threads wait at a barrier or shuffle that others never reach";
-        return -1;
-      }
+      current = t;
+      swapcontext(&scheduler, &fibers[t].ctx);
     }
   }
   return 0;
