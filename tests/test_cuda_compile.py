@@ -5,10 +5,11 @@ like the interop tests, these fail rather than skip when it is missing."""
 import io
 import os
 
+import numpy as np
 import pytest
 from cuda.bindings import nvrtc  # noqa: F401  (missing: fail here, loudly)
 
-from dsquant import _kernels, _kernels_cli
+from dsquant import _kernels, _kernels_cli, _launch
 
 
 @pytest.fixture(scope="module")
@@ -114,3 +115,47 @@ def test_source_dir_holds_the_kernels():
     root = _kernels.source_dir()
     assert {"dsq_math.cuh", "dsq_philox.cuh"} <= {p.name for p in root.iterdir()}
     assert all((root / module).is_file() for module in _kernels.MODULES)
+
+
+# ------------------------------------------------------------------------------ launch arguments
+_SCALARS = {"x": np.int64, "y": np.uint64, "i": np.int32, "j": np.uint32}
+
+
+def _parameters(mangled: str) -> list:
+    """Parameter types of a dsq kernel from its mangled name: 'ptr' or a NumPy scalar type. Handles
+    what the kernels use: pointers to (const) nested names or substitutions, and x/y/i/j."""
+    rest = mangled[mangled.index("EEEv") + 4:] if "EEEv" in mangled else mangled[mangled.index("Ev") + 2:]
+    params = []
+    while rest:
+        if rest[0] == "P":
+            rest = rest[1:].removeprefix("K")
+            if rest[0] == "N":
+                rest = rest[rest.index("E") + 1:]
+            elif rest[0] == "S":
+                rest = rest[rest.index("_") + 1:]
+            else:
+                rest = rest[1:]
+            params.append("ptr")
+        else:
+            params.append(_SCALARS[rest[0]])
+            rest = rest[1:]
+    return params
+
+
+def test_launch_arguments_match_the_kernel_signatures(fresh_cache):
+    """Every plan passes exactly the kernel's parameter types (pointers as uint64): a mismatch
+    would be read as garbage by the GPU, silently."""
+    lowered = _kernels.compile_module("dsq_fake.cu", "sm_90").lowered
+    assert _parameters(lowered[_kernels.fake_resident(0, True, False, 1)]) == (
+        ["ptr", "ptr", np.int64, np.int64, np.int32, np.int32, np.uint64, np.uint64])
+    seen = set()
+    for dtype in range(4):
+        for sym in (True, False):
+            for stoch in (True, False):
+                for numel, groups in ((1000, 10), (1 << 20, 2)):
+                    for launch in _launch.fake_quantize(dtype, 0x100, 0x200, numel, groups, 8, sym, stoch, 1, 2,
+                                                        keys=0x300):
+                        expected = [np.uint64 if p == "ptr" else p for p in _parameters(lowered[launch.kernel])]
+                        assert [type(a) for a in launch.args] == expected, launch.kernel
+                        seen.add(launch.kernel.split("<")[0])
+    assert seen == {"dsq::fake_resident", "dsq::stats_clear", "dsq::stats_chunks", "dsq::fake_chunks"}
