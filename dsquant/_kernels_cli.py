@@ -91,7 +91,11 @@ def main(argv=None) -> int:
     elif args.compile_only:
         targets = list(_kernels.CHECK_ARCHS)
     else:
-        targets = _device_targets()
+        try:
+            targets = _device_targets()
+        except ImportError as exc:
+            print(f"{exc}\n(use --compile-only to compile without a GPU)", file=sys.stderr)
+            return 1
         if not targets:
             print("no CUDA GPU visible; use --compile-only", file=sys.stderr)
             return 1

@@ -220,14 +220,18 @@ def module(emulator) -> types.ModuleType:
     """The stand-in as a module object for sys.modules['cupy']."""
     RawModule.emulator = emulator
     cupy = types.ModuleType("cupy")
+    cupy.__version__ = "stand-in"
     cuda = types.SimpleNamespace(
         Device=Device, Stream=Stream, ExternalStream=ExternalStream, get_current_stream=get_current_stream,
         UnownedMemory=UnownedMemory, MemoryPointer=MemoryPointer, Event=Event, runtime=_Runtime(),
         get_elapsed_time=lambda start, end: 1.0)
+    cuda.runtime.runtimeGetVersion = lambda: 13000
     cupy.cuda = cuda
     cupy.ndarray, cupy.empty, cupy.empty_like = ndarray, empty, empty_like
     cupy.asarray, cupy.ascontiguousarray, cupy.RawModule = asarray, ascontiguousarray, RawModule
-    cupy.float16, cupy.float32, cupy.float64 = np.float16, np.float32, np.float64
+    cupy.float16, cupy.float32, cupy.float64, cupy.nan = np.float16, np.float32, np.float64, np.nan
+    cupy.zeros = lambda shape, dtype=float: asarray(np.zeros(shape, dtype))
+    cupy.array_equal = lambda a, b: bool(np.array_equal(a._np, b._np))
     cupy.random = types.SimpleNamespace(
         standard_normal=lambda n, dtype=np.float64: asarray(np.random.default_rng(0).standard_normal(n).astype(dtype)))
     cupy.get_default_memory_pool = lambda: types.SimpleNamespace(free_all_blocks=lambda: None)

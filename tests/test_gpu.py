@@ -245,6 +245,7 @@ def test_torch_work_queued_on_a_side_stream_is_seen():
     src = torch.randn(n, device="cuda")
     expected = dsquant.fake_quantize(src.cpu(), 64, 8)
     side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())  # src is complete before the side stream reads it
     with torch.cuda.stream(side):
         x = torch.zeros(n, device="cuda")
         torch.cuda._sleep(200_000_000)             # ~0.1 s of GPU time before the copy runs
