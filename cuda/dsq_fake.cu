@@ -2,9 +2,9 @@
 //
 // Every formula comes from dsq_math.cuh and every random number from dsq_philox.cuh, the headers
 // the CPU path compiles too, so GPU and CPU results are bit-identical. This file only decides
-// which thread touches which element. Two regimes, chosen per call by dsquant/_cuda.py:
+// which thread touches which element. Two regimes, chosen per call by dsquant/_launch.py:
 //
-// * fake_resident: a team of `team` threads (1 .. 1024, a power of two) holds a whole group in
+// * fake_resident: a team of `team` threads (1 .. 256, a power of two) holds a whole group in
 //   registers, R units per thread: one read and one write of every element. Teams of up to 32
 //   threads share a warp and reduce with shuffles; a larger team is the whole block and also
 //   reduces through shared memory.
@@ -23,7 +23,7 @@ namespace dsq {
 
 #define DSQ_DEV __device__ __forceinline__
 
-// Every kernel runs with at most this many threads per block (dsquant/_kernels.py MAX_THREADS),
+// Every kernel runs with at most this many threads per block (dsquant/_launch.py MAX_THREADS),
 // so ptxas may give each thread up to 255 registers without making a launch impossible.
 #define DSQ_MAX_THREADS 256
 
@@ -164,8 +164,9 @@ template <class Fmt, bool Sym> DSQ_DEV void team_reduce(Stats<Fmt>& s, int team,
 // rank, rank + team, ..., rank + (R-1)·team of the group. Launch: team·R·N >= S, and either
 // team <= 32 and blockDim.x a multiple of 32, or blockDim.x == team.
 template <class Fmt, bool Sym, bool Stoch, int R>
-__global__ void __launch_bounds__(DSQ_MAX_THREADS) fake_resident(const typename Fmt::storage* in, typename Fmt::storage* out, int64_t S,
-                              int64_t groups, int team, int bits, uint64_t seed, uint64_t offset) {
+__global__ void __launch_bounds__(DSQ_MAX_THREADS)
+fake_resident(const typename Fmt::storage* in, typename Fmt::storage* out, int64_t S, int64_t groups, int team,
+              int bits, uint64_t seed, uint64_t offset) {
   typedef typename Fmt::compute C;
   constexpr int N = Unit<Fmt>::N;
   __shared__ Stats<Fmt> partial[32];
@@ -202,7 +203,8 @@ __global__ void __launch_bounds__(DSQ_MAX_THREADS) fake_resident(const typename 
 
 // ------------------------------------------------------------------------------ few large groups
 // keys[3g .. 3g+2] = absmax, max, min order keys of group g.
-template <class Fmt> __global__ void __launch_bounds__(DSQ_MAX_THREADS) stats_clear(typename Fmt::key* keys, int64_t groups) {
+template <class Fmt>
+__global__ void __launch_bounds__(DSQ_MAX_THREADS) stats_clear(typename Fmt::key* keys, int64_t groups) {
   const Stats<Fmt> e = stats_empty<Fmt>();
   for (int64_t g = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; g < groups; g += (int64_t)gridDim.x * blockDim.x) {
     keys[3 * g] = e.absmax_key;
@@ -240,8 +242,8 @@ DSQ_DEV Chunk chunk_of(int64_t item, int64_t S, int64_t chunk, const void* a, co
 }
 
 template <class Fmt, bool Sym, int R>
-__global__ void __launch_bounds__(DSQ_MAX_THREADS) stats_chunks(const typename Fmt::storage* in, typename Fmt::key* keys, int64_t S,
-                             int64_t groups, int64_t chunk) {
+__global__ void __launch_bounds__(DSQ_MAX_THREADS)
+stats_chunks(const typename Fmt::storage* in, typename Fmt::key* keys, int64_t S, int64_t groups, int64_t chunk) {
   constexpr int N = Unit<Fmt>::N;
   __shared__ Stats<Fmt> partial[32];
   const int64_t items = groups * ((S + chunk - 1) / chunk);
@@ -275,8 +277,9 @@ __global__ void __launch_bounds__(DSQ_MAX_THREADS) stats_chunks(const typename F
 }
 
 template <class Fmt, bool Sym, bool Stoch, int R>
-__global__ void __launch_bounds__(DSQ_MAX_THREADS) fake_chunks(const typename Fmt::storage* in, typename Fmt::storage* out, const typename Fmt::key* keys,
-                            int64_t S, int64_t groups, int64_t chunk, int bits, uint64_t seed, uint64_t offset) {
+__global__ void __launch_bounds__(DSQ_MAX_THREADS)
+fake_chunks(const typename Fmt::storage* in, typename Fmt::storage* out, const typename Fmt::key* keys, int64_t S,
+            int64_t groups, int64_t chunk, int bits, uint64_t seed, uint64_t offset) {
   typedef typename Fmt::compute C;
   constexpr int N = Unit<Fmt>::N;
   const int64_t items = groups * ((S + chunk - 1) / chunk);

@@ -1,18 +1,17 @@
 """The parts of the CUDA backend that run without a GPU: launch plans, the relabelled DLPack
 export used for bfloat16 results, and the error a GPU array gets when CuPy is missing."""
-import ctypes
 import importlib.util
 import subprocess
 import sys
 
 import jax
-import ml_dtypes
 import numpy as np
 import pytest
 import torch
 
 import dsquant
 from dsquant import _array, _kernels, _launch
+from _fake_cupy import claim_cuda
 
 HAVE_CUPY = importlib.util.find_spec("cupy") is not None
 
@@ -95,14 +94,9 @@ class _ClaimsCuda:
         return (2, 0)
 
     def __dlpack__(self, *, stream=None, max_version=None, **kwargs):
-        capsule = self.array.__dlpack__(max_version=max_version) if max_version else self.array.__dlpack__()
-        get = ctypes.pythonapi.PyCapsule_GetPointer
-        get.restype, get.argtypes = ctypes.c_void_p, [ctypes.py_object, ctypes.c_char_p]
         versioned = max_version is not None and max_version[0] >= 1
-        address = get(capsule, b"dltensor_versioned" if versioned else b"dltensor")
-        # DLTensor.device.device_type: after version, manager_ctx, deleter, flags (versioned), data
-        ctypes.c_int32.from_address(address + (40 if versioned else 8)).value = 2   # kDLCUDA
-        return capsule
+        capsule = self.array.__dlpack__(max_version=max_version) if versioned else self.array.__dlpack__()
+        return claim_cuda(capsule, versioned)
 
 
 @pytest.mark.skipif(HAVE_CUPY, reason="CuPy is installed here")
