@@ -105,6 +105,6 @@ def test_gpu_bench_runs(cp, capsys):
     assert _gpu_bench.main(["--log2-size", "16", "--batches", "2", "--batch", "2", "--no-deepspeed"]) == 0
     out = capsys.readouterr().out.rstrip().splitlines()
     table = out[-14:]
-    assert table[0].startswith("| dtype | group | rounding | ms | GB/s | copy GB/s | vs copy | passes |")
+    assert table[0].startswith("| dtype | group | rounding | ms | GB/s | copy GB/s | vs copy | API vs copy | passes |")
     assert len([line for line in table if line.startswith("| float")]) == 12
     assert "| float32 | all | stochastic |" in out[-1]
