@@ -1,5 +1,6 @@
 """Build: one Cython extension per module, C++17 + OpenMP, compiled against the shared numerics
-headers in cuda/ (which also ship inside the package as dsquant/_cuda for the GPU path)."""
+headers in cuda/ (which also ship inside the package as dsquant/_cuda_src for the GPU path;
+dsquant/_cuda.py is the GPU backend module, so the data package needs another name)."""
 import os
 
 import numpy  # noqa: F401  (build requirement; keeps the environment honest)
@@ -29,9 +30,9 @@ def extension(name):
 
 
 setup(
-    packages=["dsquant", "dsquant.compat", "dsquant._cuda"],
-    package_dir={"dsquant._cuda": "cuda"},
-    package_data={"dsquant._cuda": ["*.cuh", "*.cu"], "dsquant": ["*.pyi", "py.typed"]},
+    packages=["dsquant", "dsquant.compat", "dsquant._cuda_src"],
+    package_dir={"dsquant._cuda_src": "cuda"},
+    package_data={"dsquant._cuda_src": ["*.cuh", "*.cu"], "dsquant": ["*.pyi", "py.typed"]},
     ext_modules=cythonize([extension("_array"), extension("_cpu")],
                           compiler_directives={"language_level": "3"}),
     zip_safe=False,

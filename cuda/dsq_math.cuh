@@ -6,12 +6,24 @@
 //
 // Only integer/float operations that are exactly specified by IEEE 754 and C++ are used here
 // (no rint/round/floor library calls whose inlining differs between compilers): rounding to an
-// integer is done by float->int truncation plus exact comparisons, or by an IEEE addition.
+// integer is done by float->int truncation plus exact comparisons.
+//
+// Device fast paths (DSQ_GPU_ISA: the device pass of a CUDA compiler). The float16/bfloat16
+// conversions use the one GPU instruction that computes the same IEEE result (round to nearest
+// even, subnormals kept), and fake_element selects with `pick` instead of a ternary, because the
+// portable forms cost several times the instructions (or a branch per element) and would make the
+// 16-bit kernels bound by instruction issue instead of memory bandwidth. For every non-NaN input
+// each fast path returns the host function's bits; for a NaN input both return a NaN, possibly
+// with another payload, and no dsquant op lets a converted NaN reach its output (non-finite
+// elements pass through as their stored bits, or are classified before any conversion).
 #pragma once
 
 #if defined(__CUDACC__) || defined(__CUDACC_RTC__)
 #define DSQ_HD __host__ __device__ __forceinline__
 #define DSQ_DEVICE_CODE 1
+#if defined(__CUDA_ARCH__)
+#define DSQ_GPU_ISA __CUDA_ARCH__
+#endif
 #else
 #define DSQ_HD inline __attribute__((always_inline))
 #endif
@@ -59,6 +71,11 @@ DSQ_HD uint64_t double_bits(double d) {
 
 // IEEE binary16 -> binary32, exact (subnormals included).
 DSQ_HD float half_to_float(uint16_t h) {
+#ifdef DSQ_GPU_ISA
+  float f;
+  asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
+  return f;
+#else
   uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
   uint32_t em = h & 0x7fffu;
   if (em >= 0x7c00u) return bits_float(sign | 0x7f800000u | ((uint32_t)(em & 0x3ffu) << 13));
@@ -66,10 +83,16 @@ DSQ_HD float half_to_float(uint16_t h) {
   // subnormal or zero: em * 2^-24, exact in float
   float mag = (float)em * 5.9604644775390625e-08f;
   return bits_float(sign | float_bits(mag));
+#endif
 }
 
 // binary32 -> binary16, round to nearest even; overflow to Inf, NaN stays NaN (quiet).
 DSQ_HD uint16_t float_to_half(float f) {
+#ifdef DSQ_GPU_ISA
+  uint16_t h;
+  asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f));
+  return h;
+#else
   uint32_t x = float_bits(f);
   uint32_t sign = (x >> 16) & 0x8000u;
   uint32_t ax = x & 0x7fffffffu;
@@ -84,17 +107,43 @@ DSQ_HD uint16_t float_to_half(float f) {
   uint32_t mant_odd = (ax >> 13) & 1u;
   ax += 0xc8000fffu + mant_odd;  // rebias exponent (-112 << 23) and round to nearest even
   return (uint16_t)(sign | (ax >> 13));
+#endif
 }
 
 DSQ_HD float bf16_to_float(uint16_t h) { return bits_float((uint32_t)h << 16); }
 
 // binary32 -> bfloat16, round to nearest even; NaN stays a quiet NaN with its sign.
 DSQ_HD uint16_t float_to_bf16(float f) {
+#if defined(DSQ_GPU_ISA) && DSQ_GPU_ISA >= 800
+  uint16_t h;
+  asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(h) : "f"(f));
+  return h;
+#else
   uint32_t x = float_bits(f);
   uint32_t rounded = (x + 0x7fffu + ((x >> 16) & 1u)) >> 16;
   uint32_t quiet_nan = (x >> 16) | 0x40u;
   return (uint16_t)((x & 0x7fffffffu) > 0x7f800000u ? quiet_nan : rounded);
+#endif
 }
+
+#ifdef DSQ_GPU_ISA
+// c ? a : b as one select instruction, which the compiler cannot turn back into a branch.
+DSQ_HD uint16_t pick(bool c, uint16_t a, uint16_t b) {
+  uint16_t r;
+  asm("{ .reg .pred p; setp.ne.u32 p, %3, 0; selp.b16 %0, %1, %2, p; }" : "=h"(r) : "h"(a), "h"(b), "r"((uint32_t)c));
+  return r;
+}
+DSQ_HD float pick(bool c, float a, float b) {
+  float r;
+  asm("{ .reg .pred p; setp.ne.u32 p, %3, 0; selp.f32 %0, %1, %2, p; }" : "=f"(r) : "f"(a), "f"(b), "r"((uint32_t)c));
+  return r;
+}
+DSQ_HD double pick(bool c, double a, double b) {
+  double r;
+  asm("{ .reg .pred p; setp.ne.u32 p, %3, 0; selp.f64 %0, %1, %2, p; }" : "=d"(r) : "d"(a), "d"(b), "r"((uint32_t)c));
+  return r;
+}
+#endif
 
 // ---------------------------------------------------------------------------------------------
 // Element formats: how a stored element becomes the compute type and back, and its "order key"
@@ -320,8 +369,15 @@ DSQ_HD typename Fmt::storage fake_element(typename Fmt::storage raw, const FakeP
                                           bool symmetric, bool stochastic, float u) {
   typedef typename Fmt::compute C;
   const bool ok = Fmt::finite(raw);
+#ifdef DSQ_GPU_ISA
+  // The same selects as below, but ternaries here become a branch around the arithmetic of
+  // every element (the arithmetic is only needed when ok); pick keeps the code straight-line.
+  const C y = fake_value(Fmt::load(pick(ok, raw, (typename Fmt::storage)0)), p, symmetric, stochastic, u);
+  return pick(ok, Fmt::store(y), raw);
+#else
   const C y = fake_value(ok ? Fmt::load(raw) : (C)0, p, symmetric, stochastic, u);
   return ok ? Fmt::store(y) : raw;
+#endif
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -390,6 +446,20 @@ DSQ_HD float int_dequant(int32_t q, float p0, float p1, bool symmetric) {
   return symmetric ? (float)q * p0 : fma_c((float)q, p0, p1);
 }
 
+// The quiet NaN a dequantized NaN (from NaN or infinite params) is stored as. Converting the NaN
+// itself would not do: the host conversions keep payload bits, the device ones do not.
+template <class Fmt> DSQ_HD typename Fmt::storage canonical_nan();
+template <> DSQ_HD uint16_t canonical_nan<F16>() { return 0x7e00u; }
+template <> DSQ_HD uint16_t canonical_nan<BF16>() { return 0x7fc0u; }
+template <> DSQ_HD float canonical_nan<F32>() { return bits_float(0x7fc00000u); }
+template <> DSQ_HD double canonical_nan<F64>() { return F64::bits_to_double(0x7ff8000000000000ull); }
+
+// One dequantized element in the output format.
+template <class Fmt> DSQ_HD typename Fmt::storage int_dequant_element(int32_t q, float p0, float p1, bool symmetric) {
+  float y = int_dequant(q, p0, p1, symmetric);
+  return y == y ? Fmt::store((typename Fmt::compute)y) : canonical_nan<Fmt>();
+}
+
 // ---------------------------------------------------------------------------------------------
 // Code bytes. When 8 % b == 0 (b = 2, 4, 8) a byte holds `per` = 8/b codes of width w = b, the
 // FIRST element in the HIGH bits (for 4 bits: element 2j in bits 7..4, as DeepSpeed); codes are
@@ -424,9 +494,11 @@ DSQ_HD int32_t field_signed(uint32_t byte, int per, int j) {
 // float's 24-bit significand is at least 2·11 + 2 bits, so that double rounding is innocuous and
 // the results are the correctly rounded half quotient and sum. f16(q) is exact (q <= 255).
 // ---------------------------------------------------------------------------------------------
+// A NaN result (0/0, Inf - Inf, NaN inputs) is the canonical quiet NaN, as in int_dequant_element.
 DSQ_HD uint16_t uint_dequant_half(uint32_t q, uint16_t scale, uint16_t minimum) {
   uint16_t t = float_to_half((float)q / half_to_float(scale));
-  return float_to_half(half_to_float(t) + half_to_float(minimum));
+  float y = half_to_float(t) + half_to_float(minimum);
+  return y == y ? float_to_half(y) : canonical_nan<F16>();
 }
 
 }  // namespace dsq

@@ -55,9 +55,15 @@ DSQ_HD U32x4 philox_block(uint64_t seed, uint64_t block) {
 // A 32-bit word -> float in [0, 1) with 24 random bits (exact).
 DSQ_HD float uniform_from_word(uint32_t w) { return (float)(int32_t)(w >> 8) * 5.9604644775390625e-08f; }
 
+// Word i (0..3) of a block, chosen with selects: a run-time index into the array would put the
+// block in (slow) local memory on the GPU.
+DSQ_HD uint32_t word_of(const U32x4& w, uint32_t i) {
+  return i == 0u ? w.v[0] : i == 1u ? w.v[1] : i == 2u ? w.v[2] : w.v[3];
+}
+
 // The uniform of stream position p.
 DSQ_HD float uniform_at(uint64_t seed, uint64_t p) {
-  return uniform_from_word(philox_block(seed, p >> 2).v[p & 3u]);
+  return uniform_from_word(word_of(philox_block(seed, p >> 2), (uint32_t)p & 3u));
 }
 
 }  // namespace dsq

@@ -8,6 +8,8 @@ import sys
 COMMANDS = {
     "info": ("dsquant._info", "print what this installation can use (JSON)"),
     "bench": ("dsquant._bench", "CPU benchmark table: throughput vs numpy.copyto and NumPy"),
+    "kernels": ("dsquant._kernels_cli", "compile every CUDA kernel (--compile-only: no GPU), report registers/spills"),
+    "gpu-bench": ("dsquant._gpu_bench", "GPU benchmark table: throughput vs a CuPy device-to-device copy"),
 }
 
 

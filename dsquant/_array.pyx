@@ -310,3 +310,34 @@ cdef class HostBuffer:
         t.byte_offset = 0
         self._data = NULL       # the capsule owns the memory now
         return capsule
+
+
+# ------------------------------------------------------------------------------ relabelled export
+cdef class Relabeled:
+    """Exports another producer's DLPack tensor with its element type replaced by a dsquant dtype
+    of the same size: how bfloat16 results held in a CuPy uint16 array (CuPy has no bfloat16)
+    reach torch and JAX without a copy. Every ``__dlpack__`` argument goes to the producer."""
+    cdef readonly object producer
+    cdef readonly int dtype
+
+    def __init__(self, producer, int dtype):
+        self.producer = producer
+        self.dtype = dtype
+
+    def __dlpack_device__(self):
+        return self.producer.__dlpack_device__()
+
+    def __dlpack__(self, **kwargs):
+        capsule = self.producer.__dlpack__(**kwargs)
+        cdef DLTensor* t
+        if PyCapsule_IsValid(capsule, b"dltensor_versioned"):
+            t = &(<DLManagedTensorVersioned*>PyCapsule_GetPointer(capsule, b"dltensor_versioned")).dl_tensor
+        elif PyCapsule_IsValid(capsule, b"dltensor"):
+            t = &(<DLManagedTensor*>PyCapsule_GetPointer(capsule, b"dltensor")).dl_tensor
+        else:
+            raise BufferError(f"{type(self.producer).__name__}.__dlpack__() returned {capsule!r}, not a DLPack capsule")
+        code, bits = _DL_OF_DTYPE[self.dtype]
+        if t.dtype.bits != bits or t.dtype.lanes != 1:
+            raise BufferError(f"cannot relabel {t.dtype.bits}-bit elements as {DTYPE_NAMES[self.dtype]}")
+        t.dtype.code = code
+        return capsule

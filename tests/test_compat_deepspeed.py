@@ -226,13 +226,17 @@ def test_experimental_matches_float16_arithmetic(bits, num_group, group_size):
 
 
 def test_experimental_special_scales():
-    # scale 0 -> +Inf for codes > 0, NaN for code 0 (0/0); subnormal scale; Inf minimum
-    data = np.array([0x01, 0x20], dtype=np.uint8)
-    scale = np.array([0.0, 6e-8], dtype=np.float16)
-    minimum = np.array([0.0, np.inf], dtype=np.float16)
-    y = ds.dequantize_int4_to_half_experimental(data, scale, minimum, 2, 2)
-    expected = ref.uint_half_ref(data, scale, minimum, 2, 2, 4)
-    assert np.isnan(y[0, 0]) and np.array_equal(y.reshape(-1)[1:], expected.reshape(-1)[1:])
+    # scale 0 -> +Inf for codes > 0 and the canonical NaN 0x7E00 for code 0 (0/0); a subnormal
+    # scale; an Inf minimum; a NaN minimum with a payload also gives the canonical NaN
+    data = np.array([0x01, 0x20, 0x11], dtype=np.uint8)
+    scale = np.array([0.0, 6e-8, 1.0], dtype=np.float16)
+    minimum = np.array([0.0, np.inf, 0.0], dtype=np.float16)
+    minimum.view(np.uint16)[2] = 0xFE01
+    y = ds.dequantize_int4_to_half_experimental(data, scale, minimum, 3, 2)
+    expected = ref.uint_half_ref(data, scale, minimum, 3, 2, 4)
+    bits = y.view(np.uint16).reshape(-1)
+    assert bits[0] == 0x7E00 and (bits[4:] == 0x7E00).all()
+    assert np.array_equal(y.reshape(-1)[1:4], expected.reshape(-1)[1:4])
 
 
 @pytest.mark.parametrize("args,exc,match", [

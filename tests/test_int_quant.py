@@ -4,6 +4,7 @@ import math
 import os
 import subprocess
 import sys
+import types
 import zlib
 
 import jax.numpy as jnp
@@ -237,6 +238,22 @@ def test_float64_beyond_float32():
     assert np.isinf(params[0, 0])
 
 
+CANONICAL_NAN = {"float16": 0x7E00, "bfloat16": 0x7FC0, "float32": 0x7FC00000, "float64": 0x7FF8000000000000}
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_nan_results_are_the_canonical_nan(dtype):
+    # NaN / infinite params (user data, or float64 groups beyond float32) make NaN values; they
+    # are stored as one quiet NaN, whatever the payload, so the CPU and GPU agree bit for bit
+    q = np.array([0, 3, -2, 0], dtype=np.int8)
+    payload_nan = np.array([0xFFC00123], dtype=np.uint32).view(np.float32)[0]
+    params = np.array([[payload_nan], [np.inf]], dtype=np.float32)
+    y = dsquant.dequantize(q, params, 8, dtype=dtype)
+    bits = y.view(np.dtype(f"u{y.dtype.itemsize}")).tolist()
+    assert bits[:2] == [CANONICAL_NAN[dtype]] * 2 and bits[3] == CANONICAL_NAN[dtype]   # NaN, 0 * Inf
+    assert float(y[2].astype(np.float64)) == -np.inf
+
+
 # ------------------------------------------------------------------------------ round trips
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("scheme", SCHEMES)
@@ -453,11 +470,57 @@ def test_dequantize_errors(args, kwargs, exc, match):
         dsquant.dequantize(*args, **kwargs)
 
 
+def test_backend_without_integer_ops_is_a_clear_error(monkeypatch):
+    # a device backend that does not provide the integer ops yet: BufferError naming the op
+    monkeypatch.setattr(dsquant._ops, "_backend", lambda op: types.ModuleType("dsquant._elsewhere"))
+    with pytest.raises(BufferError, match="quantize is not available .* dsquant._elsewhere"):
+        dsquant.quantize(X)
+    with pytest.raises(BufferError, match="dequantize is not available"):
+        dsquant.dequantize(Q, P, 4)
+
+
 def test_dequantize_refuses_read_only_out():
     out = np.empty((4, 8), np.float32)
     out.flags.writeable = False
     with pytest.raises(BufferError, match="read-only"):
         dsquant.dequantize(Q, P, 4, out=out)
+
+
+# ------------------------------------------------------------------------------ device compile check
+INT_PROBE = b"""
+#include "dsq_math.cuh"
+namespace dsq {
+// Every integer-format function of dsq_math.cuh, instantiated for one element format.
+template <class Fmt>
+__global__ void int_probe(const typename Fmt::storage* x, unsigned char* q, float* params,
+                          typename Fmt::storage* y, unsigned short* h, int n, int bits, int symmetric) {
+  typedef typename Fmt::compute C;
+  Stats<Fmt> st = stats_empty<Fmt>();
+  for (int i = threadIdx.x; i < n; i += blockDim.x) stats_add(st, x[i]);
+  IntParams<C> p = int_params(st, bits, symmetric != 0);
+  params[0] = p.p0;
+  params[1] = p.p1;
+  const int per = int_codes_per_byte(bits);
+  for (int i = threadIdx.x; i < n; i += blockDim.x) {
+    q[i] = (unsigned char)code_to_field(int_code<Fmt>(x[i], p), per, i % per);
+    y[i] = int_dequant_element<Fmt>(field_signed(q[i], per, i % per), p.p0, p.p1, symmetric != 0);
+    h[i] = uint_dequant_half(field_unsigned(q[i], per, i % per), h[0], h[1]);
+  }
+}
+}  // namespace dsq
+"""
+
+
+@pytest.mark.parametrize("target", ["sm_80", "sm_90"])
+def test_integer_math_compiles_for_the_device(target):
+    """The integer-format functions of cuda/dsq_math.cuh compile with NVRTC under the CUDA
+    backend's pinned options (no GPU needed; cuda-bindings is a test dependency, as for
+    tests/test_cuda_compile.py)."""
+    from dsquant import _kernels
+    names = [f"dsq::int_probe<dsq::{fmt}>" for fmt in ("F16", "BF16", "F32", "F64")]
+    image, lowered, _ = _kernels._compile(_kernels._nvrtc(), "int_probe.cu", INT_PROBE, names,
+                                          _kernels.options_for(target), target)
+    assert image and sorted(lowered) == sorted(names)
 
 
 # ------------------------------------------------------------------------------ GPU parity

@@ -1,0 +1,82 @@
+"""Launch plans for the kernels of ``cuda/*.cu``: which instantiation, grid, block and arguments
+an operation needs. Pure Python (no CuPy, no GPU), so the plans can also be executed by the CPU
+emulation of the kernels in the tests.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import _kernels as K
+
+MAX_THREADS = 256            # DSQ_MAX_THREADS in cuda/dsq_fake.cu (the kernels' __launch_bounds__)
+MAX_GRID = 1 << 20           # grid-stride loops cover the rest
+CHUNK_STEPS = 8              # chunk = MAX_THREADS · CHUNK_UNITS · N · CHUNK_STEPS elements
+
+
+@dataclass(frozen=True)
+class Launch:
+    kernel: str              # name expression (a key of _kernels.MODULES[...])
+    grid: int
+    block: int
+    args: tuple              # NumPy scalars, in the kernel's parameter order
+
+
+def _ptr(address: int) -> np.uint64:
+    return np.uint64(address)
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _pow2_at_least(x: int) -> int:
+    return 1 << max(0, (x - 1).bit_length())
+
+
+def resident_shape(dtype: int, group_size: int):
+    """(units per thread R, team size) when a group fits in the registers of one block, else None."""
+    units = _cdiv(group_size, K.UNIT_ELEMENTS[dtype])
+    per_thread = 1 if units < 4 else 4
+    team = _pow2_at_least(_cdiv(units, per_thread))
+    return (per_thread, team) if team <= MAX_THREADS else None
+
+
+def keys_nbytes(dtype: int, numel: int, groups: int) -> int:
+    """Scratch bytes the plan needs for per-group statistics keys (0 in the resident regime)."""
+    if numel == 0 or resident_shape(dtype, numel // groups) is not None:
+        return 0
+    return 3 * groups * K.KEY_BYTES[dtype]
+
+
+def fake_quantize(dtype: int, src: int, dst: int, numel: int, groups: int, bits: int, symmetric: bool,
+                  stochastic: bool, seed: int, offset: int, keys: int = 0,
+                  max_grid: int = MAX_GRID) -> list[Launch]:
+    """Launches that fake-quantize `numel` contiguous elements at `src` into `dst` (may equal
+    `src`). `keys` points to keys_nbytes(...) bytes of scratch when that is not 0."""
+    if numel == 0:
+        return []
+    size = numel // groups
+    tail = (np.int32(bits), np.uint64(seed), np.uint64(offset))
+    shape = resident_shape(dtype, size)
+    if shape is not None:
+        per_thread, team = shape
+        block = team if team > 32 else MAX_THREADS
+        grid = min(_cdiv(groups, block // team), max_grid)
+        name = K.fake_resident(dtype, symmetric, stochastic, per_thread)
+        args = (_ptr(src), _ptr(dst), np.int64(size), np.int64(groups), np.int32(team)) + tail
+        return [Launch(name, grid, block, args)]
+    if not keys:
+        raise ValueError("groups this large need scratch for their statistics (keys_nbytes)")
+    chunk = MAX_THREADS * K.CHUNK_UNITS * K.UNIT_ELEMENTS[dtype] * CHUNK_STEPS
+    items = groups * _cdiv(size, chunk)
+    common = (np.int64(size), np.int64(groups), np.int64(chunk))
+    return [
+        Launch(K.stats_clear(dtype), min(_cdiv(groups, MAX_THREADS), max_grid), MAX_THREADS,
+               (_ptr(keys), np.int64(groups))),
+        Launch(K.stats_chunks(dtype, symmetric), min(items, max_grid), MAX_THREADS,
+               (_ptr(src), _ptr(keys)) + common),
+        Launch(K.fake_chunks(dtype, symmetric, stochastic), min(items, max_grid), MAX_THREADS,
+               (_ptr(src), _ptr(dst), _ptr(keys)) + common + tail),
+    ]

@@ -1,0 +1,161 @@
+"""The CUDA kernels compile with NVRTC for sm_80 and sm_90 without a GPU: every instantiation,
+no spills, no local memory; the compile cache is keyed on every header; compile errors are
+readable. Needs cuda-bindings (``pip install -e .[compile]``, which the test command installs):
+like the interop tests, these fail rather than skip when it is missing."""
+import io
+import os
+
+import numpy as np
+import pytest
+from cuda.bindings import nvrtc  # noqa: F401  (missing: fail here, loudly)
+
+from dsquant import _kernels, _kernels_cli, _launch
+
+
+@pytest.fixture(scope="module")
+def fresh_cache(tmp_path_factory):
+    """A cache directory of this test run, so the modules below are really compiled."""
+    path = tmp_path_factory.mktemp("kernel-cache")
+    saved = os.environ.get("DSQUANT_CACHE_DIR")
+    os.environ["DSQUANT_CACHE_DIR"] = str(path)
+    yield path
+    if saved is None:
+        del os.environ["DSQUANT_CACHE_DIR"]
+    else:
+        os.environ["DSQUANT_CACHE_DIR"] = saved
+
+
+@pytest.mark.parametrize("target", _kernels.CHECK_ARCHS)
+@pytest.mark.parametrize("module", sorted(_kernels.MODULES))
+def test_every_instantiation_compiles_without_spills(fresh_cache, module, target):
+    compiled = _kernels.compile_module(module, target)
+    assert compiled.path.is_file() and compiled.path.parent == fresh_cache
+    resources = compiled.resources()
+    assert sorted(resources) == sorted(_kernels.MODULES[module]), "kernels missing from ptxas' report"
+    bad = {name: r for name, r in resources.items() if r["stack"] or r["spill_stores"] or r["spill_loads"]}
+    assert not bad, f"local memory (stack frame or spills): {bad}"
+    assert all(0 < r["registers"] <= 255 for r in resources.values())
+
+
+def test_cli_compile_only_reports_every_kernel(fresh_cache, capsys):
+    argv = ["--compile-only"] + [a for t in _kernels.CHECK_ARCHS for a in ("--arch", t)]
+    assert _kernels_cli.main(argv) == 0
+    out = capsys.readouterr().out
+    for target in _kernels.CHECK_ARCHS:
+        assert f"{target}: {sum(map(len, _kernels.MODULES.values()))} kernels" in out
+        assert "0 spill bytes, 0 stack bytes" in out
+    assert out.rstrip().endswith("OK: sm_80 sm_90")
+
+
+def test_cli_rejects_an_unknown_architecture(capsys):
+    assert _kernels_cli.main(["--compile-only", "--arch", "sm_1"]) == 1
+    assert "cannot compile for sm_1" in capsys.readouterr().err
+
+
+def test_numerics_options_are_pinned():
+    options = _kernels.options_for("sm_90")
+    for flag in ("-ftz=false", "--fmad=false", "-prec-div=true", "-prec-sqrt=true", "-arch=sm_90"):
+        assert flag in options
+    assert "-Xptxas=-v" in options
+    assert "-arch=compute_90" in _kernels.options_for("compute_90")
+
+
+def test_cache_key_covers_every_header(tmp_path, monkeypatch):
+    for source in _kernels.source_dir().iterdir():
+        (tmp_path / source.name).write_bytes(source.read_bytes())
+    monkeypatch.setattr(_kernels, "source_dir", lambda: tmp_path)
+    before = _kernels.cache_key("dsq_fake.cu", "sm_90")
+    header = tmp_path / "dsq_philox.cuh"          # reached only through #include
+    header.write_bytes(header.read_bytes() + b"\n// edited\n")
+    assert _kernels.cache_key("dsq_fake.cu", "sm_90") != before
+    assert _kernels.cache_key("dsq_fake.cu", "sm_80") != _kernels.cache_key("dsq_fake.cu", "sm_90")
+
+
+def test_compile_error_shows_options_log_and_numbered_source(tmp_path, monkeypatch):
+    (tmp_path / "dsq_math.cuh").write_text("// stand-in\n")
+    (tmp_path / "broken.cu").write_text("__global__ void k(int* p) {\n  *p = undeclared;\n}\n")
+    monkeypatch.setattr(_kernels, "source_dir", lambda: tmp_path)
+    monkeypatch.setattr(_kernels, "MODULES", {"broken.cu": ("k",)})
+    monkeypatch.setenv("DSQUANT_CACHE_DIR", str(tmp_path / "cache"))
+    with pytest.raises(_kernels.CompileError) as info:
+        _kernels.compile_module("broken.cu", "sm_90")
+    text = str(info.value)
+    assert "-ftz=false" in text and "--fmad=false" in text
+    assert "undeclared" in text                               # NVRTC's log
+    assert "    2    *p = undeclared;" in text                 # the numbered source
+    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())
+
+
+def test_cli_prints_compile_errors(tmp_path, monkeypatch):
+    (tmp_path / "dsq_math.cuh").write_text("")
+    (tmp_path / "broken.cu").write_text("this is not CUDA\n")
+    monkeypatch.setattr(_kernels, "source_dir", lambda: tmp_path)
+    monkeypatch.setattr(_kernels, "MODULES", {"broken.cu": ("k",)})
+    out = io.StringIO()
+    assert not _kernels_cli.check("sm_80", out=out)
+    assert "NVRTC could not compile broken.cu for sm_80" in out.getvalue()
+
+
+@pytest.mark.parametrize("capability, target", [(90, "sm_90"), (80, "sm_80")])
+def test_target_is_the_device_architecture(capability, target):
+    assert _kernels.target_for(capability) == target
+
+
+def test_target_for_an_architecture_newer_than_nvrtc_is_ptx():
+    newest = max(_kernels.supported_archs())
+    assert _kernels.target_for(newest + 1) == f"compute_{newest}"   # the driver compiles the PTX
+
+
+def test_target_for_an_architecture_older_than_nvrtc_is_an_error():
+    with pytest.raises(RuntimeError, match="none at or below"):
+        _kernels.target_for(min(_kernels.supported_archs()) - 1)
+
+
+def test_source_dir_holds_the_kernels():
+    root = _kernels.source_dir()
+    assert {"dsq_math.cuh", "dsq_philox.cuh"} <= {p.name for p in root.iterdir()}
+    assert all((root / module).is_file() for module in _kernels.MODULES)
+
+
+# ------------------------------------------------------------------------------ launch arguments
+_SCALARS = {"x": np.int64, "y": np.uint64, "i": np.int32, "j": np.uint32}
+
+
+def _parameters(mangled: str) -> list:
+    """Parameter types of a dsq kernel from its mangled name: 'ptr' or a NumPy scalar type. Handles
+    what the kernels use: pointers to (const) nested names or substitutions, and x/y/i/j."""
+    rest = mangled[mangled.index("EEEv") + 4:] if "EEEv" in mangled else mangled[mangled.index("Ev") + 2:]
+    params = []
+    while rest:
+        if rest[0] == "P":
+            rest = rest[1:].removeprefix("K")
+            if rest[0] == "N":
+                rest = rest[rest.index("E") + 1:]
+            elif rest[0] == "S":
+                rest = rest[rest.index("_") + 1:]
+            else:
+                rest = rest[1:]
+            params.append("ptr")
+        else:
+            params.append(_SCALARS[rest[0]])
+            rest = rest[1:]
+    return params
+
+
+def test_launch_arguments_match_the_kernel_signatures(fresh_cache):
+    """Every plan passes exactly the kernel's parameter types (pointers as uint64): a mismatch
+    would be read as garbage by the GPU, silently."""
+    lowered = _kernels.compile_module("dsq_fake.cu", "sm_90").lowered
+    assert _parameters(lowered[_kernels.fake_resident(0, True, False, 1)]) == (
+        ["ptr", "ptr", np.int64, np.int64, np.int32, np.int32, np.uint64, np.uint64])
+    seen = set()
+    for dtype in range(4):
+        for sym in (True, False):
+            for stoch in (True, False):
+                for numel, groups in ((1000, 10), (1 << 20, 2)):
+                    for launch in _launch.fake_quantize(dtype, 0x100, 0x200, numel, groups, 8, sym, stoch, 1, 2,
+                                                        keys=0x300):
+                        expected = [np.uint64 if p == "ptr" else p for p in _parameters(lowered[launch.kernel])]
+                        assert [type(a) for a in launch.args] == expected, launch.kernel
+                        seen.add(launch.kernel.split("<")[0])
+    assert seen == {"dsq::fake_resident", "dsq::stats_clear", "dsq::stats_chunks", "dsq::fake_chunks"}

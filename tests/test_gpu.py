@@ -1,0 +1,293 @@
+"""The CUDA backend on a GPU: every op and mode gives the CPU path's bits (the CPU path is checked
+against the independent reference in test_fake_quantize.py), results come back in the caller's
+framework on the caller's device, in place where asked, ordered on the caller's stream.
+
+All tests are marked ``gpu`` and skipped (tests/conftest.py) without CuPy and a CUDA device;
+scripts/gpu_check.sh runs them on a GPU machine."""
+import ml_dtypes
+import numpy as np
+import pytest
+import torch
+
+import dsquant
+import reference as ref
+
+pytestmark = pytest.mark.gpu
+
+DTYPES = list(ref.DTYPES)
+SCHEMES = {"sym": True, "asym": False}
+ROUNDING = {"nearest": False, "stochastic": True}
+BITS = list(range(2, 17))
+# (numel, groups): one-thread teams, odd S, warp teams, block teams, chunked groups (misaligned
+# chunk starts with S odd), several chunks per group
+SHAPES = {"S1": (37, 37), "S7": (7 * 41, 41), "S8": (8 * 33, 33), "S130": (130 * 9, 9), "S1000": (3000, 3),
+          "S4096": (8192, 2), "S9001": (18002, 2), "S70001": (70001, 1)}
+LAYOUTS = ["contiguous", "offset", "strided"]
+
+
+@pytest.fixture(scope="module")
+def cp():
+    import cupy
+    return cupy
+
+
+def sample(dtype_name, numel, seed):
+    """Normal data with a different scale per block of 50, so groups get different statistics."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(numel) * np.exp(rng.uniform(-4, 4, size=numel // 50 + 1)).repeat(50)[:numel]
+    return x.astype(ref.DTYPES[dtype_name])
+
+
+def host_bits(a) -> np.ndarray:
+    """The elements of a NumPy, CuPy, torch or JAX array as unsigned integers, on the host, C order."""
+    if isinstance(a, torch.Tensor):
+        a = a.detach()
+        if a.dtype == torch.bfloat16:
+            a = a.view(torch.int16)
+        a = a.cpu().numpy()
+    elif type(a).__module__.startswith("cupy"):
+        a = a.get()
+    else:
+        a = np.asarray(a)
+    a = np.ascontiguousarray(a)
+    return a.view({2: np.uint16, 4: np.uint32, 8: np.uint64}[a.dtype.itemsize])
+
+
+def check_same(got, expected):
+    g, e = host_bits(got), host_bits(expected)
+    assert g.shape == e.shape
+    if not np.array_equal(g, e):
+        bad = np.flatnonzero(g.reshape(-1) != e.reshape(-1))
+        raise AssertionError(f"{bad.size} of {g.size} elements differ; first at {bad[0]}: "
+                             f"got {g.reshape(-1)[bad[0]]:#x}, expected {e.reshape(-1)[bad[0]]:#x}")
+
+
+def to_torch_cuda(x: np.ndarray, device="cuda") -> torch.Tensor:
+    if x.dtype == ref.BF16:
+        return torch.from_numpy(x.view(np.int16)).view(torch.bfloat16).to(device)
+    return torch.from_numpy(x).to(device)
+
+
+def laid_out(cp, x: np.ndarray, layout: str):
+    """A CuPy array (torch for bfloat16, which CuPy lacks) holding x with the given layout."""
+    n = x.size
+    if layout == "contiguous":
+        base, view = np.ascontiguousarray(x), slice(None)
+    elif layout == "offset":                      # one element past an aligned address
+        base, view = np.concatenate([x[:1], x]), slice(1, n + 1)
+    else:
+        base, view = np.repeat(x, 2), slice(None, None, 2)
+    device = to_torch_cuda(base) if x.dtype == ref.BF16 else cp.asarray(base)
+    return device[view]
+
+
+# ------------------------------------------------------------------------------ the grid
+def _grid():
+    for dtype in DTYPES:
+        for scheme in SCHEMES:
+            for rounding in ROUNDING:
+                for bits in BITS:
+                    for shape in SHAPES:
+                        yield pytest.param(dtype, scheme, rounding, bits, shape,
+                                           id=f"{dtype}-{scheme}-{rounding}-b{bits}-{shape}")
+
+
+@pytest.mark.parametrize("dtype, scheme, rounding, bits, shape", list(_grid()))
+def test_fake_quantize_matches_cpu(cp, dtype, scheme, rounding, bits, shape):
+    numel, groups = SHAPES[shape]
+    sym, sr = SCHEMES[scheme], ROUNDING[rounding]
+    x = sample(dtype, numel, seed=numel + bits)
+    expected = dsquant.fake_quantize(x, groups, bits, symmetric=sym, stochastic=sr, seed=bits)
+    layout = LAYOUTS[(bits + len(shape)) % 3]      # every layout meets every shape and dtype
+    xd = laid_out(cp, x, layout)
+    check_same(dsquant.fake_quantize(xd, groups, bits, symmetric=sym, stochastic=sr, seed=bits), expected)
+    assert dsquant.ds_quantizer(xd, groups, bits, sr=False, asym=not sym) is xd
+    check_same(xd, dsquant.fake_quantize(x, groups, bits, symmetric=sym))
+
+
+@pytest.mark.parametrize("rounding", ROUNDING)
+@pytest.mark.parametrize("scheme", SCHEMES)
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_every_16_bit_pattern(cp, dtype, scheme, rounding):
+    """All 65536 encodings (subnormals, ±0, ±Inf, NaNs) as inputs: covers the device's hardware
+    conversions (cuda/dsq_math.cuh DSQ_GPU_ISA paths) for every value."""
+    x = np.arange(1 << 16, dtype=np.uint16).view(ref.DTYPES[dtype])
+    rng = np.random.default_rng(0)
+    x = x[rng.permutation(x.size)]                 # mix magnitudes within groups
+    sym, sr = SCHEMES[scheme], ROUNDING[rounding]
+    xd = to_torch_cuda(x) if dtype == "bfloat16" else cp.asarray(x)
+    for groups, bits in ((256, 2), (4096, 8), (1 << 16, 16), (16, 5)):
+        check_same(dsquant.fake_quantize(xd, groups, bits, symmetric=sym, stochastic=sr, seed=3),
+                   dsquant.fake_quantize(x, groups, bits, symmetric=sym, stochastic=sr, seed=3))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_special_values(cp, dtype):
+    info = ml_dtypes.finfo(ref.DTYPES[dtype])
+    specials = [np.nan, np.inf, -np.inf, 0.0, -0.0, float(info.max), -float(info.max),
+                float(info.smallest_subnormal), -float(info.tiny), 1.0, -1.0]
+    x = sample(dtype, 8 * 64, seed=1)
+    x[::7][: len(specials)] = np.array(specials, dtype=ref.DTYPES[dtype])
+    x[8:16] = np.nan                               # a group with no finite element
+    x[16:24] = np.inf
+    for sym in (True, False):
+        for sr in (False, True):
+            xd = to_torch_cuda(x) if dtype == "bfloat16" else cp.asarray(x)
+            check_same(dsquant.fake_quantize(xd, 64, 8, symmetric=sym, stochastic=sr, seed=2),
+                       dsquant.fake_quantize(x, 64, 8, symmetric=sym, stochastic=sr, seed=2))
+
+
+def test_global_random_stream_is_shared_with_the_cpu(cp):
+    """Without a seed both paths draw from the same library stream and advance it alike."""
+    x = sample("float32", 4099, seed=5)            # n not a multiple of 4: later offsets are unaligned
+    dsquant.manual_seed(123)
+    gpu = [dsquant.fake_quantize(cp.asarray(x), 1, 4, stochastic=True) for _ in range(3)]
+    dsquant.manual_seed(123)
+    cpu = [dsquant.fake_quantize(x, 1, 4, stochastic=True) for _ in range(3)]
+    for g, c in zip(gpu, cpu):
+        check_same(g, c)
+
+
+# ------------------------------------------------------------------------------ large cases
+@pytest.mark.slow
+@pytest.mark.parametrize("sym, sr", [(True, False), (False, True)])
+def test_single_group_of_2_to_the_28(cp, sym, sr):
+    n = 1 << 28
+    x = (cp.random.standard_normal(n, dtype=cp.float32) * 3).astype(cp.float16)
+    x[12345] = cp.nan
+    host = x.get()
+    check_same(dsquant.fake_quantize(x, 1, 8, symmetric=sym, stochastic=sr, seed=9),
+               dsquant.fake_quantize(host, 1, 8, symmetric=sym, stochastic=sr, seed=9))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype", ["float16", "float32"])
+def test_a_million_groups_of_8(cp, dtype):
+    x = cp.random.standard_normal(8 * 10**6, dtype=cp.float32).astype(dtype)
+    host = x.get()
+    for sym, sr in ((True, False), (False, True)):
+        check_same(dsquant.fake_quantize(x, 10**6, 4, symmetric=sym, stochastic=sr, seed=1),
+                   dsquant.fake_quantize(host, 10**6, 4, symmetric=sym, stochastic=sr, seed=1))
+
+
+# ------------------------------------------------------------------------------ frameworks
+def test_cupy_in_cupy_out_and_in_place(cp):
+    x = cp.asarray(sample("float32", 4096, seed=2).reshape(64, 64))
+    y = dsquant.fake_quantize(x, 64, 4)
+    assert isinstance(y, cp.ndarray) and y.shape == (64, 64) and y.dtype == cp.float32
+    assert y.device.id == x.device.id and y.data.ptr != x.data.ptr
+    expected = dsquant.fake_quantize(x.get(), 64, 4)
+    check_same(y, expected)
+    ptr = x.data.ptr
+    assert dsquant.ds_quantizer(x, 64, 4) is x and x.data.ptr == ptr
+    check_same(x, expected)
+
+
+def test_cupy_out_argument_and_non_contiguous(cp):
+    base = cp.asarray(sample("float16", 32 * 48, seed=3).reshape(32, 48))
+    x = base.T                                     # non-contiguous input
+    expected = dsquant.fake_quantize(np.ascontiguousarray(base.get().T), 8, 6)
+    out = cp.empty((48, 32), cp.float16)
+    assert dsquant.fake_quantize(x, 8, 6, out=out) is out
+    check_same(out, expected)
+    out_t = cp.empty((32, 48), cp.float16).T       # non-contiguous out
+    assert dsquant.fake_quantize(x, 8, 6, out=out_t) is out_t
+    check_same(out_t, expected)
+    snapshot = base.copy()
+    dsquant.ds_quantizer(x, 8, 6)                  # in place through a transposed view
+    check_same(x, expected)
+    assert not cp.array_equal(base, snapshot)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+def test_torch_cuda_in_torch_out_and_in_place(dtype):
+    x = torch.randn(96, 40, device="cuda", dtype=torch.float32).mul_(4).to(dtype)
+    host = x.cpu()
+    expected = dsquant.fake_quantize(host, 96, 8, symmetric=False)
+    y = dsquant.fake_quantize(x, 96, 8, symmetric=False)
+    assert isinstance(y, torch.Tensor) and y.device == x.device and y.dtype == dtype and y.shape == x.shape
+    check_same(y, expected)
+    ptr = x.data_ptr()
+    assert dsquant.ds_quantizer(x, 96, 8, asym=True) is x and x.data_ptr() == ptr
+    check_same(x, expected)
+    t = torch.randn(40, 96, device="cuda").to(dtype).t()       # non-contiguous, in place
+    expected_t = dsquant.fake_quantize(t.cpu().contiguous(), 8, 5, stochastic=True, seed=4)
+    check_same(dsquant.fake_quantize(t, 8, 5, stochastic=True, seed=4), expected_t)
+
+
+def test_torch_requires_grad_tensor():
+    w = torch.randn(256, device="cuda", requires_grad=True)
+    check_same(dsquant.fake_quantize(w, 4, 8), dsquant.fake_quantize(w.detach().cpu(), 4, 8))
+
+
+def test_jax_gpu_in_jax_out():
+    jax = pytest.importorskip("jax")
+    try:
+        gpu = jax.devices("gpu")[0]
+    except RuntimeError:
+        pytest.skip("JAX has no GPU backend here")
+    for name in ("float32", "bfloat16"):
+        x = sample(name, 4096, seed=6)
+        xj = jax.device_put(x, gpu)
+        y = dsquant.fake_quantize(xj, 16, 8, symmetric=False, stochastic=True, seed=8)
+        assert isinstance(y, jax.Array) and y.dtype == xj.dtype and y.shape == xj.shape
+        assert list(y.devices())[0].platform == "gpu"
+        check_same(y, dsquant.fake_quantize(x, 16, 8, symmetric=False, stochastic=True, seed=8))
+        with pytest.raises(BufferError, match="immutable"):
+            dsquant.ds_quantizer(xj, 16, 8)
+
+
+# ------------------------------------------------------------------------------ streams, devices
+def test_torch_work_queued_on_a_side_stream_is_seen():
+    """The kernels run on torch's current stream: a copy still queued behind a long sleep on a
+    non-default stream must land before dsquant reads, and dsquant's writes before later work."""
+    n = 1 << 22
+    src = torch.randn(n, device="cuda")
+    expected = dsquant.fake_quantize(src.cpu(), 64, 8)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())  # src is complete before the side stream reads it
+    with torch.cuda.stream(side):
+        x = torch.zeros(n, device="cuda")
+        torch.cuda._sleep(200_000_000)             # ~0.1 s of GPU time before the copy runs
+        x.copy_(src)
+        y = dsquant.fake_quantize(x, 64, 8)
+        dsquant.ds_quantizer(x, 64, 8)
+        z = x * 1                                  # queued after the in-place kernel
+    side.synchronize()
+    check_same(y, expected)
+    check_same(z, expected)
+
+
+def test_cupy_work_queued_on_a_side_stream_is_seen(cp):
+    n = 1 << 22
+    src = cp.random.standard_normal(n, dtype=cp.float32)
+    expected = dsquant.fake_quantize(src.get(), 64, 8)
+    with cp.cuda.Stream(non_blocking=True) as side:
+        x = cp.zeros(n, cp.float32)
+        x[...] = src
+        y = dsquant.fake_quantize(x, 64, 8)
+    side.synchronize()
+    check_same(y, expected)
+
+
+def test_input_on_a_second_gpu(cp):
+    if cp.cuda.runtime.getDeviceCount() < 2:
+        pytest.skip("needs two GPUs")
+    x_host = sample("float32", 4096, seed=7)
+    expected = dsquant.fake_quantize(x_host, 16, 8, stochastic=True, seed=1)
+    with cp.cuda.Device(1):
+        x = cp.asarray(x_host)
+    with cp.cuda.Device(0):                        # the current device is another one
+        y = dsquant.fake_quantize(x, 16, 8, stochastic=True, seed=1)
+        assert y.device.id == 1
+        dsquant.ds_quantizer(x, 16, 8)
+    check_same(y, expected)
+    check_same(x, dsquant.fake_quantize(x_host, 16, 8))
+    t = torch.from_numpy(x_host).to("cuda:1")
+    yt = dsquant.fake_quantize(t, 16, 8, stochastic=True, seed=1)
+    assert yt.device == torch.device("cuda:1")
+    check_same(yt, expected)
+
+
+def test_info_reports_the_cuda_backend():
+    assert dsquant.info()["backends"]["cuda"] is True
