@@ -1,6 +1,7 @@
 """Build: one Cython extension per module, C++17 + OpenMP, compiled against the shared numerics
 headers in cuda/ (which also ship inside the package as dsquant/_cuda_src for the GPU path;
 dsquant/_cuda.py is the GPU backend module, so the data package needs another name)."""
+import glob
 import os
 
 import numpy  # noqa: F401  (build requirement; keeps the environment honest)
@@ -24,8 +25,9 @@ def extension(name):
         language="c++",
         extra_compile_args=COMPILE,
         extra_link_args=LINK,
-        depends=[os.path.join("cuda", f) for f in os.listdir(os.path.join(HERE, "cuda"))]
-        + ["dsquant/_cpu_kernels.hpp", "dsquant/_dlpack.h"],
+        # every header the extensions include: a change to any of them rebuilds both
+        depends=sorted(glob.glob("cuda/*.cuh") + glob.glob("dsquant/*.hpp") + glob.glob("dsquant/*.inc")
+                       + glob.glob("dsquant/*.h")),
     )
 
 

@@ -6,7 +6,7 @@
 //
 // Only integer/float operations that are exactly specified by IEEE 754 and C++ are used here
 // (no rint/round/floor library calls whose inlining differs between compilers): rounding to an
-// integer is done by float->int truncation plus exact comparisons.
+// integer is done with the exact 1.5·2^23 adder trick (see round_half_even).
 //
 // Device fast paths (DSQ_GPU_ISA: the device pass of a CUDA compiler). The float16/bfloat16
 // conversions use the one GPU instruction that computes the same IEEE result (round to nearest

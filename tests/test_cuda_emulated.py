@@ -124,7 +124,7 @@ def test_random_stream_offsets(emu, shape, offset):
 @pytest.mark.parametrize("shape", ["S3", "S128", "S70001"])
 def test_random_stream_positions_wrap_modulo_2_64(emu, shape):
     """Stream positions are offset + i modulo 2^64 (the global stream wraps its offset). Compared
-    with the independent reference: the CPU path does not handle a tile across the wrap."""
+    with the independent reference (the CPU path's wrap is tested in test_fake_quantize)."""
     numel, groups = SHAPES[shape]
     x = sample("float32", numel, seed=4)
     out = np.empty_like(x)
