@@ -110,6 +110,33 @@ template <class Fmt> const Ranges<Fmt>& ranges_for_this_cpu() {
 const int64_t kLargeGroup = 1 << 15;
 const int64_t kChunk = 1 << 15;
 
+// Groups of kLargeGroup elements or more, cut into kChunk pieces: work item i is chunk c of
+// group g (i = g * per_group + c).
+struct LargeGroups {
+  int64_t groups, S;
+  int64_t per_group() const { return (S + kChunk - 1) / kChunk; }
+  int64_t items() const { return groups * per_group(); }
+  int64_t group(int64_t i) const { return i / per_group(); }
+  int64_t begin(int64_t i) const { return group(i) * S + (i % per_group()) * kChunk; }
+  int64_t length(int64_t i) const { return std::min(kChunk, S - (i % per_group()) * kChunk); }
+};
+
+// Call inside a parallel region: partial statistics of every chunk in parallel, then, per group,
+// the merged statistics handed to on_group(g, stats) (the params of each op).
+template <class Fmt, class StatsFn, class OnGroup>
+void large_group_stats(const LargeGroups& layout, StatsFn stats, const typename Fmt::storage* in,
+                       std::vector<Stats<Fmt>>& partial, OnGroup on_group) {
+  const int64_t per_group = layout.per_group();
+#pragma omp for schedule(static)
+  for (int64_t i = 0; i < layout.items(); ++i) partial[i] = stats(in + layout.begin(i), layout.length(i));
+#pragma omp for schedule(static)
+  for (int64_t g = 0; g < layout.groups; ++g) {
+    Stats<Fmt> st = partial[g * per_group];
+    for (int64_t c = 1; c < per_group; ++c) dsq::stats_merge(st, partial[g * per_group + c]);
+    on_group(g, st);
+  }
+}
+
 struct FakeArgs {
   const void* in;
   void* out;
@@ -142,29 +169,18 @@ void fake_quantize_typed(const FakeArgs& a) {
     }
     return;
   }
-  const int64_t per_group = (S + kChunk - 1) / kChunk;
-  const int64_t items = a.groups * per_group;
-  std::vector<Stats<Fmt>> partial(items);
+  const LargeGroups layout{a.groups, S};
+  std::vector<Stats<Fmt>> partial(layout.items());
   std::vector<FakeParams<C>> params(a.groups);
 #pragma omp parallel num_threads(a.threads)
   {
-#pragma omp for schedule(static)
-    for (int64_t i = 0; i < items; ++i) {
-      const int64_t g = i / per_group, c = i % per_group;
-      partial[i] = stats(in + g * S + c * kChunk, std::min(kChunk, S - c * kChunk));
-    }
-#pragma omp for schedule(static)
-    for (int64_t g = 0; g < a.groups; ++g) {
-      Stats<Fmt> st = partial[g * per_group];
-      for (int64_t c = 1; c < per_group; ++c) dsq::stats_merge(st, partial[g * per_group + c]);
+    large_group_stats(layout, stats, in, partial, [&](int64_t g, const Stats<Fmt>& st) {
       params[g] = dsq::fake_params(st, a.bits, a.symmetric);
-    }
+    });
 #pragma omp for schedule(static)
-    for (int64_t i = 0; i < items; ++i) {
-      const int64_t g = i / per_group, c = i % per_group;
-      const int64_t begin = g * S + c * kChunk;
-      fake(in + begin, out + begin, std::min(kChunk, S - c * kChunk), params[g], a.seed, a.offset + (uint64_t)begin);
-    }
+    for (int64_t i = 0; i < layout.items(); ++i)
+      fake(in + layout.begin(i), out + layout.begin(i), layout.length(i), params[layout.group(i)], a.seed,
+           a.offset + (uint64_t)layout.begin(i));
   }
 }
 
@@ -211,25 +227,16 @@ void int_quantize_typed(const IntQuantArgs& a) {
   // flat input (kChunk is a multiple of every per, so chunks start on byte boundaries).
   const auto stats = k.stats[a.symmetric];
   const auto codes = k.int_codes[pi];
-  const int64_t per_group = (S + kChunk - 1) / kChunk;
-  const int64_t items = a.groups * per_group;
+  const LargeGroups layout{a.groups, S};
   const int64_t flat_chunks = (a.n + kChunk - 1) / kChunk;
-  std::vector<Stats<Fmt>> partial(items);
+  std::vector<Stats<Fmt>> partial(layout.items());
   std::vector<IntParams<C>> params(a.groups);
 #pragma omp parallel num_threads(a.threads)
   {
-#pragma omp for schedule(static)
-    for (int64_t i = 0; i < items; ++i) {
-      const int64_t g = i / per_group, c = i % per_group;
-      partial[i] = stats(in + g * S + c * kChunk, std::min(kChunk, S - c * kChunk));
-    }
-#pragma omp for schedule(static)
-    for (int64_t g = 0; g < a.groups; ++g) {
-      Stats<Fmt> st = partial[g * per_group];
-      for (int64_t c = 1; c < per_group; ++c) dsq::stats_merge(st, partial[g * per_group + c]);
+    large_group_stats(layout, stats, in, partial, [&](int64_t g, const Stats<Fmt>& st) {
       params[g] = dsq::int_params(st, a.bits, a.symmetric);
       store_int_params(a, g, params[g]);
-    }
+    });
 #pragma omp for schedule(static)
     for (int64_t c = 0; c < flat_chunks; ++c) codes(a, c * kChunk, std::min(a.n, (c + 1) * kChunk), params.data());
   }
