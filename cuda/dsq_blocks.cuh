@@ -115,22 +115,24 @@ template <class Fmt, bool Sym> DSQ_DEV void team_reduce(Stats<Fmt>& s, int team,
 // Statistics of groups too large for one block: stats_clear, then stats_chunks merges every
 // chunk's statistics into its group's keys with integer atomics.
 // keys[3g .. 3g+2] = absmax, max, min order keys of group g.
-template <class Fmt>
-__global__ void __launch_bounds__(DSQ_MAX_THREADS) stats_clear(typename Fmt::key* keys, int64_t groups) {
-  const Stats<Fmt> e = stats_empty<Fmt>();
-  for (int64_t g = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; g < groups; g += (int64_t)gridDim.x * blockDim.x) {
-    keys[3 * g] = e.absmax_key;
-    keys[3 * g + 1] = e.max_key;
-    keys[3 * g + 2] = e.min_key;
-  }
-}
-
 template <class Fmt> DSQ_DEV Stats<Fmt> load_stats(const typename Fmt::key* keys, int64_t g) {
   Stats<Fmt> s;
   s.absmax_key = keys[3 * g];
   s.max_key = keys[3 * g + 1];
   s.min_key = keys[3 * g + 2];
   return s;
+}
+
+template <class Fmt> DSQ_DEV void store_stats(typename Fmt::key* keys, int64_t g, const Stats<Fmt>& s) {
+  keys[3 * g] = s.absmax_key;
+  keys[3 * g + 1] = s.max_key;
+  keys[3 * g + 2] = s.min_key;
+}
+
+template <class Fmt>
+__global__ void __launch_bounds__(DSQ_MAX_THREADS) stats_clear(typename Fmt::key* keys, int64_t groups) {
+  for (int64_t g = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; g < groups; g += (int64_t)gridDim.x * blockDim.x)
+    store_stats(keys, g, stats_empty<Fmt>());
 }
 
 // A chunk of a group: elements [begin, begin + len) of the flat array. Its body is `units` whole

@@ -17,14 +17,14 @@ except ImportError as exc:   # the message is the whole fix
 
 import numpy as np
 
-from . import _array, _interop, _kernels, _launch
+from . import _array, _interop, _kernels, _launch, _ops
 from ._interop import Operand
 
-_BF16 = 1
+_FLOAT16, _BF16 = 0, 1     # dsquant dtype codes
 # The CuPy dtype of a result, by dsquant dtype (CuPy has no bfloat16: its bits live in uint16).
 _CUPY_DTYPES = (np.float16, np.uint16, np.float32, np.float64)
 # Unsigned integers of each itemsize: copies through these move bits, never values.
-_BITS = {2: np.uint16, 4: np.uint32, 8: np.uint64}
+_BITS = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
 
 
 def device_count() -> int:
@@ -156,7 +156,9 @@ def _as_jax(result, dtype: int):
 _WRAP = {_interop.TORCH: _as_torch, _interop.JAX: _as_jax}
 
 
-def _wrap(result: cupy.ndarray, framework: str, dtype: int):
+def _wrap(result: cupy.ndarray, framework: str, dtype: int | None = None):
+    """`result` in `framework`; `dtype` is the dsquant dtype code of a float result (bfloat16 is
+    relabelled), None for codes and params."""
     wrap = _WRAP.get(framework)
     return result if wrap is None else wrap(result, dtype)
 
@@ -195,3 +197,62 @@ def fake_quantize_inplace(op: Operand, groups, bits, symmetric, stochastic, seed
             _fake(t, scratch.data.ptr, scratch.data.ptr, groups, bits, symmetric, stochastic, seed, offset,
                   device, stream)
             view[...] = scratch
+
+
+# ------------------------------------------------------------------------------ integer codes
+def _contiguous(t: _array.Tensor):
+    """(address of t's elements in C order, the copy that must stay alive or None). Call inside
+    the launch stream's context, so the copy is ordered before the kernels."""
+    if t.is_c_contiguous or not t.numel:
+        return t.data, None
+    copy = cupy.ascontiguousarray(_view(t))
+    return copy.data.ptr, copy
+
+
+def quantize(src: Operand, groups, bits, symmetric, q_shape):
+    t = src.tensor
+    with cupy.cuda.Device(t.device_id):
+        device, stream = _device(t.device_id), _stream(src.framework, t.device_id)
+        with stream:
+            q = cupy.empty(q_shape, np.int8)
+            params = cupy.empty((groups, 1 if symmetric else 2), np.float32)
+            data, _keep = _contiguous(t)
+            nbytes = _launch.int_keys_nbytes(t.dtype, t.numel, groups, bits)
+            keys = cupy.empty(nbytes, np.uint8) if nbytes else None   # O(groups) statistics scratch
+            _run(_launch.quantize(t.dtype, data, q.data.ptr, params.data.ptr, t.numel, groups, bits, symmetric,
+                                  keys.data.ptr if keys is not None else 0), device, stream)
+            return _wrap(q, src.framework), _wrap(params, src.framework)
+
+
+def dequantize(codes: Operand, params: Operand, groups, bits, symmetric, dtype, shape, dst: Operand | None):
+    t = codes.tensor
+    with cupy.cuda.Device(t.device_id):
+        device, stream = _device(t.device_id), _stream(codes.framework, t.device_id)
+        with stream:
+            q_ptr, _keep_q = _contiguous(t)
+            p_ptr, _keep_p = _contiguous(params.tensor)
+            direct = dst is not None and dst.tensor.is_c_contiguous
+            result = None if direct else cupy.empty(shape, _CUPY_DTYPES[dtype])
+            target = _view(dst.tensor) if direct else _bits(result)
+            numel = t.numel * _ops.codes_per_byte(bits)
+            _run(_launch.dequantize(dtype, q_ptr, p_ptr, target.data.ptr, numel, groups, bits, symmetric),
+                 device, stream)
+            if dst is None:
+                return _wrap(result, codes.framework, dtype)
+            if not direct and numel:
+                _view(dst.tensor)[...] = target   # write back into a non-contiguous `out`
+            return dst.obj
+
+
+def dequantize_unsigned_half(codes: Operand, scale: Operand, minimum: Operand, num_group, group_size, bits):
+    t = codes.tensor
+    with cupy.cuda.Device(t.device_id):
+        device, stream = _device(t.device_id), _stream(codes.framework, t.device_id)
+        with stream:
+            q_ptr, _keep_q = _contiguous(t)
+            s_ptr, _keep_s = _contiguous(scale.tensor)
+            m_ptr, _keep_m = _contiguous(minimum.tensor)
+            out = cupy.empty((num_group, group_size), np.float16)
+            _run(_launch.dequantize_unsigned_half(q_ptr, s_ptr, m_ptr, out.data.ptr, num_group, group_size, bits),
+                 device, stream)
+            return _wrap(out, codes.framework, _FLOAT16)

@@ -62,8 +62,43 @@ def _fake_instantiations() -> tuple[str, ...]:
     return tuple(names)
 
 
+CODES_PER_BYTE = (1, 2, 4)                # Per of the integer kernels (_ops.codes_per_byte of the bits)
+
+
+def int_quant_resident(dtype: int, symmetric: bool, per: int, units: int) -> str:
+    return f"dsq::int_quant_resident<{FORMATS[dtype]}, {_b(symmetric)}, {per}, {units}>"
+
+
+def int_quant_chunks(dtype: int, symmetric: bool, per: int) -> str:
+    return f"dsq::int_quant_chunks<{FORMATS[dtype]}, {_b(symmetric)}, {per}, {CHUNK_UNITS}>"
+
+
+def int_quant_seams(dtype: int, symmetric: bool) -> str:
+    return f"dsq::int_quant_seams<{FORMATS[dtype]}, {_b(symmetric)}>"
+
+
+def dequant_signed(dtype: int, symmetric: bool, per: int) -> str:
+    return f"dsq::dequant_codes<dsq::SignedCodes<{FORMATS[dtype]}, {_b(symmetric)}>, {per}, {CHUNK_UNITS}>"
+
+
+def dequant_unsigned_half(per: int) -> str:
+    return f"dsq::dequant_codes<dsq::UnsignedHalf, {per}, {CHUNK_UNITS}>"
+
+
+def _int_instantiations() -> tuple[str, ...]:
+    names = [dequant_unsigned_half(per) for per in (1, 2)]
+    for dtype in range(len(FORMATS)):
+        for sym in (True, False):
+            names.append(int_quant_seams(dtype, sym))
+            for per in CODES_PER_BYTE:
+                names.append(int_quant_chunks(dtype, sym, per))
+                names.append(dequant_signed(dtype, sym, per))
+                names.extend(int_quant_resident(dtype, sym, per, r) for r in RESIDENT_UNITS)
+    return tuple(names)
+
+
 # source file in cuda/ -> every instantiation it is compiled with
-MODULES = {"dsq_fake.cu": _fake_instantiations()}
+MODULES = {"dsq_fake.cu": _fake_instantiations(), "dsq_int.cu": _int_instantiations()}
 
 
 def module_of(name: str) -> str:

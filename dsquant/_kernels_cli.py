@@ -56,6 +56,7 @@ def check(target: str, out=None) -> bool:
     """Compile every module for `target`, print the resource table; True when all is clean."""
     out = sys.stdout if out is None else out
     clean = True
+    every = {}   # resources of every kernel of every module
     for module, names in _kernels.MODULES.items():
         try:
             compiled = _kernels.compile_module(module, target)
@@ -77,10 +78,11 @@ def check(target: str, out=None) -> bool:
             clean = clean and not bad
             print(f"{name:<{width}}  {r['registers']:4d}  {r['stack']:5d}  {r['spill_stores']:8d}  "
                   f"{r['spill_loads']:8d}{'  <-- local memory' if bad else ''}", file=out)
-        if resources:
-            print(f"{target}: {len(resources)} kernels, at most {max(r['registers'] for r in resources.values())} "
-                  f"registers, {sum(r['spill_stores'] + r['spill_loads'] for r in resources.values())} spill bytes, "
-                  f"{sum(r['stack'] for r in resources.values())} stack bytes", file=out)
+        every.update(resources)
+    if every:
+        print(f"\n{target}: {len(every)} kernels, at most {max(r['registers'] for r in every.values())} "
+              f"registers, {sum(r['spill_stores'] + r['spill_loads'] for r in every.values())} spill bytes, "
+              f"{sum(r['stack'] for r in every.values())} stack bytes", file=out)
     return clean
 
 

@@ -123,16 +123,6 @@ def _backend(op: Operand):
                       f"(dsquant runs on the CPU and on CUDA GPUs)")
 
 
-def _backend_fn(op: Operand, name: str):
-    """The backend's implementation of operation `name` for an operand's device."""
-    backend = _backend(op)
-    fn = getattr(backend, name, None)
-    if fn is None:
-        raise BufferError(f"{name} is not available for arrays on this device yet (backend "
-                          f"{backend.__name__}); pass host arrays")
-    return fn
-
-
 def _intake(x, name: str, dtypes=None) -> Operand:
     """Consume `x` on its device; check its dtype against `dtypes` (names), by default the float
     dtypes dsquant quantizes."""
@@ -266,7 +256,7 @@ def quantize(x, groups=1, bits=8, *, symmetric=True):
     src = _intake(x, "x")
     groups = check_groups(groups, src.tensor.numel)
     q_shape = code_shape(src.tensor.shape, bits)
-    return _backend_fn(src, "quantize")(src, groups, bits, symmetric, q_shape)
+    return _backend(src).quantize(src, groups, bits, symmetric, q_shape)
 
 
 def dequantize(q, params, bits=8, *, dtype=None, out=None):
@@ -317,7 +307,7 @@ def dequantize(q, params, bits=8, *, dtype=None, out=None):
     if dst is not None and dst.tensor.dtype != dtype:
         raise TypeError(f"out has dtype {dst.tensor.dtype_name} but dtype is {_array.DTYPE_NAMES[dtype]}")
     symmetric = prm.tensor.shape[1] == 1
-    return _backend_fn(codes, "dequantize")(codes, prm, groups, bits, symmetric, dtype, shape, dst)
+    return _backend(codes).dequantize(codes, prm, groups, bits, symmetric, dtype, shape, dst)
 
 
 def dequantize_unsigned_half(data, scale, minimum, num_group, group_size, bits):
@@ -359,7 +349,7 @@ def dequantize_unsigned_half(data, scale, minimum, num_group, group_size, bits):
     for name, op in (("scale", scale_op), ("min", min_op)):
         if op.tensor.numel != num_group:
             raise ValueError(f"{name} must have num_group = {num_group} elements, got {op.tensor.numel}")
-    return _backend_fn(codes, "dequantize_unsigned_half")(codes, scale_op, min_op, num_group, group_size, bits)
+    return _backend(codes).dequantize_unsigned_half(codes, scale_op, min_op, num_group, group_size, bits)
 
 
 def _check_peer(first: Operand, other: Operand, name: str, first_name: str = "x") -> None:

@@ -65,6 +65,62 @@ def test_kernel_scalars_are_numpy_types():
         assert all(type(a) in (np.uint64, np.int64, np.int32) for a in launch.args), launch
 
 
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
+@pytest.mark.parametrize("size", [1, 2, 3, 4, 13, 128, 4096, 8192, 8193, 70001])
+@pytest.mark.parametrize("dtype", range(4))
+def test_quantize_plan(dtype, size, bits):
+    """The fake-quantization regimes (resident team or chunks), then a seam pass exactly when a
+    group boundary falls inside a code byte, with statistics scratch exactly when a pass needs it."""
+    per = 8 // bits if 8 % bits == 0 else 1
+    groups = 4
+    plan = _launch.quantize(dtype, 0x1000, 0x2000, 0x3000, size * groups, groups, bits, False, keys=0x4000)
+    kernels = [p.kernel.split("<")[0] for p in plan]
+    seams = size % per != 0
+    resident = _launch.resident_shape(dtype, size)
+    if resident is None:
+        assert kernels[:3] == ["dsq::stats_clear", "dsq::stats_chunks", "dsq::int_quant_chunks"]
+        assert [p.grid for p in plan[1:3]] == [groups * -(-size // _launch._chunk(dtype))] * 2
+    else:
+        assert plan[0].kernel == _kernels.int_quant_resident(dtype, False, per, resident[0])
+        assert int(plan[0].args[6]) == resident[1]                      # the team of fake_resident
+        assert int(plan[0].args[3]) == (0x4000 if seams else 0)          # keys only for the seam pass
+    assert kernels[1 if resident else 3:] == (["dsq::int_quant_seams"] if seams else [])
+    assert bool(_launch.int_keys_nbytes(dtype, size * groups, groups, bits)) == (resident is None or seams)
+    if _launch.int_keys_nbytes(dtype, size * groups, groups, bits):
+        assert _launch.int_keys_nbytes(dtype, size * groups, groups, bits) == 3 * groups * _kernels.KEY_BYTES[dtype]
+        with pytest.raises(ValueError, match="scratch"):
+            _launch.quantize(dtype, 0x1000, 0x2000, 0x3000, size * groups, groups, bits, False)
+
+
+def test_one_group_has_no_seams():
+    assert [p.kernel.split("<")[0] for p in _launch.quantize(0, 0x1000, 0x2000, 0x3000, 6, 1, 3, True)] == [
+        "dsq::int_quant_resident"]
+    assert _launch.int_keys_nbytes(0, 6, 1, 3) == 0
+
+
+@pytest.mark.parametrize("size", [1, 3, 128, 4096, 8192, 8193, 10**6])
+@pytest.mark.parametrize("dtype", range(4))
+def test_dequantize_plan_covers_every_group(dtype, size):
+    groups = 3
+    (launch,) = _launch.dequantize(dtype, 0x1000, 0x2000, 0x3000, size * groups, groups, 4, True)
+    assert launch.kernel == _kernels.dequant_signed(dtype, True, 2)
+    chunk, team = int(launch.args[6]), int(launch.args[7])
+    resident = _launch.resident_shape(dtype, size)
+    assert (chunk, team) == ((size, resident[1]) if resident else (_launch._chunk(dtype), _launch.MAX_THREADS))
+    assert launch.block % team == 0 and launch.block % 32 == 0 and launch.block <= _launch.MAX_THREADS
+    assert launch.grid * (launch.block // team) >= groups * -(-size // chunk)
+    (half,) = _launch.dequantize_unsigned_half(0x1000, 0x2000, 0x3000, 0x4000, groups, size * 2, 4)
+    assert half.kernel == _kernels.dequant_unsigned_half(2) and int(half.args[4]) == size * 2
+
+
+def test_integer_grids_are_capped():
+    for plan in (_launch.quantize(0, 0x1000, 0x2000, 0x3000, 8 << 30, 1 << 30, 8, True),
+                 _launch.dequantize(0, 0x1000, 0x2000, 0x3000, 8 << 30, 1 << 30, 8, True)):
+        assert plan[0].grid == _launch.MAX_GRID
+    plan = _launch.quantize(0, 0x1000, 0x2000, 0x3000, 3 << 30, 3, 4, True, keys=0x4000, max_grid=7)
+    assert [p.grid for p in plan] == [1, 7, 7]
+
+
 # ------------------------------------------------------------------------------ bfloat16 results
 def test_relabeled_export_reaches_torch_and_jax_without_copy():
     bits = np.array([0x3F80, 0xC000, 0x7FC1, 0x0001], np.uint16)

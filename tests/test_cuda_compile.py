@@ -123,11 +123,15 @@ _SCALARS = {"x": np.int64, "y": np.uint64, "i": np.int32, "j": np.uint32}
 
 def _parameters(mangled: str) -> list:
     """Parameter types of a dsq kernel from its mangled name: 'ptr' or a NumPy scalar type. Handles
-    what the kernels use: pointers to (const) nested names or substitutions, and x/y/i/j."""
+    what the kernels use: pointers to (const) nested names or substitutions, and x/y/i/j; a bare
+    substitution repeats an earlier parameter's type, which in these kernels is a pointer."""
     rest = mangled[mangled.index("EEEv") + 4:] if "EEEv" in mangled else mangled[mangled.index("Ev") + 2:]
     params = []
     while rest:
-        if rest[0] == "P":
+        if rest[0] == "S":
+            rest = rest[rest.index("_") + 1:]
+            params.append("ptr")
+        elif rest[0] == "P":
             rest = rest[1:].removeprefix("K")
             if rest[0] == "N":
                 rest = rest[rest.index("E") + 1:]
@@ -159,3 +163,24 @@ def test_launch_arguments_match_the_kernel_signatures(fresh_cache):
                         assert [type(a) for a in launch.args] == expected, launch.kernel
                         seen.add(launch.kernel.split("<")[0])
     assert seen == {"dsq::fake_resident", "dsq::stats_clear", "dsq::stats_chunks", "dsq::fake_chunks"}
+
+
+def test_integer_launch_arguments_match_the_kernel_signatures(fresh_cache):
+    lowered = {**_kernels.compile_module("dsq_fake.cu", "sm_90").lowered,
+               **_kernels.compile_module("dsq_int.cu", "sm_90").lowered}
+    assert _parameters(lowered[_kernels.dequant_signed(0, True, 2)]) == (
+        ["ptr", "ptr", "ptr", "ptr", np.int64, np.int64, np.int64, np.int32])
+    plans = [_launch.dequantize_unsigned_half(0x100, 0x200, 0x300, 0x400, 4, 6, bits) for bits in (4, 8)]
+    for dtype in range(4):
+        for sym in (True, False):
+            for bits in (2, 3, 4, 8):
+                plans.append(_launch.dequantize(dtype, 0x100, 0x200, 0x300, 4000, 8, bits, sym))
+                for numel, groups in ((1000, 10), (1 << 20, 2), (1020, 340)):   # resident, chunked, seams
+                    plans.append(_launch.quantize(dtype, 0x100, 0x200, 0x300, numel, groups, bits, sym, keys=0x400))
+    seen = set()
+    for launch in (launch for plan in plans for launch in plan):
+        expected = [np.uint64 if p == "ptr" else p for p in _parameters(lowered[launch.kernel])]
+        assert [type(a) for a in launch.args] == expected, launch.kernel
+        seen.add(launch.kernel.split("<")[0])
+    assert seen == {"dsq::int_quant_resident", "dsq::int_quant_seams", "dsq::stats_clear", "dsq::stats_chunks",
+                    "dsq::int_quant_chunks", "dsq::dequant_codes"}

@@ -2,6 +2,7 @@
 a GPU: CuPy replaced by tests/_fake_cupy.py (host memory that says it is on CUDA device 0), the
 compiled kernels' lowered names from a real NVRTC compile, the kernels themselves run by the CPU
 emulation. Results must be the CPU path's bits for every layout the backend handles."""
+import math
 import os
 import sys
 
@@ -108,3 +109,78 @@ def test_gpu_bench_runs(cp, capsys):
     assert table[0].startswith("| dtype | group | rounding | ms | GB/s | copy GB/s | vs copy | API vs copy | passes |")
     assert len([line for line in table if line.startswith("| float")]) == 12
     assert "| float32 | all | stochastic |" in out[-1]
+
+
+# ------------------------------------------------------------------------------ integer codes
+INT_CASES = {"S128": ((20, 128), 20), "S3": ((6, 8), 16), "S9001": ((9001, 4), 4), "S70001": ((70001, 4), 4)}
+
+
+@pytest.mark.parametrize("case", INT_CASES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_quantize_and_dequantize(cp, dtype, case):
+    shape, groups = INT_CASES[case]
+    x_host = sample(dtype, math.prod(shape), seed=groups).reshape(shape)
+    x_host.reshape(-1)[::97] = np.nan
+    x = cp.asarray(x_host)
+    for bits in (2, 4, 5, 8):
+        for sym in (True, False):
+            q, params = dsquant.quantize(x, groups, bits, symmetric=sym)
+            q_cpu, params_cpu = dsquant.quantize(x_host, groups, bits, symmetric=sym)
+            assert isinstance(q, cp.ndarray) and q.dtype == np.int8 and q.shape == q_cpu.shape
+            assert isinstance(params, cp.ndarray) and params.dtype == np.float32 and params.shape == params_cpu.shape
+            check_exact(q, q_cpu)
+            check_exact(params, params_cpu)
+            y = dsquant.dequantize(q, params, bits, dtype=dtype)
+            assert isinstance(y, cp.ndarray) and y.dtype == x.dtype and y.shape == shape
+            check_exact(y, dsquant.dequantize(q_cpu, params_cpu, bits, dtype=dtype))
+    check_exact(x, x_host)                          # the input is untouched
+
+
+@pytest.mark.parametrize("view", ["offset", "transpose", "step"])
+def test_integer_ops_on_views(cp, view):
+    take = {"offset": lambda a: a[1:].reshape(96, 40), "transpose": lambda a: a[1:].reshape(96, 40).T,
+            "step": lambda a: a[1:].reshape(96, 40)[::2, ::2]}[view]
+    base_host = sample("float16", 96 * 40 + 1, seed=5)
+    x_host = np.ascontiguousarray(take(base_host))
+    x = take(cp.asarray(base_host))
+    q_cpu, params_cpu = dsquant.quantize(x_host, 8, 4, symmetric=False)
+    q, params = dsquant.quantize(x, 8, 4, symmetric=False)
+    check_exact(q, q_cpu)
+    check_exact(params, params_cpu)
+    expected = dsquant.dequantize(q_cpu, params_cpu, 4, dtype="float32")
+    q_wide = cp.asarray(np.repeat(q_cpu, 2, axis=-1))[..., ::2]          # non-contiguous codes
+    params_t = cp.asarray(np.ascontiguousarray(params_cpu.T)).T          # non-contiguous params
+    check_exact(dsquant.dequantize(q_wide, params_t, 4), expected)
+    out = cp.empty(expected.shape, np.float32)
+    assert dsquant.dequantize(q, params, 4, out=out) is out
+    check_exact(out, expected)
+    out_t = cp.empty(expected.shape[::-1], np.float32).T                 # non-contiguous out
+    assert dsquant.dequantize(q.view(np.uint8), params, 4, out=out_t) is out_t
+    check_exact(out_t, expected)
+
+
+def test_integer_ops_on_empty_arrays(cp):
+    q, params = dsquant.quantize(cp.asarray(np.zeros((0, 4), np.float32)), 3, 4, symmetric=False)
+    assert q.shape == (0, 2)
+    check_exact(params, np.array([[1.0, 0.0]] * 3, np.float32))
+    assert dsquant.dequantize(q, params, 4).shape == (0, 4)
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_deepspeed_compat_on_gpu_arrays(cp, bits):
+    from dsquant.compat import deepspeed as ds_ops
+    x_host = sample("float16", 64 * 48, seed=bits).reshape(64, 48)
+    q, params = ds_ops.quantize(cp.asarray(x_host), 64, bits, ds_ops.Asymmetric)
+    q_cpu, params_cpu = ds_ops.quantize(x_host, 64, bits, ds_ops.Asymmetric)
+    check_exact(q, q_cpu)
+    check_exact(params, params_cpu)
+    check_exact(ds_ops.dequantize(q, params, 64, bits, ds_ops.Asymmetric),
+                ds_ops.dequantize(q_cpu, params_cpu, 64, bits, ds_ops.Asymmetric))
+    rng = np.random.default_rng(bits)
+    data = rng.integers(0, 256, 48 * 64 * bits // 8, dtype=np.uint8)
+    scale = rng.uniform(1, 20, 48).astype(np.float16)
+    minimum = rng.uniform(-4, 4, 48).astype(np.float16)
+    experimental = {4: ds_ops.dequantize_int4_to_half_experimental, 8: ds_ops.dequantize_int8_to_half_experimental}
+    y = experimental[bits](cp.asarray(data), cp.asarray(scale), cp.asarray(minimum), 48, 64)
+    assert isinstance(y, cp.ndarray) and y.dtype == np.float16 and y.shape == (48, 64)
+    check_exact(y, experimental[bits](data, scale, minimum, 48, 64))
