@@ -11,6 +11,7 @@ import torch
 
 import dsquant
 import reference as ref
+from dsquant._ops import dequantize_unsigned_half
 
 pytestmark = pytest.mark.gpu
 
@@ -168,6 +169,140 @@ def test_a_million_groups_of_8(cp, dtype):
     for sym, sr in ((True, False), (False, True)):
         check_same(dsquant.fake_quantize(x, 10**6, 4, symmetric=sym, stochastic=sr, seed=1),
                    dsquant.fake_quantize(host, 10**6, 4, symmetric=sym, stochastic=sr, seed=1))
+
+
+# ------------------------------------------------------------------------------ integer codes
+# (the grid over dtypes, bits, schemes and group sizes is test_int_quant.py::test_gpu_matches_cpu)
+def check_codes(got, expected):
+    """Equal int8 codes (a NumPy, CuPy, torch or JAX array against a host one)."""
+    if isinstance(got, torch.Tensor):
+        got = got.cpu().numpy()
+    elif type(got).__module__.startswith("cupy"):
+        got = got.get()
+    got, expected = np.asarray(got), np.asarray(expected)
+    assert got.shape == expected.shape and np.array_equal(got.view(np.uint8), expected.view(np.uint8))
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_integer_ops_every_16_bit_pattern(cp, dtype):
+    """All 65536 encodings as inputs (the device's hardware conversions of dsq_math.cuh load every
+    value), and every code byte dequantized into the 16-bit dtype (they store every result)."""
+    x = np.arange(1 << 16, dtype=np.uint16).view(ref.DTYPES[dtype])
+    x = x[np.random.default_rng(0).permutation(x.size)]
+    xd = to_torch_cuda(x) if dtype == "bfloat16" else cp.asarray(x)
+    for groups, bits in ((4096, 2), (1 << 16, 2), (1 << 16, 8), (16, 4), (256, 5)):
+        for sym in (True, False):
+            q, params = dsquant.quantize(xd, groups, bits, symmetric=sym)
+            q_cpu, params_cpu = dsquant.quantize(x, groups, bits, symmetric=sym)
+            check_codes(q, q_cpu)
+            check_same(params, params_cpu)
+            check_same(dsquant.dequantize(q, params, bits, dtype=dtype),
+                       dsquant.dequantize(q_cpu, params_cpu, bits, dtype=dtype))
+
+
+def test_integer_ops_torch_cuda_in_torch_out():
+    for dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+        x = torch.randn(96, 40, device="cuda", dtype=torch.float32).mul_(4).to(dtype)
+        x[3, 7] = float("nan")
+        q, params = dsquant.quantize(x, 96, 4, symmetric=False)
+        assert q.is_cuda and q.device == x.device and q.dtype == torch.int8 and q.shape == (96, 20)
+        assert params.is_cuda and params.dtype == torch.float32 and params.shape == (96, 2)
+        q_cpu, params_cpu = dsquant.quantize(x.cpu(), 96, 4, symmetric=False)
+        check_codes(q, q_cpu)
+        check_same(params, params_cpu)
+        y = dsquant.dequantize(q, params, 4, dtype=dtype)
+        assert y.is_cuda and y.dtype == dtype and y.shape == x.shape
+        check_same(y, dsquant.dequantize(q_cpu, params_cpu, 4, dtype=dtype))
+        out = torch.empty(40, 96, device="cuda", dtype=dtype).t()         # non-contiguous out
+        assert dsquant.dequantize(q.view(torch.uint8), params, 4, out=out) is out
+        check_same(out, y)
+    t = torch.randn(40, 96, device="cuda", requires_grad=True).t()       # non-contiguous, requires grad
+    q, params = dsquant.quantize(t, 8, 8)
+    q_cpu, params_cpu = dsquant.quantize(t.detach().cpu().contiguous(), 8, 8)
+    check_codes(q, q_cpu)
+    check_same(params, params_cpu)
+
+
+def test_integer_ops_cupy_views(cp):
+    base = cp.asarray(sample("float32", 64 * 48 + 1, seed=9))
+    x = base[1:].reshape(64, 48).T                                        # misaligned and transposed
+    host = np.ascontiguousarray(x.get())
+    for bits in (2, 3, 4, 8):
+        q, params = dsquant.quantize(x, 16, bits)
+        assert isinstance(q, cp.ndarray) and isinstance(params, cp.ndarray)
+        q_cpu, params_cpu = dsquant.quantize(host, 16, bits)
+        check_codes(q, q_cpu)
+        check_same(params, params_cpu)
+        codes = cp.concatenate([cp.zeros(1, cp.int8), q.reshape(-1)])[1:].reshape(q.shape)   # odd address
+        check_same(dsquant.dequantize(codes, params, bits, dtype="float64"),
+                   dsquant.dequantize(q_cpu, params_cpu, bits, dtype="float64"))
+
+
+def test_unsigned_half_matches_cpu(cp):
+    rng = np.random.default_rng(4)
+    for bits, num_group, group_size in ((4, 37, 6), (8, 5, 1000), (4, 3, 70002), (8, 64, 128)):
+        data = rng.integers(0, 256, num_group * group_size * bits // 8, dtype=np.uint8)
+        scale = rng.uniform(0.5, 30, num_group).astype(np.float16)
+        minimum = rng.uniform(-4, 4, num_group).astype(np.float16)
+        scale[:2] = (0.0, np.inf)
+        minimum[-1] = np.nan
+        expected = dequantize_unsigned_half(data, scale, minimum, num_group, group_size, bits)
+        y = dequantize_unsigned_half(cp.asarray(data), cp.asarray(scale), cp.asarray(minimum), num_group, group_size,
+                                     bits)
+        assert isinstance(y, cp.ndarray) and y.dtype == cp.float16
+        check_same(y, expected)
+
+
+def test_integer_ops_jax_gpu():
+    jax = pytest.importorskip("jax")
+    try:
+        gpu = jax.devices("gpu")[0]
+    except RuntimeError:
+        pytest.skip("JAX has no GPU backend here")
+    x = sample("bfloat16", 4096, seed=6)
+    q, params = dsquant.quantize(jax.device_put(x, gpu), 16, 4, symmetric=False)
+    assert isinstance(q, jax.Array) and list(q.devices())[0].platform == "gpu" and q.dtype == jax.numpy.int8
+    q_cpu, params_cpu = dsquant.quantize(x, 16, 4, symmetric=False)
+    check_codes(q, q_cpu)
+    check_same(params, params_cpu)
+    y = dsquant.dequantize(q, params, 4, dtype="bfloat16")
+    assert isinstance(y, jax.Array) and y.dtype == jax.numpy.bfloat16
+    check_same(y, dsquant.dequantize(q_cpu, params_cpu, 4, dtype="bfloat16"))
+
+
+def test_integer_ops_on_a_side_stream_are_ordered():
+    """quantize reads after a copy queued behind a long sleep on torch's current stream, and
+    dequantize's result is complete for the work queued after it."""
+    n = 1 << 22
+    src = torch.randn(n, device="cuda")
+    q_cpu, params_cpu = dsquant.quantize(src.cpu(), 1024, 4)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        x = torch.zeros(n, device="cuda")
+        torch.cuda._sleep(200_000_000)
+        x.copy_(src)
+        q, params = dsquant.quantize(x, 1024, 4)
+        y = dsquant.dequantize(q, params, 4) * 1
+    side.synchronize()
+    check_codes(q, q_cpu)
+    check_same(params, params_cpu)
+    check_same(y, dsquant.dequantize(q_cpu, params_cpu, 4))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("groups", [1, 1 << 21])
+def test_integer_ops_on_2_to_the_28(cp, groups):
+    x = (cp.random.standard_normal(1 << 28, dtype=cp.float32) * 3).astype(cp.float16)
+    x[12345] = cp.nan
+    host = x.get()
+    for bits in (4, 8):
+        q, params = dsquant.quantize(x, groups, bits, symmetric=False)
+        q_cpu, params_cpu = dsquant.quantize(host, groups, bits, symmetric=False)
+        check_codes(q, q_cpu)
+        check_same(params, params_cpu)
+        check_same(dsquant.dequantize(q, params, bits, dtype="float16"),
+                   dsquant.dequantize(q_cpu, params_cpu, bits, dtype="float16"))
 
 
 # ------------------------------------------------------------------------------ frameworks
