@@ -1,8 +1,9 @@
 """``python -m dsquant gpu-bench``: GPU throughput of fake quantization on 2^28-element float16
 and float32 arrays (group sizes 128, 4096 and one single group; nearest and stochastic rounding),
-as GB/s (bytes read + written) and as a ratio to a CuPy device-to-device copy of the same bytes
-measured in the same run; and DeepSpeed's own kernels on the same inputs when ``deepspeed`` is
-importable.
+and of integer quantize and dequantize (int8 and int4 codes, group sizes 128 and 4096), as GB/s
+(bytes read + written) and as a ratio to a CuPy device-to-device copy of the same bytes measured
+in the same run; and DeepSpeed's own fake-quantization kernels on the same inputs when
+``deepspeed`` is importable.
 
 Each time is the median over batches of back-to-back calls timed with CUDA events, divided by
 the batch size: the GPU's steady throughput. "ms", "GB/s" and "vs copy" time the kernels of one
@@ -10,7 +11,8 @@ call launched directly (its launch plan, prepared once); "API vs copy" times the
 ``fake_quantize(x, ..., out=y)``, whose Python work overlaps the previous call's kernels unless
 it takes longer than they do. A single group needs its statistics before any output, so it reads
 the array twice ("passes" 3 counts that traffic): it cannot reach the copy's time, and its
-"bandwidth" column is the fairer comparison.
+"bandwidth" column is the fairer comparison. Integer rows move the input, the codes and the params
+(quantize reads the first and writes the others, dequantize the reverse, into the input's dtype).
 """
 from __future__ import annotations
 
@@ -21,10 +23,12 @@ import statistics
 
 import numpy as np
 
-from . import fake_quantize
+from . import dequantize, fake_quantize, quantize
 
 GROUP_SIZES = {"128": 128, "4096": 4096, "all": None}
 DTYPES = ("float16", "float32")
+INT_BITS = (8, 4)
+INT_GROUP_SIZES = (128, 4096)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -86,7 +90,7 @@ def main(argv=None) -> int:
     torch = None
     if ds_quantizer is not None:
         import torch
-    rows = []
+    rows, int_rows = [], []
     for dtype in DTYPES:
         x = cupy.random.standard_normal(n, dtype=cupy.float32).astype(dtype)
         out = cupy.empty_like(x)
@@ -110,14 +114,59 @@ def main(argv=None) -> int:
                 if ds_quantizer is not None:
                     row["DeepSpeed GB/s"] = _deepspeed_gbps(cupy, torch, ds_quantizer, x, groups, args, sr, moved)
                 rows.append(row)
+        int_rows.extend(_int_rows(cupy, _cuda, _launch, x, dtype, args, stream))
         del x, out
         cupy.get_default_memory_pool().free_all_blocks()
     _print(rows, name, n, args, ds_reason)
+    _print_int(int_rows)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"device": name, "elements": n, "bits": args.bits, "rows": rows,
+            json.dump({"device": name, "elements": n, "bits": args.bits, "rows": rows, "int_rows": int_rows,
                        "date": datetime.date.today().isoformat(), "deepspeed": ds_reason or "measured"}, f, indent=1)
     return 0
+
+
+def _int_rows(cupy, _cuda, _launch, x, dtype: str, args, stream) -> list[dict]:
+    """quantize and dequantize rows for one input: each op's kernels launched directly (its launch
+    plan, prepared once), the public call, and a copy of as many bytes as the op moves."""
+    dtype_code = 0 if dtype == "float16" else 2
+    device = _cuda._device(x.device.id)
+    y = cupy.empty_like(x)
+    rows = []
+    for bits in INT_BITS:
+        for size in INT_GROUP_SIZES:
+            groups = x.size // size
+            q, params = quantize(x, groups, bits)
+            moved = x.nbytes + q.nbytes + params.nbytes
+            src, dst = cupy.empty(moved // 2, np.uint8), cupy.empty(moved // 2, np.uint8)
+            copy_ms = _median_ms(cupy, lambda: dst.data.copy_from_device_async(src.data, src.nbytes, stream),
+                                 args.batches, args.batch, stream)
+            plans = {   # symmetric codes: no statistics scratch for these group sizes
+                "quantize": (_launch.quantize(dtype_code, x.data.ptr, q.data.ptr, params.data.ptr, x.size, groups,
+                                              bits, True),
+                             lambda: quantize(x, groups, bits)),
+                "dequantize": (_launch.dequantize(dtype_code, q.data.ptr, params.data.ptr, y.data.ptr, x.size, groups,
+                                                  bits, True),
+                               lambda: dequantize(q, params, bits, out=y)),
+            }
+            for op, (plan, api) in plans.items():
+                ms = _median_ms(cupy, lambda: _cuda._run(plan, device, stream), args.batches, args.batch, stream)
+                api_ms = _median_ms(cupy, api, args.batches, args.batch, stream)
+                rows.append({"op": op, "dtype": dtype, "bits": bits, "group": size, "ms": ms, "GB/s": moved / ms / 1e6,
+                             "copy GB/s": moved / copy_ms / 1e6, "vs copy": copy_ms / ms,
+                             "API vs copy": copy_ms / api_ms})
+            del src, dst, q, params
+    return rows
+
+
+def _print_int(rows) -> None:
+    print("\nInteger codes, symmetric (bytes moved: input + codes + params)")
+    head = ["op", "dtype", "bits", "group", "ms", "GB/s", "copy GB/s", "vs copy", "API vs copy"]
+    print("\n| " + " | ".join(head) + " |")
+    print("|" + "---|" * len(head))
+    for r in rows:
+        print(f"| {r['op']} | {r['dtype']} | {r['bits']} | {r['group']} | {r['ms']:.3f} | {r['GB/s']:.0f} | "
+              f"{r['copy GB/s']:.0f} | {r['vs copy']:.2f} | {r['API vs copy']:.2f} |")
 
 
 def _kernels_only(_cuda, _launch, cupy, x, out, dtype_code, groups, bits, sr, stream):

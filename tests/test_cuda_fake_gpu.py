@@ -105,10 +105,14 @@ def test_gpu_bench_runs(cp, capsys):
     from dsquant import _gpu_bench
     assert _gpu_bench.main(["--log2-size", "16", "--batches", "2", "--batch", "2", "--no-deepspeed"]) == 0
     out = capsys.readouterr().out.rstrip().splitlines()
-    table = out[-14:]
-    assert table[0].startswith("| dtype | group | rounding | ms | GB/s | copy GB/s | vs copy | API vs copy | passes |")
-    assert len([line for line in table if line.startswith("| float")]) == 12
-    assert "| float32 | all | stochastic |" in out[-1]
+    fake = out.index("| dtype | group | rounding | ms | GB/s | copy GB/s | vs copy | API vs copy | passes | bandwidth |")
+    integer = out.index("| op | dtype | bits | group | ms | GB/s | copy GB/s | vs copy | API vs copy |")
+    assert [line.split(" | ")[:3] for line in out[fake + 2:fake + 14]] == [
+        ["| " + dtype, group, rounding] for dtype in ("float16", "float32") for group in ("128", "4096", "all")
+        for rounding in ("nearest", "stochastic")]
+    assert [line.split(" | ")[:4] for line in out[integer + 2:]] == [
+        ["| " + op, dtype, bits, group] for dtype in ("float16", "float32") for bits in ("8", "4")
+        for group in ("128", "4096") for op in ("quantize", "dequantize")]
 
 
 # ------------------------------------------------------------------------------ integer codes
