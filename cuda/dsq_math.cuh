@@ -488,6 +488,39 @@ DSQ_HD int32_t field_signed(uint32_t byte, int per, int j) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// ZeRO++ communication ops (docs/zeropp.md; DeepSpeed swizzled_quantize.cu, quant_reduce.cu).
+// ---------------------------------------------------------------------------------------------
+// Swizzle: the groups of the input, viewed as [nodes][dpn][pipe][C] (C = groups per slice), are
+// written transposed to [pipe][dpn][nodes][C], so that each local device's slab (all nodes) is
+// contiguous for the intra-node all-to-all. Returns the input group of output group o.
+DSQ_HD int64_t swizzle_source_group(int64_t o, int64_t C, int64_t pipe, int64_t nodes, int64_t dpn) {
+  (void)pipe;
+  const int64_t x = o % C, q = o / C, P = nodes * dpn;
+  const int64_t y = q / P, r = q % P, d = r / nodes, n = r % nodes;
+  return ((n * dpn + d) * pipe + y) * C + x;
+}
+
+// One step of the quantized reduction's sum: float32 addition, or (DeepSpeed's numbers) the
+// dequantized term and the sum rounded to float16, which is float16 arithmetic exactly (a float
+// sum of two halves rounded once to half is the correctly rounded half sum).
+DSQ_HD float reduce_add(float sum, float term, bool half_accumulate) {
+  if (!half_accumulate) return sum + term;
+  return half_to_float(float_to_half(sum + half_to_float(float_to_half(term))));
+}
+
+// LoCo error feedback: an exponential moving average of the quantization residual v - dq, where
+// v is the value that was quantized (input + old error) and dq its dequantized value. Written
+// without a fused multiply-add. A non-finite v (or dq) contributes no residual, so one NaN or Inf
+// gradient does not poison the error buffer for every later step.
+template <class C> DSQ_HD C loco_error(C err_old, C v, C dq, C beta) {
+  const C r = v - dq;
+  const C residual = (r - r) == (C)0 ? r : (C)0;   // r - r is 0 only for finite r
+  const C keep = beta * err_old;
+  const C add = ((C)1 - beta) * residual;
+  return keep + add;
+}
+
+// ---------------------------------------------------------------------------------------------
 // DeepSpeed's experimental inference dequantization (dequantize_int{4,8}_to_half_experimental):
 // unsigned codes, float16 scale and minimum per group, y = f16(f16(q) / scale) + min in
 // half-precision arithmetic. Each half operation is computed in float and rounded once to half;

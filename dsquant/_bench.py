@@ -63,7 +63,7 @@ def fake_rows(n: int, reps: int, numpy_reps: int) -> list[dict]:
 def extra_rows(n: int, reps: int) -> list[dict]:
     """Rows contributed by other ops' benchmark modules, when present."""
     rows = []
-    for module, func in (("dsquant._bench_int", "int_rows"),):
+    for module, func in (("dsquant._bench_int", "int_rows"), ("dsquant._bench_zeropp", "zeropp_rows")):
         try:
             mod = importlib.import_module(module)
         except ImportError:

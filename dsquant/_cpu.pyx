@@ -139,3 +139,87 @@ def strided_copy(uintptr_t src, src_strides, uintptr_t dst, dst_strides, shape, 
         sh[i] = shape[i]
     with nogil:
         c_strided_copy(<const char*>src, ss, <char*>dst, ds, sh, ndim, itemsize, threads)
+
+
+# ------------------------------------------------------------------ ZeRO++ communication ops
+cdef extern from "_cpu_zeropp.hpp" namespace "dsq_cpu" nogil:
+    cdef struct SwizzleArgs:
+        const void* in_ "in"
+        uint8_t* q
+        float* params
+        void* err
+        int err_dtype
+        float beta
+        int64_t n
+        int64_t groups
+        int64_t pipe
+        int64_t nodes
+        int64_t dpn
+        int bits
+        cbool symmetric
+        int threads
+    void c_swizzle_quantize "dsq_cpu::swizzle_quantize"(int dtype, const SwizzleArgs& a)
+    cdef struct ReduceArgs:
+        const uint8_t* q_in
+        const float* params_in
+        uint8_t* q
+        float* params
+        void* err
+        int err_dtype
+        float beta
+        int64_t n
+        int64_t in_groups
+        int64_t groups
+        int64_t devices
+        int bits
+        cbool symmetric
+        cbool half_accumulate
+        int threads
+    void c_quantized_reduction "dsq_cpu::quantized_reduction"(const ReduceArgs& a)
+
+
+def swizzle_quantize(uintptr_t src, uintptr_t q, uintptr_t params, int dtype, int64_t n, int64_t groups,
+                     int bits, bint symmetric, int64_t pipe, int64_t nodes, int64_t dpn,
+                     uintptr_t err, int err_dtype, float beta, int threads):
+    """Codes and params of n elements in swizzled group order; LoCo error feedback when err != 0."""
+    cdef SwizzleArgs a
+    a.in_ = <const void*>src
+    a.q = <uint8_t*>q
+    a.params = <float*>params
+    a.err = <void*>err
+    a.err_dtype = err_dtype
+    a.beta = beta
+    a.n = n
+    a.groups = groups
+    a.pipe = pipe
+    a.nodes = nodes
+    a.dpn = dpn
+    a.bits = bits
+    a.symmetric = symmetric
+    a.threads = threads
+    with nogil:
+        c_swizzle_quantize(dtype, a)
+
+
+def quantized_reduction(uintptr_t q_in, uintptr_t params_in, uintptr_t q, uintptr_t params, int64_t n,
+                        int64_t in_groups, int64_t groups, int64_t devices, int bits, bint symmetric,
+                        bint half_accumulate, uintptr_t err, int err_dtype, float beta, int threads):
+    """Sum of `devices` slabs of n quantized values, requantized; LoCo error feedback when err != 0."""
+    cdef ReduceArgs a
+    a.q_in = <const uint8_t*>q_in
+    a.params_in = <const float*>params_in
+    a.q = <uint8_t*>q
+    a.params = <float*>params
+    a.err = <void*>err
+    a.err_dtype = err_dtype
+    a.beta = beta
+    a.n = n
+    a.in_groups = in_groups
+    a.groups = groups
+    a.devices = devices
+    a.bits = bits
+    a.symmetric = symmetric
+    a.half_accumulate = half_accumulate
+    a.threads = threads
+    with nogil:
+        c_quantized_reduction(a)

@@ -16,7 +16,7 @@ import math
 
 from . import _array, _cpu, _interop
 from ._interop import Operand
-from ._ops import num_threads
+from ._ops import codes_per_byte, num_threads
 
 
 def _run_fake(src_ptr, dst_ptr, t: _array.Tensor, groups, bits, symmetric, stochastic, seed, offset):
@@ -112,3 +112,35 @@ def dequantize_unsigned_half(codes: Operand, scale: Operand, minimum: Operand, n
     out = _array.HostBuffer((num_group, group_size), _FLOAT16)
     _cpu.uint_dequantize_half(q_ptr, s_ptr, m_ptr, out.data, num_group, group_size, bits, num_threads())
     return _interop.wrap_host(out, codes.framework, "float16")
+
+
+# ------------------------------------------------------------------------------ ZeRO++ ops
+def _error_buffer(err: Operand | None):
+    """(address, dsquant dtype code) of a LoCo error buffer, (0, 0) without one."""
+    return (err.tensor.data, err.tensor.dtype) if err is not None else (0, 0)
+
+
+def swizzle_quantize(src: Operand, groups, bits, symmetric, pipeline, nodes, dpn, err: Operand | None, beta):
+    t = src.tensor
+    q = _array.HostBuffer((t.numel // codes_per_byte(bits),), _array.DL_INT8)
+    params = _array.HostBuffer((groups, 1 if symmetric else 2), _FLOAT32)
+    data, _keep = _contiguous(t)
+    e_ptr, e_dtype = _error_buffer(err)
+    _cpu.swizzle_quantize(data, q.data, params.data, t.dtype, t.numel, groups, bits, symmetric, pipeline, nodes,
+                          dpn, e_ptr, e_dtype, beta, num_threads())
+    return (_interop.wrap_host(q, src.framework, "int8"),
+            _interop.wrap_host(params, src.framework, "float32"))
+
+
+def quantized_reduction(codes: Operand, params: Operand, in_groups, out_groups, bits, symmetric, devices,
+                        half_accumulate, q_shape, err: Operand | None, beta):
+    n = codes.tensor.numel * codes_per_byte(bits) // devices     # values per slab = output values
+    q_ptr, _keep_q = _contiguous(codes.tensor)
+    p_ptr, _keep_p = _contiguous(params.tensor)
+    q = _array.HostBuffer(q_shape, _array.DL_INT8)
+    out_params = _array.HostBuffer((out_groups, 1 if symmetric else 2), _FLOAT32)
+    e_ptr, e_dtype = _error_buffer(err)
+    _cpu.quantized_reduction(q_ptr, p_ptr, q.data, out_params.data, n, in_groups, out_groups, devices, bits,
+                             symmetric, half_accumulate, e_ptr, e_dtype, beta, num_threads())
+    return (_interop.wrap_host(q, codes.framework, "int8"),
+            _interop.wrap_host(out_params, codes.framework, "float32"))

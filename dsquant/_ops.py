@@ -123,6 +123,17 @@ def _backend(op: Operand):
                       f"(dsquant runs on the CPU and on CUDA GPUs)")
 
 
+def _backend_fn(op: Operand, name: str):
+    """The backend's implementation of operation `name`, for operations that not every backend
+    provides yet (the ZeRO++ ops have no CUDA implementation)."""
+    backend = _backend(op)
+    fn = getattr(backend, name, None)
+    if fn is None:
+        raise BufferError(f"{name} is not available for arrays on this device yet (backend "
+                          f"{backend.__name__}); pass host arrays")
+    return fn
+
+
 def _intake(x, name: str, dtypes=None) -> Operand:
     """Consume `x` on its device; check its dtype against `dtypes` (names), by default the float
     dtypes dsquant quantizes."""

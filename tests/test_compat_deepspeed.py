@@ -25,6 +25,14 @@ SIGNATURES = {
     "dequantize_fp32": ["q", "params", "groups", "num_bits", "quant_type"],
     "dequantize_int4_to_half_experimental": ["data", "scale", "min", "num_group", "group_size"],
     "dequantize_int8_to_half_experimental": ["data", "scale", "min", "num_group", "group_size"],
+    # ZeRO++ (pt_binding.cpp:179-368); the reductions add a keyword-only fp16_accumulation option
+    "swizzle_quant": ["input", "groups", "num_bits", "quant_type", "pipeline_size", "nodes", "devices_per_node"],
+    "quantized_reduction": ["q_in", "scales_in", "in_groups", "out_groups", "num_bits", "quant_type",
+                            "devices_per_node", "fp16_accumulation"],
+    "loco_swizzle_quant": ["input", "error_feedback", "err_beta", "groups", "num_bits", "quant_type",
+                           "pipeline_size", "nodes", "devices_per_node"],
+    "loco_quantized_reduction": ["q_in", "scales_in", "error_feedback", "err_beta", "in_groups", "out_groups",
+                                 "num_bits", "quant_type", "devices_per_node", "fp16_accumulation"],
 }
 
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-MODULES = ["dsquant._ops", "dsquant._info", "dsquant.compat.deepspeed", "dsquant._bench_int"]
+MODULES = ["dsquant._ops", "dsquant._info", "dsquant.compat.deepspeed", "dsquant._bench_int", "dsquant._zeropp", "dsquant._bench_zeropp"]
 
 
 @pytest.mark.parametrize("name", MODULES)

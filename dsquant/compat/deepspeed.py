@@ -5,7 +5,8 @@ torch tensors in, torch tensors out (CPU or CUDA); NumPy and CuPy arrays work to
 into DeepSpeed, and every place where results differ from DeepSpeed's (and why), is in
 docs/deepspeed.md.
 
-Not provided: ``swizzle_quant``, ``quantized_reduction`` and their LoCo variants (ZeRO++ qgZ).
+The ZeRO++ qgZ ops (``swizzle_quant``, ``quantized_reduction`` and their LoCo variants) are here
+too, summing in float32 unless ``fp16_accumulation=True`` asks for DeepSpeed's float16 sums.
 
 Example:
     >>> import torch
@@ -21,7 +22,7 @@ import enum
 import math
 import operator
 
-from .. import _ops
+from .. import _ops, _zeropp
 
 __all__ = [
     "Asymmetric", "QuantizationType", "Symmetric",
@@ -29,7 +30,7 @@ __all__ = [
     "dequantize_int8_to_half_experimental",
     "ds_quantize_asym_fp16", "ds_quantize_asym_fp32", "ds_quantize_fp16", "ds_quantize_fp32",
     "ds_sr_quantize_asym_fp16", "ds_sr_quantize_asym_fp32", "ds_sr_quantize_fp16", "ds_sr_quantize_fp32",
-    "quantize",
+    "loco_quantized_reduction", "loco_swizzle_quant", "quantize", "quantized_reduction", "swizzle_quant",
 ]
 
 
@@ -137,3 +138,54 @@ def dequantize_int8_to_half_experimental(data, scale, min, num_group, group_size
     """float16 ``[num_group, group_size]`` from unsigned 8-bit codes:
     ``f16(f16(q) / scale[g]) + min[g]`` in half precision, for any group count and size."""
     return _ops.dequantize_unsigned_half(data, scale, min, num_group, group_size, 8)
+
+
+# ------------------------------------------------------------------------------ ZeRO++ (qgZ)
+def _scales(scales, groups, quant_type, name: str):
+    """DeepSpeed's scales as [groups, 1|2] (it reads them as a flat float array)."""
+    per_group = 1 if _is_symmetric(quant_type) else 2
+    groups = _ops._int_arg(groups, name)
+    if math.prod(scales.shape) != groups * per_group:
+        raise ValueError(f"scales must hold {per_group} float(s) per group for {groups} groups "
+                         f"({groups * per_group} floats), got shape {tuple(scales.shape)}")
+    return scales.reshape(groups, per_group)
+
+
+def swizzle_quant(input, groups, num_bits, quant_type, pipeline_size, nodes, devices_per_node):
+    """``[q, scales]``: the groups of `input` quantized in ZeRO++'s swizzled order, `q` 1-D int8.
+    See :func:`dsquant.swizzle_quantize` (any float dtype, any group size)."""
+    q, scales = _zeropp.swizzle_quantize(input, groups, num_bits, symmetric=_is_symmetric(quant_type),
+                                         pipeline=pipeline_size, nodes=nodes, devices_per_node=devices_per_node)
+    return [q, scales]
+
+
+def quantized_reduction(q_in, scales_in, in_groups, out_groups, num_bits, quant_type, devices_per_node, *,
+                        fp16_accumulation=False):
+    """``[q_out, scales_out]``: the SUM of the ``devices_per_node`` quantized slabs of `q_in`,
+    requantized in `out_groups` groups (correct asymmetric params indexing). ``fp16_accumulation``
+    sums in float16 as DeepSpeed does. See :func:`dsquant.quantized_reduction`."""
+    q, scales = _zeropp.quantized_reduction(
+        q_in, _scales(scales_in, in_groups, quant_type, "in_groups"), in_groups, out_groups, num_bits,
+        symmetric=_is_symmetric(quant_type), devices_per_node=devices_per_node, half_accumulate=fp16_accumulation)
+    return [q, scales]
+
+
+def loco_swizzle_quant(input, error_feedback, err_beta, groups, num_bits, quant_type, pipeline_size, nodes,
+                       devices_per_node):
+    """:func:`swizzle_quant` with LoCo error feedback; `error_feedback` (float16 as DeepSpeed's, or
+    float32/bfloat16; ``input.numel()`` elements in swizzled order) is updated in place."""
+    q, scales = _zeropp.loco_swizzle_quantize(
+        input, error_feedback, err_beta, groups, num_bits, symmetric=_is_symmetric(quant_type),
+        pipeline=pipeline_size, nodes=nodes, devices_per_node=devices_per_node)
+    return [q, scales]
+
+
+def loco_quantized_reduction(q_in, scales_in, error_feedback, err_beta, in_groups, out_groups, num_bits, quant_type,
+                             devices_per_node, *, fp16_accumulation=False):
+    """:func:`quantized_reduction` with LoCo error feedback; `error_feedback` (one element per output
+    value) is updated in place."""
+    q, scales = _zeropp.loco_quantized_reduction(
+        q_in, _scales(scales_in, in_groups, quant_type, "in_groups"), error_feedback, err_beta, in_groups,
+        out_groups, num_bits, symmetric=_is_symmetric(quant_type), devices_per_node=devices_per_node,
+        half_accumulate=fp16_accumulation)
+    return [q, scales]

@@ -1,0 +1,218 @@
+"""ZeRO++ communication ops (DeepSpeed's qgZ building blocks): argument checks and dispatch.
+
+``swizzle_quantize`` quantizes a gradient with its groups reordered so that each destination
+device's data is contiguous; ``quantized_reduction`` sums the quantized slabs received from the
+local devices and requantizes the sum; the ``loco_`` variants add LoCo error feedback. The data
+format is DeepSpeed's (docs/format.md); what the ops compute, exactly, is in docs/zeropp.md.
+"""
+from __future__ import annotations
+
+from . import _interop
+from ._interop import Operand
+from ._ops import (INT_MAX_BITS, INT_MIN_BITS, _backend_fn, _bool_arg, _int_arg, _intake, _intake_peer,
+                   check_bits, check_groups, codes_per_byte)
+
+ERROR_DTYPES = ("float32", "float16", "bfloat16")   # LoCo error buffers
+
+
+def _positive(value, name: str) -> int:
+    value = _int_arg(value, name)
+    if value <= 0:
+        raise ValueError(f"{name} must be a positive integer, got {value}")
+    return value
+
+
+def _check_beta(beta) -> float:
+    if isinstance(beta, bool) or not isinstance(beta, (int, float)) and type(beta).__name__ not in (
+            "float16", "float32", "float64"):
+        raise TypeError(f"beta must be a float in [0, 1], got {type(beta).__name__} {beta!r}")
+    beta = float(beta)
+    if not 0.0 <= beta <= 1.0:
+        raise ValueError(f"beta (the error feedback's decay) must be in [0, 1], got {beta!r}")
+    return beta
+
+
+def _check_error(error, first: Operand, numel: int, layout: str) -> Operand:
+    """A LoCo error buffer: float32/float16/bfloat16, `numel` elements, contiguous and writable."""
+    err = _intake_peer(error, "error", first, "the input", ERROR_DTYPES)
+    if err.tensor.numel != numel:
+        raise ValueError(f"error must have {numel} elements ({layout}), got {err.tensor.numel} "
+                         f"(shape {err.tensor.shape})")
+    if _interop.is_immutable(err):
+        raise BufferError("error is updated in place, but it is read-only or immutable")
+    if not err.tensor.is_c_contiguous:
+        raise BufferError(f"error is updated in place and must be C-contiguous (strides {err.tensor.strides})")
+    return err
+
+
+# ------------------------------------------------------------------------------ swizzle_quantize
+def _swizzle(x, groups, bits, symmetric, pipeline, nodes, devices_per_node, error, beta):
+    symmetric = _bool_arg(symmetric, "symmetric")
+    bits = check_bits(bits, INT_MIN_BITS, INT_MAX_BITS)
+    pipeline = _positive(pipeline, "pipeline")
+    nodes = _positive(nodes, "nodes")
+    dpn = _positive(devices_per_node, "devices_per_node")
+    src = _intake(x, "x")
+    n = src.tensor.numel
+    groups = check_groups(groups, n)
+    slices = nodes * dpn * pipeline
+    if groups % slices:
+        raise ValueError(f"groups={groups} must be a multiple of nodes * devices_per_node * pipeline = "
+                         f"{nodes} * {dpn} * {pipeline} = {slices} (every destination gets whole groups)")
+    per = codes_per_byte(bits)
+    if n % per:
+        raise ValueError(f"{bits}-bit codes are packed {per} per byte: x must have a multiple of {per} "
+                         f"elements, got {n}")
+    err = None if error is None else _check_error(error, src, n, "one per element, in swizzled output order")
+    return _backend_fn(src, "swizzle_quantize")(src, groups, bits, symmetric, pipeline, nodes, dpn, err, beta)
+
+
+def swizzle_quantize(x, groups, bits=4, *, symmetric=True, pipeline=1, nodes=1, devices_per_node=1):
+    """Quantize `x` group-wise with the groups reordered for ZeRO++'s hierarchical all-to-all.
+
+    `x` (flattened in C order) is ``groups`` groups, viewed as ``[nodes][devices_per_node][pipeline]
+    [C]`` with ``C = groups / (nodes * devices_per_node * pipeline)``: partition ``n * dpn + d`` is
+    what destination node `n`, local device `d` must receive. The codes and params are written in
+    the order ``[pipeline][devices_per_node][nodes][C]``, so the data for local device `d` (from
+    every node) is one contiguous slab. Each group is quantized exactly as :func:`quantize` would.
+
+    Args:
+        x: float16, bfloat16, float32 or float64 array; any shape.
+        groups: number of groups; must divide ``x.size`` and be a multiple of
+            ``nodes * devices_per_node * pipeline``. Any group size.
+        bits: 2..8 (DeepSpeed: 4 or 8); codes packed ``8 // bits`` per byte when that is whole.
+        symmetric, pipeline, nodes, devices_per_node: as in DeepSpeed's ``swizzle_quant``.
+
+    Returns:
+        ``(q, params)``: `q` int8, 1-D, ``x.size * bits / 8`` bytes; `params` float32
+        ``[groups, 1]`` or ``[groups, 2]`` in output group order. Same framework and device as `x`.
+
+    Example:
+        Eight one-element groups for 2 nodes x 4 devices come out as ``0 4 1 5 2 6 3 7`` (a
+        one-element asymmetric group is stored exactly, as its offset):
+
+        >>> import numpy as np, dsquant
+        >>> x = np.arange(8, dtype=np.float32)
+        >>> q, params = dsquant.swizzle_quantize(x, 8, bits=8, symmetric=False, nodes=2, devices_per_node=4)
+        >>> dsquant.dequantize(q, params, bits=8).tolist()
+        [0.0, 4.0, 1.0, 5.0, 2.0, 6.0, 3.0, 7.0]
+    """
+    return _swizzle(x, groups, bits, symmetric, pipeline, nodes, devices_per_node, None, 0.0)
+
+
+def loco_swizzle_quantize(x, error, beta, groups, bits=4, *, symmetric=True, pipeline=1, nodes=1,
+                          devices_per_node=1):
+    """:func:`swizzle_quantize` with LoCo error feedback (``error`` is updated in place).
+
+    The value quantized is ``v = x + error`` (in `x`'s compute type), in output order: ``error[i]``
+    belongs to output value `i`, i.e. to swizzled position ``i``, not to ``x.flat[i]``. After
+    coding, ``error[i] = beta * error[i] + (1 - beta) * (v - dequantized(v))``.
+
+    Args:
+        error: float32 (recommended), float16 or bfloat16, ``x.size`` elements, C-contiguous and
+            writable, same framework and device as `x`; start with zeros.
+        beta: the decay of the error's moving average, in [0, 1].
+        others: as :func:`swizzle_quantize`.
+
+    Returns:
+        ``(q, params)`` as :func:`swizzle_quantize`.
+    """
+    beta = _check_beta(beta)
+    return _swizzle(x, groups, bits, symmetric, pipeline, nodes, devices_per_node, error, beta)
+
+
+# ------------------------------------------------------------------------------ quantized_reduction
+def _reduction(q, params, in_groups, out_groups, bits, symmetric, devices_per_node, half_accumulate,
+               error, beta):
+    symmetric = _bool_arg(symmetric, "symmetric")
+    half_accumulate = _bool_arg(half_accumulate, "half_accumulate")
+    bits = check_bits(bits, INT_MIN_BITS, INT_MAX_BITS)
+    dpn = _positive(devices_per_node, "devices_per_node")
+    in_groups = _positive(in_groups, "in_groups")
+    out_groups = _positive(out_groups, "out_groups")
+    codes = _intake(q, "q", ("int8", "uint8"))
+    prm = _intake_peer(params, "params", codes, "q", ("float32",))
+    per = codes_per_byte(bits)
+    nbytes = codes.tensor.numel
+    if nbytes % dpn:
+        raise ValueError(f"q holds devices_per_node = {dpn} equal slabs of bytes, but its {nbytes} bytes "
+                         f"are not a multiple of {dpn}")
+    shape = codes.tensor.shape
+    if not shape or shape[-1] % dpn:
+        raise ValueError(f"the result has q's shape with the last dimension divided by devices_per_node = {dpn}, "
+                         f"but q has shape {shape}; reshape q to 1-D")
+    if in_groups % dpn:
+        raise ValueError(f"in_groups={in_groups} must be a multiple of devices_per_node = {dpn} "
+                         f"(each slab has in_groups / devices_per_node groups)")
+    n = nbytes // dpn * per                     # values per slab = values of the result
+    if n % (in_groups // dpn):
+        raise ValueError(f"in_groups / devices_per_node = {in_groups // dpn} groups per slab do not divide the "
+                         f"{n} values of a slab")
+    check_groups(out_groups, n, name="out_groups")
+    k = 1 if symmetric else 2
+    if prm.tensor.shape != (in_groups, k):
+        scheme = "symmetric" if symmetric else "asymmetric"
+        raise ValueError(f"{scheme} params must have shape [in_groups, {k}] = {(in_groups, k)}, "
+                         f"got {prm.tensor.shape}")
+    err = None if error is None else _check_error(error, codes, n, "one per value of the result")
+    q_shape = shape[:-1] + (shape[-1] // dpn,)
+    return _backend_fn(codes, "quantized_reduction")(codes, prm, in_groups, out_groups, bits, symmetric, dpn,
+                                                     half_accumulate, q_shape, err, beta)
+
+
+def quantized_reduction(q, params, in_groups, out_groups, bits=4, *, symmetric=True, devices_per_node,
+                        half_accumulate=False):
+    """Sum ``devices_per_node`` quantized slabs and requantize the sum into ``out_groups`` groups.
+
+    `q` is ``devices_per_node`` equal byte slabs (one per source device), each holding
+    ``n = q.nbytes / devices_per_node * 8 / bits`` values in ``in_groups / devices_per_node``
+    groups; the params of slab `d`, group `h` are row ``d * in_groups / devices_per_node + h``.
+    Value `i` of the result is the float32 sum over the slabs, in slab order, of their dequantized
+    value `i` (a SUM, as DeepSpeed's), quantized in ``out_groups`` groups exactly as
+    :func:`quantize` would.
+
+    Args:
+        q: int8 (or uint8) codes; params: float32 ``[in_groups, 1]`` (symmetric) or
+            ``[in_groups, 2]`` (asymmetric), same framework and device.
+        in_groups, out_groups: group counts of the input (all slabs together) and of the result.
+        bits: 2..8 (DeepSpeed: 4 or 8), the same for input and result.
+        devices_per_node: the number of slabs.
+        half_accumulate: round each dequantized term and each partial sum to float16, as
+            DeepSpeed does (for identical numbers); default float32.
+
+    Returns:
+        ``(q, params)``: int8 codes of `q`'s shape with the last dimension divided by
+        ``devices_per_node``, float32 params ``[out_groups, 1|2]``.
+
+    Example:
+        Two slabs of two one-element asymmetric groups (stored exactly, as their offsets):
+
+        >>> import numpy as np, dsquant
+        >>> q, p = dsquant.quantize(np.array([1.0, 2.0, 3.0, 4.0], np.float32), 4, bits=8, symmetric=False)
+        >>> r, rp = dsquant.quantized_reduction(q, p, 4, 2, bits=8, symmetric=False, devices_per_node=2)
+        >>> dsquant.dequantize(r, rp, bits=8).tolist()     # [1 + 3, 2 + 4]
+        [4.0, 6.0]
+    """
+    return _reduction(q, params, in_groups, out_groups, bits, symmetric, devices_per_node, half_accumulate,
+                      None, 0.0)
+
+
+def loco_quantized_reduction(q, params, error, beta, in_groups, out_groups, bits=4, *, symmetric=True,
+                             devices_per_node, half_accumulate=False):
+    """:func:`quantized_reduction` with LoCo error feedback (``error`` is updated in place).
+
+    The value quantized is ``v = sum + error`` (float32); ``error[i]`` belongs to value `i` of the
+    result. After coding, ``error[i] = beta * error[i] + (1 - beta) * (v - dequantized(v))``.
+
+    Args:
+        error: float32 (recommended), float16 or bfloat16, one element per value of the result
+            (``q.nbytes / devices_per_node * 8 / bits``), C-contiguous, writable; start with zeros.
+        beta: the decay of the error's moving average, in [0, 1].
+        others: as :func:`quantized_reduction`.
+    """
+    beta = _check_beta(beta)
+    return _reduction(q, params, in_groups, out_groups, bits, symmetric, devices_per_node, half_accumulate,
+                      error, beta)
+
+
+__all__ = ["loco_quantized_reduction", "loco_swizzle_quantize", "quantized_reduction", "swizzle_quantize"]
