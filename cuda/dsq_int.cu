@@ -30,19 +30,20 @@ namespace dsq {
 
 template <int B> DSQ_DEV bool aligned_to(const void* p) { return ((unsigned long long)p & (B - 1ull)) == 0; }
 
-// B = 1, 2, 4 or 8 bytes at p (aligned to B) as one access, as a little-endian integer.
+// The unsigned integer of B = 1, 2, 4 or 8 bytes: B code bytes move in one access (p aligned to
+// B), as a little-endian integer (byte 0 in the low bits).
+template <int B> struct Bytes;
+template <> struct Bytes<1> { typedef uint8_t T; };
+template <> struct Bytes<2> { typedef uint16_t T; };
+template <> struct Bytes<4> { typedef uint32_t T; };
+template <> struct Bytes<8> { typedef uint64_t T; };
+
 template <int B> DSQ_DEV uint64_t load_bytes(const uint8_t* p) {
-  if constexpr (B == 8) return *reinterpret_cast<const uint64_t*>(p);
-  if constexpr (B == 4) return *reinterpret_cast<const uint32_t*>(p);
-  if constexpr (B == 2) return *reinterpret_cast<const uint16_t*>(p);
-  return *p;
+  return *reinterpret_cast<const typename Bytes<B>::T*>(p);
 }
 
 template <int B> DSQ_DEV void store_bytes(uint8_t* p, uint64_t v) {
-  if constexpr (B == 8) *reinterpret_cast<uint64_t*>(p) = v;
-  if constexpr (B == 4) *reinterpret_cast<uint32_t*>(p) = (uint32_t)v;
-  if constexpr (B == 2) *reinterpret_cast<uint16_t*>(p) = (uint16_t)v;
-  if constexpr (B == 1) *p = (uint8_t)v;
+  *reinterpret_cast<typename Bytes<B>::T*>(p) = (typename Bytes<B>::T)v;
 }
 
 // The elements [begin, end) of a group or chunk, cut for vector access: `units` whole units from
