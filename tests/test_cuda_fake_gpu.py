@@ -161,6 +161,9 @@ def test_integer_ops_on_views(cp, view):
     out_t = cp.empty(expected.shape[::-1], np.float32).T                 # non-contiguous out
     assert dsquant.dequantize(q.view(np.uint8), params, 4, out=out_t) is out_t
     check_exact(out_t, expected)
+    bf16 = dsquant.dequantize(q, params, 4, dtype="bfloat16")             # CuPy has no bfloat16: its bits
+    assert bf16.dtype == np.uint16
+    check_exact(bf16, dsquant.dequantize(q_cpu, params_cpu, 4, dtype="bfloat16").view(np.uint16))
 
 
 def test_integer_ops_on_empty_arrays(cp):
