@@ -16,6 +16,7 @@
 // in both source and destination, and element by element otherwise (ragged or misaligned edges).
 // All indices are 64-bit; loops are grid-stride with trip counts uniform across a block, so no
 // barrier or shuffle is ever skipped by a thread that has no work.
+#pragma once   // dsq_zeropp.cu includes it for its block reduction
 #include "dsq_math.cuh"
 #include "dsq_philox.cuh"
 

@@ -24,7 +24,7 @@ _BF16 = 1
 # The CuPy dtype of a result, by dsquant dtype (CuPy has no bfloat16: its bits live in uint16).
 _CUPY_DTYPES = (np.float16, np.uint16, np.float32, np.float64)
 # Unsigned integers of each itemsize: copies through these move bits, never values.
-_BITS = {2: np.uint16, 4: np.uint32, 8: np.uint64}
+_BITS = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
 
 
 def device_count() -> int:
@@ -195,3 +195,50 @@ def fake_quantize_inplace(op: Operand, groups, bits, symmetric, stochastic, seed
             _fake(t, scratch.data.ptr, scratch.data.ptr, groups, bits, symmetric, stochastic, seed, offset,
                   device, stream)
             view[...] = scratch
+
+
+# ------------------------------------------------------------------------------ ZeRO++ ops
+def _contiguous_ptr(op: Operand):
+    """(device address of op's elements in C order, the copy that must stay alive or None)."""
+    if op.tensor.is_c_contiguous:
+        return op.tensor.data, None
+    copy = cupy.ascontiguousarray(_view(op.tensor))
+    return copy.data.ptr, copy
+
+
+def _error(err: Operand | None):
+    """(address, dsquant dtype code or None) of a LoCo error buffer (checked C-contiguous by _zeropp)."""
+    return (err.tensor.data, err.tensor.dtype) if err is not None else (0, None)
+
+
+def swizzle_quantize(src: Operand, groups, bits, symmetric, pipeline, nodes, dpn, err: Operand | None, beta):
+    t = src.tensor
+    with cupy.cuda.Device(t.device_id):
+        device, stream = _device(t.device_id), _stream(src.framework, t.device_id)
+        with stream:
+            data, _keep = _contiguous_ptr(src)
+            q = cupy.empty((t.numel * bits // 8 if 8 % bits == 0 else t.numel,), np.int8)
+            params = cupy.empty((groups, 1 if symmetric else 2), np.float32)
+            e_ptr, e_dtype = _error(err)
+            _run(_launch.swizzle_quantize(t.dtype, data, q.data.ptr, params.data.ptr, t.numel, groups, bits,
+                                          symmetric, pipeline, nodes, dpn, e_ptr, e_dtype, beta), device, stream)
+            return _wrap(q, src.framework, None), _wrap(params, src.framework, None)
+
+
+def quantized_reduction(codes: Operand, params: Operand, in_groups, out_groups, bits, symmetric, devices,
+                        half_accumulate, q_shape, err: Operand | None, beta):
+    t = codes.tensor
+    per = 8 // bits if 8 % bits == 0 else 1
+    n = t.numel * per // devices                     # values per slab = output values
+    with cupy.cuda.Device(t.device_id):
+        device, stream = _device(t.device_id), _stream(codes.framework, t.device_id)
+        with stream:
+            q_ptr, _keep_q = _contiguous_ptr(codes)
+            p_ptr, _keep_p = _contiguous_ptr(params)
+            q = cupy.empty(q_shape, np.int8)
+            out_params = cupy.empty((out_groups, 1 if symmetric else 2), np.float32)
+            e_ptr, e_dtype = _error(err)
+            _run(_launch.quantized_reduction(q_ptr, p_ptr, q.data.ptr, out_params.data.ptr, n, in_groups, out_groups,
+                                             devices, bits, symmetric, half_accumulate, e_ptr, e_dtype, beta),
+                 device, stream)
+            return _wrap(q, codes.framework, None), _wrap(out_params, codes.framework, None)
