@@ -256,3 +256,42 @@ def dequantize_unsigned_half(codes: Operand, scale: Operand, minimum: Operand, n
             _run(_launch.dequantize_unsigned_half(q_ptr, s_ptr, m_ptr, out.data.ptr, num_group, group_size, bits),
                  device, stream)
             return _wrap(out, codes.framework, _FLOAT16)
+
+
+# ------------------------------------------------------------------------------ ZeRO++ ops
+def _error(err: Operand | None):
+    """(address, dsquant dtype code or None) of a LoCo error buffer (checked C-contiguous by _zeropp)."""
+    return (err.tensor.data, err.tensor.dtype) if err is not None else (0, None)
+
+
+def swizzle_quantize(src: Operand, groups, bits, symmetric, pipeline, nodes, dpn, err: Operand | None, beta):
+    t = src.tensor
+    with cupy.cuda.Device(t.device_id):
+        device, stream = _device(t.device_id), _stream(src.framework, t.device_id)
+        with stream:
+            data, _keep = _contiguous(src.tensor)
+            q = cupy.empty((t.numel // _ops.codes_per_byte(bits),), np.int8)
+            params = cupy.empty((groups, 1 if symmetric else 2), np.float32)
+            e_ptr, e_dtype = _error(err)
+            _run(_launch.swizzle_quantize(t.dtype, data, q.data.ptr, params.data.ptr, t.numel, groups, bits,
+                                          symmetric, pipeline, nodes, dpn, e_ptr, e_dtype, beta), device, stream)
+            return _wrap(q, src.framework), _wrap(params, src.framework)
+
+
+def quantized_reduction(codes: Operand, params: Operand, in_groups, out_groups, bits, symmetric, devices,
+                        half_accumulate, q_shape, err: Operand | None, beta):
+    t = codes.tensor
+    per = _ops.codes_per_byte(bits)
+    n = t.numel * per // devices                     # values per slab = output values
+    with cupy.cuda.Device(t.device_id):
+        device, stream = _device(t.device_id), _stream(codes.framework, t.device_id)
+        with stream:
+            q_ptr, _keep_q = _contiguous(codes.tensor)
+            p_ptr, _keep_p = _contiguous(params.tensor)
+            q = cupy.empty(q_shape, np.int8)
+            out_params = cupy.empty((out_groups, 1 if symmetric else 2), np.float32)
+            e_ptr, e_dtype = _error(err)
+            _run(_launch.quantized_reduction(q_ptr, p_ptr, q.data.ptr, out_params.data.ptr, n, in_groups, out_groups,
+                                             devices, bits, symmetric, half_accumulate, e_ptr, e_dtype, beta),
+                 device, stream)
+            return _wrap(q, codes.framework), _wrap(out_params, codes.framework)

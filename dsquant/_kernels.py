@@ -97,8 +97,30 @@ def _int_instantiations() -> tuple[str, ...]:
     return tuple(names)
 
 
+# ZeRO++ ops (dsq_zeropp.cu): LoCo error buffer formats by dsquant dtype code; float32 stands in
+# (unused) for "no error buffer".
+ERROR_FORMATS = FORMATS[:3]
+
+
+def swizzle_quant(dtype: int, error_dtype: int | None) -> str:
+    loco = error_dtype is not None
+    return f"dsq::swizzle_quant<{FORMATS[dtype]}, {ERROR_FORMATS[error_dtype if loco else 2]}, {_b(loco)}>"
+
+
+def quant_reduce(error_dtype: int | None) -> str:
+    loco = error_dtype is not None
+    return f"dsq::quant_reduce<{ERROR_FORMATS[error_dtype if loco else 2]}, {_b(loco)}>"
+
+
+def _zeropp_instantiations() -> tuple[str, ...]:
+    errors = (None, *range(len(ERROR_FORMATS)))
+    return tuple(swizzle_quant(d, e) for d in range(len(FORMATS)) for e in errors) + tuple(
+        quant_reduce(e) for e in errors)
+
+
 # source file in cuda/ -> every instantiation it is compiled with
-MODULES = {"dsq_fake.cu": _fake_instantiations(), "dsq_int.cu": _int_instantiations()}
+MODULES = {"dsq_fake.cu": _fake_instantiations(), "dsq_int.cu": _int_instantiations(),
+           "dsq_zeropp.cu": _zeropp_instantiations()}
 
 
 def module_of(name: str) -> str:

@@ -4,6 +4,7 @@ emulation of the kernels in the tests.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -167,3 +168,36 @@ def dequantize_unsigned_half(q: int, scale: int, minimum: int, out: int, num_gro
     from unsigned `bits`-bit codes at `q` and float16 scale and minimum per group."""
     kernel = K.dequant_unsigned_half(codes_per_byte(bits))
     return _dequant(kernel, _FLOAT16, q, scale, minimum, out, num_group * group_size, num_group, max_grid)
+
+
+# ------------------------------------------------------------------------------ ZeRO++ ops
+def _zeropp_grid(numel: int, groups: int, bits: int, max_grid: int) -> tuple[int, int]:
+    """(run, grid): a block quantizes `run` groups that fill whole code bytes (cuda/dsq_zeropp.cu)."""
+    per = codes_per_byte(bits)
+    run = per // math.gcd(numel // groups, per)
+    return run, min(groups // run, max_grid)
+
+
+def swizzle_quantize(dtype: int, src: int, q: int, params: int, numel: int, groups: int, bits: int,
+                     symmetric: bool, pipeline: int, nodes: int, dpn: int, err: int = 0,
+                     err_dtype: int | None = None, beta: float = 0.0, max_grid: int = MAX_GRID) -> list[Launch]:
+    """swizzle_quantize (LoCo when err_dtype is not None: `err` holds numel elements, output order)."""
+    if numel == 0:
+        return []
+    run, grid = _zeropp_grid(numel, groups, bits, max_grid)
+    args = (_ptr(src), _ptr(q), _ptr(params), _ptr(err), np.float32(beta), np.int64(numel), np.int64(groups),
+            np.int64(run), np.int64(pipeline), np.int64(nodes), np.int64(dpn), np.int32(bits), np.bool_(symmetric))
+    return [Launch(K.swizzle_quant(dtype, err_dtype), grid, MAX_THREADS, args)]
+
+
+def quantized_reduction(q_in: int, params_in: int, q: int, params: int, numel: int, in_groups: int, groups: int,
+                        devices: int, bits: int, symmetric: bool, half_accumulate: bool, err: int = 0,
+                        err_dtype: int | None = None, beta: float = 0.0, max_grid: int = MAX_GRID) -> list[Launch]:
+    """quantized_reduction of `devices` slabs into `numel` values (LoCo when err_dtype is not None)."""
+    if numel == 0:
+        return []
+    run, grid = _zeropp_grid(numel, groups, bits, max_grid)
+    args = (_ptr(q_in), _ptr(params_in), _ptr(q), _ptr(params), _ptr(err), np.float32(beta), np.int64(numel),
+            np.int64(in_groups), np.int64(groups), np.int64(devices), np.int64(run), np.int32(bits),
+            np.bool_(symmetric), np.bool_(half_accumulate))
+    return [Launch(K.quant_reduce(err_dtype), grid, MAX_THREADS, args)]

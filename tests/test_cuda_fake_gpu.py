@@ -191,3 +191,34 @@ def test_deepspeed_compat_on_gpu_arrays(cp, bits):
     y = experimental[bits](cp.asarray(data), cp.asarray(scale), cp.asarray(minimum), 48, 64)
     assert isinstance(y, cp.ndarray) and y.dtype == np.float16 and y.shape == (48, 64)
     check_exact(y, experimental[bits](data, scale, minimum, 48, 64))
+
+
+# ------------------------------------------------------------------------------ ZeRO++ ops
+@pytest.mark.parametrize("symmetric", [True, False])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_zeropp_ops(cp, dtype, symmetric):
+    """The backend's swizzle_quantize, quantized_reduction and LoCo variants give the CPU path's bits."""
+    layout = dict(symmetric=symmetric, nodes=2, devices_per_node=2)
+    x_host = sample(dtype, 1200, seed=7)
+    q_host, p_host = dsquant.swizzle_quantize(x_host, 40, 4, **layout)
+    q, p = dsquant.swizzle_quantize(cp.asarray(x_host), 40, 4, **layout)
+    assert isinstance(q, cp.ndarray) and q.dtype == np.int8
+    check_exact(q, q_host)
+    check_exact(p, p_host)
+    err_host = np.full(1200, 0.01, np.float32)
+    err = cp.asarray(err_host)
+    q_host, p_host = dsquant.loco_swizzle_quantize(x_host, err_host, 0.5, 40, 4, **layout)
+    q, p = dsquant.loco_swizzle_quantize(cp.asarray(x_host), err, 0.5, 40, 4, **layout)
+    check_exact(q, q_host)
+    check_exact(err, err_host)
+    reduction = dict(symmetric=symmetric, devices_per_node=2)
+    r_host, rp_host = dsquant.quantized_reduction(q_host, p_host, 40, 20, 4, **reduction)
+    r, rp = dsquant.quantized_reduction(q, p, 40, 20, 4, **reduction)
+    check_exact(r, r_host)
+    check_exact(rp, rp_host)
+    err2_host = np.zeros(600, np.float32)
+    err2 = cp.asarray(err2_host)
+    r_host, rp_host = dsquant.loco_quantized_reduction(q_host, p_host, err2_host, 0.5, 40, 20, 4, **reduction)
+    r, rp = dsquant.loco_quantized_reduction(q, p, err2, 0.5, 40, 20, 4, **reduction)
+    check_exact(r, r_host)
+    check_exact(err2, err2_host)

@@ -31,7 +31,8 @@ GUARD = 64   # poisoned bytes on either side of every output
 @pytest.fixture(scope="module")
 def emu(tmp_path_factory):
     """The kernels the integer plans launch (dsq_int.cu, and the statistics pass of dsq_blocks.cuh)."""
-    names = [n for names in _kernels.MODULES.values() for n in names if not n.startswith("dsq::fake_")]
+    statistics = [n for n in _kernels.MODULES["dsq_fake.cu"] if not n.startswith("dsq::fake_")]
+    names = [*_kernels.MODULES["dsq_int.cu"], *statistics]
     return Emulator(tmp_path_factory.mktemp("emu-int"), names=names, includes=["dsq_int.cu"])
 
 
