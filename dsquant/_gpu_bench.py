@@ -13,6 +13,10 @@ it takes longer than they do. A single group needs its statistics before any out
 the array twice ("passes" 3 counts that traffic): it cannot reach the copy's time, and its
 "bandwidth" column is the fairer comparison. Integer rows move the input, the codes and the params
 (quantize reads the first and writes the others, dequantize the reverse, into the input's dtype).
+ZeRO++ rows time the public ``swizzle_quantize`` and ``quantized_reduction`` calls (float16,
+4 bits, groups of 2048, 2 nodes x 4 devices) on 2^(n-2), 2^(n-1) and 2^n elements against a copy
+of the bytes each moves (swizzle: input, codes, params; reduction: the 4 slabs' codes and params
+in, the summed codes and params out).
 """
 from __future__ import annotations
 
@@ -23,12 +27,13 @@ import statistics
 
 import numpy as np
 
-from . import dequantize, fake_quantize, quantize
+from . import dequantize, fake_quantize, quantize, quantized_reduction, swizzle_quantize
 
 GROUP_SIZES = {"128": 128, "4096": 4096, "all": None}
 DTYPES = ("float16", "float32")
 INT_BITS = (8, 4)
 INT_GROUP_SIZES = (128, 4096)
+ZEROPP = dict(bits=4, group=2048, nodes=2, devices_per_node=4)   # DeepSpeed's qgZ defaults, 8 GPUs
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -117,11 +122,14 @@ def main(argv=None) -> int:
         int_rows.extend(_int_rows(cupy, _cuda, _launch, x, dtype, args, stream))
         del x, out
         cupy.get_default_memory_pool().free_all_blocks()
+    zeropp_rows = [row for size in (n >> 2, n >> 1, n) for row in _zeropp_rows(cupy, size, args, stream)]
     _print(rows, name, n, args, ds_reason)
     _print_int(int_rows)
+    _print_zeropp(zeropp_rows)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"device": name, "elements": n, "bits": args.bits, "rows": rows, "int_rows": int_rows,
+                       "zeropp_rows": zeropp_rows,
                        "date": datetime.date.today().isoformat(), "deepspeed": ds_reason or "measured"}, f, indent=1)
     return 0
 
@@ -157,6 +165,41 @@ def _int_rows(cupy, _cuda, _launch, x, dtype: str, args, stream) -> list[dict]:
                              "API vs copy": copy_ms / api_ms})
             del src, dst, q, params
     return rows
+
+
+def _zeropp_rows(cupy, n: int, args, stream) -> list[dict]:
+    """swizzle_quantize and quantized_reduction of `n` float16 values (public calls) vs a copy."""
+    bits, dpn = ZEROPP["bits"], ZEROPP["devices_per_node"]
+    groups = n // ZEROPP["group"]
+    x = cupy.random.standard_normal(n, dtype=cupy.float32).astype(cupy.float16)
+    layout = dict(nodes=ZEROPP["nodes"], devices_per_node=dpn)
+    q, p = swizzle_quantize(x, groups, bits, **layout)
+    r, rp = quantized_reduction(q, p, groups, groups // dpn, bits, devices_per_node=dpn)
+    calls = {"swizzle_quantize": (lambda: swizzle_quantize(x, groups, bits, **layout),
+                                  x.nbytes + q.nbytes + p.nbytes),
+             "quantized_reduction": (lambda: quantized_reduction(q, p, groups, groups // dpn, bits, devices_per_node=dpn),
+                                     q.nbytes + p.nbytes + r.nbytes + rp.nbytes)}
+    rows = []
+    for op, (call, moved) in calls.items():
+        src, dst = cupy.empty(moved // 2, np.uint8), cupy.empty(moved // 2, np.uint8)
+        copy_ms = _median_ms(cupy, lambda: dst.data.copy_from_device_async(src.data, src.nbytes, stream),
+                             args.batches, args.batch, stream)
+        ms = _median_ms(cupy, call, args.batches, args.batch, stream)
+        rows.append({"op": op, "elements": n, "ms": ms, "GB/s": moved / ms / 1e6, "copy GB/s": moved / copy_ms / 1e6,
+                     "vs copy": copy_ms / ms})
+        del src, dst
+    return rows
+
+
+def _print_zeropp(rows) -> None:
+    print(f"\nZeRO++ ops, float16, {ZEROPP['bits']} bits, groups of {ZEROPP['group']}, {ZEROPP['nodes']} nodes x "
+          f"{ZEROPP['devices_per_node']} devices; public calls (bytes moved: codes and params in and out)")
+    head = ["op", "elements", "ms", "GB/s", "copy GB/s", "vs copy"]
+    print("\n| " + " | ".join(head) + " |")
+    print("|" + "---|" * len(head))
+    for r in rows:
+        print(f"| {r['op']} | {r['elements']:,} | {r['ms']:.3f} | {r['GB/s']:.0f} | {r['copy GB/s']:.0f} | "
+              f"{r['vs copy']:.2f} |")
 
 
 def _print_int(rows) -> None:

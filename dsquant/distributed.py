@@ -1,4 +1,5 @@
-"""ZeRO++ qgZ: a quantized, hierarchical all-to-all reduce of gradients over MPI (mpi4py).
+"""ZeRO++ qgZ: a quantized, hierarchical all-to-all reduce of gradients over MPI (mpi4py, host
+arrays) or NCCL (``cupy.cuda.nccl``, GPU arrays).
 
 ``all_to_all_quant_reduce`` is DeepSpeed's ``all_to_all_quant_reduce``
 (``deepspeed/runtime/comm/coalesced_collectives.py``) on an existing communicator: every rank
@@ -18,11 +19,13 @@ local``. Per tensor (docs/zeropp.md has the diagram):
 devices and the MEAN over nodes, i.e. the sum over all ranks divided by ``nodes``), ``"sum"``
 (the sum over all ranks) or ``"mean"`` (divided by the number of ranks).
 
-Import this module explicitly (``import dsquant.distributed``); importing it imports no MPI. CPU
-arrays only for now: the CuPy/NCCL engine is not written yet (see docs/zeropp.md).
+Only the all-to-all depends on where the arrays live: an *engine* (:class:`MPIEngine` for host
+arrays, :class:`NCCLEngine` for GPU arrays) provides it, everything else is shared. Import this
+module explicitly (``import dsquant.distributed``); importing it imports neither MPI nor CuPy.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 
@@ -55,6 +58,19 @@ class MPIEngine:
         self.intra = comm.Split(color=node, key=local)    # the devices of my node
         self.inter = comm.Split(color=local, key=node)    # my peers (same local index) on every node
 
+    @staticmethod
+    def native(a) -> np.ndarray:
+        """A NumPy view of an int8/float32 host array returned by the ops."""
+        return a if isinstance(a, np.ndarray) else np.from_dlpack(a)
+
+    @staticmethod
+    def zeros(numel: int) -> np.ndarray:
+        return np.zeros(numel, np.float32)
+
+    @staticmethod
+    def ordered(like: _interop.Operand):
+        return contextlib.nullcontext()          # host work is ordered by program order
+
     def alltoall(self, sub, send: np.ndarray) -> np.ndarray:
         """Equal-chunk all-to-all of a contiguous array over sub-communicator `sub`."""
         recv = np.empty_like(send)
@@ -62,26 +78,106 @@ class MPIEngine:
         return recv
 
 
+class NCCLEngine:
+    """One NCCL communicator over all ``nodes * devices_per_node`` ranks, on this rank's GPU.
+
+    NCCL has no all-to-all: each sub-group's all-to-all is one NCCL group of a send and a receive
+    per peer (itself included) over the world communicator, so no sub-communicators are needed.
+    It runs on the caller's current stream (torch's for torch tensors, CuPy's otherwise) and does
+    not synchronize the host.
+
+    Args:
+        nodes, devices_per_node: the hierarchy, as for :func:`all_to_all_quant_reduce`.
+        unique_id: ``cupy.cuda.nccl.get_unique_id()`` of rank 0, the same on every rank (send it
+            with your launcher, or use :meth:`from_mpi`).
+        rank: this rank, ``0 <= rank < nodes * devices_per_node``.
+        device: the GPU of this rank's arrays (default: CuPy's current device).
+    """
+
+    def __init__(self, nodes: int, devices_per_node: int, unique_id, rank: int, device: int | None = None):
+        from cupy.cuda import Device, nccl
+        self.nodes = _zeropp._positive(nodes, "nodes")
+        self.devices_per_node = dpn = _zeropp._positive(devices_per_node, "devices_per_node")
+        world = self.nodes * dpn
+        self.rank = _ops._int_arg(rank, "rank")
+        if not 0 <= self.rank < world:
+            raise ValueError(f"rank must be in [0, {world}) for {self.nodes} nodes x {dpn} devices, got {rank}")
+        self.device = Device().id if device is None else _ops._int_arg(device, "device")
+        self._nccl = nccl
+        with Device(self.device):               # a communicator belongs to the device current at its creation
+            self.comm = nccl.NcclCommunicator(world, unique_id, self.rank)
+        node, local = divmod(self.rank, dpn)
+        self.intra = [node * dpn + d for d in range(dpn)]            # world ranks, in all-to-all order
+        self.inter = [m * dpn + local for m in range(self.nodes)]
+
+    @classmethod
+    def from_mpi(cls, comm, nodes: int, devices_per_node: int, device: int | None = None) -> "NCCLEngine":
+        """Build the engine on every rank of an mpi4py communicator (rank 0's unique id broadcast)."""
+        from cupy.cuda import nccl
+        world = comm.Get_size()
+        if world != nodes * devices_per_node:
+            raise ValueError(f"the communicator has {world} ranks but nodes * devices_per_node = "
+                             f"{nodes} * {devices_per_node} = {nodes * devices_per_node}")
+        uid = comm.bcast(nccl.get_unique_id() if comm.Get_rank() == 0 else None, root=0)
+        return cls(nodes, devices_per_node, uid, comm.Get_rank(), device)
+
+    @staticmethod
+    def native(a):
+        import cupy
+        return a if isinstance(a, cupy.ndarray) else cupy.from_dlpack(a)
+
+    def zeros(self, numel: int):
+        import cupy
+        with cupy.cuda.Device(self.device):
+            return cupy.zeros(numel, np.float32)
+
+    @contextlib.contextmanager
+    def ordered(self, like: _interop.Operand):
+        """The caller's device and current stream made CuPy's current ones, so that the ops (on
+        CuPy arrays after the first exchange), the exchanges and the final sum all queue on the
+        stream the caller's framework expects its work on."""
+        import cupy
+        from . import _cuda
+        with cupy.cuda.Device(self.device), _cuda._stream(like.framework, self.device):
+            yield
+
+    def alltoall(self, sub, send):
+        """Equal-chunk all-to-all of a contiguous CuPy array among world ranks `sub`, as bytes, on
+        CuPy's current stream (inside :meth:`ordered`)."""
+        import cupy
+        recv = cupy.empty_like(send)
+        stream = cupy.cuda.get_current_stream().ptr
+        chunk = send.nbytes // len(sub)
+        nccl = self._nccl
+        nccl.groupStart()
+        for i, peer in enumerate(sub):
+            self.comm.send(send.data.ptr + i * chunk, chunk, nccl.NCCL_INT8, peer, stream)
+            self.comm.recv(recv.data.ptr + i * chunk, chunk, nccl.NCCL_INT8, peer, stream)
+        nccl.groupEnd()
+        return recv
+
+
 class LocoState:
     """LoCo error-feedback buffers kept between calls, one pair per tensor position.
 
     The intra-node buffer holds one float32 per gradient element (in swizzled order), the
-    inter-node one, one per element of the reduced slab (``numel / devices_per_node``). DeepSpeed
+    inter-node one, one per element of the reduced slab (``numel / devices_per_node``), in the
+    engine's memory (NumPy arrays for MPI, CuPy arrays on the GPU for NCCL). DeepSpeed
     stores them 8-bit quantized between steps and resets them every ``reset_T`` parameters; here
     they stay float32 until :meth:`reset`.
     """
 
     def __init__(self, beta: float = 0.8):
         self.beta = _zeropp._check_beta(beta)
-        self.buffers: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self.buffers: dict[int, tuple] = {}
 
     def reset(self) -> None:
         self.buffers.clear()
 
-    def pair(self, index: int, numel: int, devices_per_node: int):
+    def pair(self, index: int, numel: int, engine):
         pair = self.buffers.get(index)
         if pair is None or pair[0].size != numel:
-            pair = (np.zeros(numel, np.float32), np.zeros(numel // devices_per_node, np.float32))
+            pair = (engine.zeros(numel), engine.zeros(numel // engine.devices_per_node))
             self.buffers[index] = pair
         return pair
 
@@ -102,15 +198,22 @@ def default_groups(numel: int, world: int) -> int:
     return world * c
 
 
-def _to_caller(values: np.ndarray, like: _interop.Operand):
-    """float32 `values` in the caller's framework and dtype (rounded to nearest even)."""
-    dtype = like.tensor.dtype_name
-    if like.framework == _interop.TORCH:
-        torch = sys.modules["torch"]
-        return torch.from_numpy(values).to(getattr(torch, dtype))
-    if like.framework == _interop.JAX:
-        return sys.modules["jax.numpy"].asarray(values.astype(_numpy_dtype(dtype)))
+def _torch_result(values, dtype: str):
+    torch = sys.modules["torch"]
+    return torch.from_dlpack(values).to(getattr(torch, dtype))
+
+
+def _jax_result(values, dtype: str):
+    jax = sys.modules["jax"]
+    return jax.dlpack.from_dlpack(values).astype(getattr(jax.numpy, dtype))
+
+
+def _array_result(values, dtype: str):           # NumPy or CuPy: the result's own astype
     return values.astype(_numpy_dtype(dtype))
+
+
+# float32 result -> the caller's framework and dtype (rounded to nearest even), on its device
+_TO_CALLER = {_interop.TORCH: _torch_result, _interop.JAX: _jax_result}
 
 
 def _numpy_dtype(name: str):
@@ -120,9 +223,13 @@ def _numpy_dtype(name: str):
     return np.dtype(name)
 
 
-def _host(a) -> np.ndarray:
-    """A NumPy view of an int8/float32 host array returned by the ops."""
-    return a if isinstance(a, np.ndarray) else np.from_dlpack(a)
+# The LoCo error buffers (engine arrays) as arrays of the input's framework, sharing memory.
+_ERROR_VIEW = {_interop.NUMPY: lambda a: a, _interop.CUPY: lambda a: a,
+               _interop.TORCH: lambda a: sys.modules["torch"].from_dlpack(a)}
+
+# By where the arrays are (in host memory: True, on a GPU: False): the engine type, and how to
+# build one from a plain mpi4py communicator.
+_ENGINES = {True: (MPIEngine, MPIEngine), False: (NCCLEngine, NCCLEngine.from_mpi)}
 
 
 def all_to_all_quant_reduce(tensors, *, comm, nodes, devices_per_node, bits=4, groups=None, symmetric=True,
@@ -130,11 +237,14 @@ def all_to_all_quant_reduce(tensors, *, comm, nodes, devices_per_node, bits=4, g
     """Quantized hierarchical all-to-all reduce (ZeRO++ qgZ); every rank gets its own partition.
 
     Args:
-        tensors: list of host arrays (NumPy, torch CPU, JAX CPU; float16, bfloat16, float32,
-            float64), the same shapes on every rank. Each tensor's ``numel`` must be a multiple of
+        tensors: list of arrays, the same shapes on every rank, all in host memory (NumPy, torch
+            CPU, JAX CPU) or all on this rank's GPU (CuPy, torch CUDA, JAX GPU); float16, bfloat16,
+            float32, float64. Each tensor's ``numel`` must be a multiple of
             ``nodes * devices_per_node * 8 / bits``.
-        comm: an mpi4py communicator of ``nodes * devices_per_node`` ranks, or an
-            :class:`MPIEngine` built from one.
+        comm: an mpi4py communicator of ``nodes * devices_per_node`` ranks, or an engine:
+            :class:`MPIEngine` (host arrays) or :class:`NCCLEngine` (GPU arrays). A plain
+            communicator builds the engine the arrays need on every call (for GPU arrays, NCCL
+            communicators through :meth:`NCCLEngine.from_mpi`): build it once instead.
         nodes, devices_per_node: the hierarchy; rank ``r`` is local device ``r % devices_per_node``
             of node ``r // devices_per_node``.
         bits: code width of both quantization stages (DeepSpeed: 4).
@@ -143,30 +253,44 @@ def all_to_all_quant_reduce(tensors, *, comm, nodes, devices_per_node, bits=4, g
         symmetric: symmetric (DeepSpeed) or asymmetric quantization.
         reduce: ``"deepspeed"`` (sum over local devices, mean over nodes), ``"sum"`` or ``"mean"``.
         loco: a :class:`LocoState` for LoCo error feedback (the buffers persist in it), or None.
+            Not for JAX arrays (the buffers are updated in place).
 
     Returns:
         A list with, for each tensor, partition ``rank`` (``numel / ranks`` elements, flat, in the
-        order of the flattened tensor) of the reduction, in the tensor's framework and dtype.
+        order of the flattened tensor) of the reduction, in the tensor's framework, dtype and device.
     """
     if reduce not in REDUCTIONS:
         raise ValueError(f"reduce must be one of {', '.join(REDUCTIONS)}, got {reduce!r}")
-    engine = comm if isinstance(comm, MPIEngine) else MPIEngine(comm, nodes, devices_per_node)
-    if (engine.nodes, engine.devices_per_node) != (nodes, devices_per_node):
-        raise ValueError(f"the engine was built for {engine.nodes} nodes x {engine.devices_per_node} devices, "
-                         f"not {nodes} x {devices_per_node}")
     if loco is not None and not isinstance(loco, LocoState):
         raise TypeError(f"loco must be a dsquant.distributed.LocoState or None, got {type(loco).__name__}")
     bits = _ops.check_bits(bits, _ops.INT_MIN_BITS, _ops.INT_MAX_BITS)
-    return [_reduce_one(t, i, engine, bits, groups, symmetric, reduce, loco) for i, t in enumerate(tensors)]
+    ops = [_ops._intake(t, f"tensors[{i}]") for i, t in enumerate(tensors)]
+    if not ops:
+        return []
+    on_cpu = ops[0].on_cpu
+    if any(op.on_cpu != on_cpu for op in ops):
+        raise BufferError("tensors must be all in host memory or all on the GPU")
+    kind, build = _ENGINES[on_cpu]
+    engine = comm if isinstance(comm, (MPIEngine, NCCLEngine)) else build(comm, nodes, devices_per_node)
+    if not isinstance(engine, kind):
+        where = "host memory" if on_cpu else "a GPU"
+        raise BufferError(f"the tensors are in {where}: pass a {kind.__name__} (or a plain communicator), "
+                          f"not a {type(engine).__name__}")
+    elsewhere = [i for i, op in enumerate(ops) if not on_cpu and op.tensor.device_id != engine.device]
+    if elsewhere:
+        raise BufferError(f"tensors[{elsewhere[0]}] is on GPU {ops[elsewhere[0]].tensor.device_id}, the engine's "
+                          f"communicator on GPU {engine.device}")
+    if (engine.nodes, engine.devices_per_node) != (nodes, devices_per_node):
+        raise ValueError(f"the engine was built for {engine.nodes} nodes x {engine.devices_per_node} devices, "
+                         f"not {nodes} x {devices_per_node}")
+    return [_reduce_one(t, op, i, engine, bits, groups, symmetric, reduce, loco)
+            for i, (t, op) in enumerate(zip(tensors, ops))]
 
 
-def _reduce_one(t, index, engine: MPIEngine, bits, groups, symmetric, reduce, loco):
+def _reduce_one(t, op, index, engine, bits, groups, symmetric, reduce, loco):
+    """One tensor through the qgZ pipeline; `engine` only moves the bytes."""
     nodes, dpn = engine.nodes, engine.devices_per_node
     world = nodes * dpn
-    op = _ops._intake(t, f"tensors[{index}]")
-    if not op.on_cpu:
-        raise BufferError(f"tensors[{index}] is not in host memory; the MPI engine reduces CPU arrays "
-                          f"(the NCCL engine for GPU arrays is not available yet)")
     n = op.tensor.numel
     per = _ops.codes_per_byte(bits)
     if n % (world * per):
@@ -175,20 +299,25 @@ def _reduce_one(t, index, engine: MPIEngine, bits, groups, symmetric, reduce, lo
     g = default_groups(n, world) if groups is None else _ops.check_groups(groups, n)
     if g % world:
         raise ValueError(f"groups={g} must be a multiple of the {world} ranks")
+    with engine.ordered(op):
+        return _pipeline(t, op, index, engine, bits, g, symmetric, reduce, loco)
+
+
+def _pipeline(t, op, index, engine, bits, g, symmetric, reduce, loco):
+    nodes, dpn = engine.nodes, engine.devices_per_node
     layout = dict(symmetric=symmetric, nodes=nodes, devices_per_node=dpn)
     if loco is None:
         q, p = _zeropp.swizzle_quantize(t, g, bits, **layout)
     else:
-        err_intra, err_inter = loco.pair(index, n, dpn)
-        if op.framework == _interop.TORCH:            # the same memory, in the input's framework
-            err_intra = sys.modules["torch"].from_numpy(err_intra)
-        elif op.framework != _interop.NUMPY:
-            raise TypeError(f"LoCo keeps its error buffers as NumPy or torch arrays; tensors[{index}] is a "
-                            f"{op.framework} array")
-        q, p = _zeropp.loco_swizzle_quantize(t, err_intra, loco.beta, g, bits, **layout)
+        view = _ERROR_VIEW.get(op.framework)
+        if view is None:
+            raise TypeError(f"LoCo updates its error buffers in place, as NumPy, CuPy or torch arrays; "
+                            f"tensors[{index}] is a {op.framework} array")
+        err_intra, err_inter = loco.pair(index, op.tensor.numel, engine)
+        q, p = _zeropp.loco_swizzle_quantize(t, view(err_intra), loco.beta, g, bits, **layout)
     # intra-node: local device d gets slab d of every local peer
-    q = engine.alltoall(engine.intra, _host(q))
-    p = engine.alltoall(engine.intra, _host(p))
+    q = engine.alltoall(engine.intra, engine.native(q))
+    p = engine.alltoall(engine.intra, engine.native(p))
     reduction = dict(symmetric=symmetric, devices_per_node=dpn)
     if loco is None:
         q, p = _zeropp.quantized_reduction(q, p, g, g // dpn, bits, **reduction)
@@ -201,7 +330,7 @@ def _reduce_one(t, index, engine: MPIEngine, bits, groups, symmetric, reduce, lo
     total = partial[0].copy()
     for m in range(1, nodes):                      # node order: the same bits on every rank
         total += partial[m]
-    divisor = REDUCTIONS[reduce](nodes, world)
+    divisor = REDUCTIONS[reduce](nodes, nodes * dpn)
     if divisor != 1:
         total /= np.float32(divisor)
-    return _to_caller(total, op)
+    return _TO_CALLER.get(op.framework, _array_result)(total, op.tensor.dtype_name)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import json
+import threading
 import types
 from pathlib import Path
 
@@ -105,6 +106,14 @@ class ndarray:   # noqa: N801 - CuPy's name
     def T(self):
         return ndarray._of(self._np.T, self)
 
+    def __iadd__(self, other):
+        self._np += other._np if isinstance(other, ndarray) else other
+        return self
+
+    def __itruediv__(self, other):
+        self._np /= other._np if isinstance(other, ndarray) else other
+        return self
+
     def __dlpack_device__(self):
         return (KDL_CUDA, 0)
 
@@ -189,6 +198,7 @@ class Event:
 class RawModule:
     """Loads the json beside a cubin written by dsquant._kernels and runs its kernels emulated."""
     emulator = None   # set by the fixture: tests/_cuda_emu.Emulator
+    lock = threading.Lock()   # one launch at a time: ranks run as threads (tests/_fake_nccl.py)
 
     def __init__(self, *, path):
         meta = json.loads(Path(path).with_suffix(".json").read_text())
@@ -199,7 +209,8 @@ class RawModule:
 
         def launch(grid, block, args, stream=None, shared_mem=0):
             assert len(grid) == 1 and len(block) == 1
-            RawModule.emulator.launch(name, grid[0], block[0], args)
+            with RawModule.lock:
+                RawModule.emulator.launch(name, grid[0], block[0], args)
         return launch
 
 

@@ -90,3 +90,31 @@ def loco_swizzle_ref(x, err, beta, groups, bits, symmetric, pipe=1, nodes=1, dpn
 def loco_reduction_ref(data, params, err, beta, in_groups, out_groups, bits, symmetric, devices):
     v = slab_sums(data, params, in_groups, bits, devices) + err.astype(np.float32)
     return loco_step(v, err.astype(np.float32), beta, out_groups, bits, symmetric)
+
+
+def qgz_ref(grads, groups, bits, symmetric, nodes, dpn, divisor):
+    """Every rank's float32 result of the quantized all-to-all reduce (docs/zeropp.md), with the
+    exchanges done by indexing: rank n·dpn + d gets slab d of its node's swizzled codes, sums them,
+    and gets piece n of the reduced codes of rank m·dpn + d of every node m."""
+    swz = [swizzle_ref(g.reshape(-1), groups, bits, symmetric, 1, nodes, dpn) for g in grads]
+    k = swz[0][1].shape[1]
+    reduced = []
+    for r in range(nodes * dpn):
+        node, d = divmod(r, dpn)
+        local = [swz[node * dpn + j] for j in range(dpn)]
+        q = np.concatenate([np.asarray(q).reshape(-1).view(np.uint8).reshape(dpn, -1)[d] for q, _ in local])
+        p = np.concatenate([np.asarray(p).reshape(dpn, -1, k)[d] for _, p in local])
+        reduced.append(reduction_ref(q, p, groups, groups // dpn, bits, symmetric, dpn))
+    results = []
+    for r in range(nodes * dpn):
+        n, d = divmod(r, dpn)
+        parts = []
+        for m in range(nodes):
+            q, p = reduced[m * dpn + d]
+            parts.append(dequant_f32(np.asarray(q).reshape(-1).view(np.uint8).reshape(nodes, -1)[n],
+                                     np.asarray(p).reshape(nodes, -1, k)[n], bits))
+        total = parts[0]
+        for part in parts[1:]:
+            total = total + part
+        results.append(total / np.float32(divisor))
+    return results

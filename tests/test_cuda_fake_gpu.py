@@ -107,12 +107,16 @@ def test_gpu_bench_runs(cp, capsys):
     out = capsys.readouterr().out.rstrip().splitlines()
     fake = out.index("| dtype | group | rounding | ms | GB/s | copy GB/s | vs copy | API vs copy | passes | bandwidth |")
     integer = out.index("| op | dtype | bits | group | ms | GB/s | copy GB/s | vs copy | API vs copy |")
+    zeropp = out.index("| op | elements | ms | GB/s | copy GB/s | vs copy |")
     assert [line.split(" | ")[:3] for line in out[fake + 2:fake + 14]] == [
         ["| " + dtype, group, rounding] for dtype in ("float16", "float32") for group in ("128", "4096", "all")
         for rounding in ("nearest", "stochastic")]
-    assert [line.split(" | ")[:4] for line in out[integer + 2:]] == [
+    assert [line.split(" | ")[:4] for line in out[integer + 2:integer + 18]] == [
         ["| " + op, dtype, bits, group] for dtype in ("float16", "float32") for bits in ("8", "4")
         for group in ("128", "4096") for op in ("quantize", "dequantize")]
+    assert [line.split(" | ")[:2] for line in out[zeropp + 2:]] == [
+        ["| " + op, f"{size:,}"] for size in (1 << 14, 1 << 15, 1 << 16)
+        for op in ("swizzle_quantize", "quantized_reduction")]
 
 
 # ------------------------------------------------------------------------------ integer codes

@@ -4,6 +4,8 @@ framework on the caller's device, in place where asked, ordered on the caller's 
 
 All tests are marked ``gpu`` and skipped (tests/conftest.py) without CuPy and a CUDA device;
 scripts/gpu_check.sh runs them on a GPU machine."""
+from pathlib import Path
+
 import ml_dtypes
 import numpy as np
 import pytest
@@ -14,6 +16,7 @@ import reference as ref
 from dsquant._ops import dequantize_unsigned_half
 
 pytestmark = pytest.mark.gpu
+ROOT_TESTS = Path(__file__).resolve().parent
 
 DTYPES = list(ref.DTYPES)
 SCHEMES = {"sym": True, "asym": False}
@@ -426,3 +429,91 @@ def test_input_on_a_second_gpu(cp):
 
 def test_info_reports_the_cuda_backend():
     assert dsquant.info()["backends"]["cuda"] is True
+
+
+def test_zeropp_ops_torch_cuda():
+    """torch CUDA in, torch CUDA out, bfloat16 included, with the CPU path's bits."""
+    layout = dict(symmetric=False, nodes=2, devices_per_node=2)
+    for dtype in ("float16", "bfloat16", "float32"):
+        x_host = sample(dtype, 4096, seed=3)
+        x = to_torch_cuda(x_host)
+        q_host, p_host = dsquant.swizzle_quantize(x_host, 64, 4, **layout)
+        q, p = dsquant.swizzle_quantize(x, 64, 4, **layout)
+        assert isinstance(q, torch.Tensor) and q.is_cuda and q.device == x.device
+        check_codes(q, q_host)
+        check_same(p, p_host)
+        err_host = np.zeros(4096, np.float32)
+        err = torch.zeros(4096, device="cuda")
+        q_host, p_host = dsquant.loco_swizzle_quantize(x_host, err_host, 0.8, 64, 4, **layout)
+        q, p = dsquant.loco_swizzle_quantize(x, err, 0.8, 64, 4, **layout)
+        check_codes(q, q_host)
+        check_same(err, err_host)
+        reduction = dict(symmetric=False, devices_per_node=2)
+        r_host, rp_host = dsquant.quantized_reduction(q_host, p_host, 64, 32, 4, **reduction)
+        r, rp = dsquant.quantized_reduction(q, p, 64, 32, 4, **reduction)
+        check_codes(r, r_host)
+        check_same(rp, rp_host)
+        err2_host = np.zeros(2048, np.float32)
+        err2 = torch.zeros(2048, device="cuda")
+        r_host, rp_host = dsquant.loco_quantized_reduction(q_host, p_host, err2_host, 0.8, 64, 32, 4, **reduction)
+        r, rp = dsquant.loco_quantized_reduction(q, p, err2, 0.8, 64, 32, 4, **reduction)
+        check_codes(r, r_host)
+        check_same(err2, err2_host)
+
+
+# ------------------------------------------------------------------------------ the NCCL collective
+def test_nccl_collective_on_one_gpu(cp):
+    """A 1-rank world (one GPU still runs the whole path: both exchanges are NCCL self send/recv)
+    against the exact sum, and bit for bit against the MPI-free CPU result of the same ops."""
+    from cupy.cuda import nccl
+    from dsquant import distributed
+    engine = distributed.NCCLEngine(1, 1, nccl.get_unique_id(), 0)
+    x_host = sample("float32", 1 << 16, seed=11)
+    for x in (cp.asarray(x_host), torch.from_numpy(x_host).cuda()):
+        (got,) = distributed.all_to_all_quant_reduce([x], comm=engine, nodes=1, devices_per_node=1, bits=8,
+                                                     groups=64)
+        assert type(got) is type(x) and tuple(got.shape) == (1 << 16,)
+        q, p = dsquant.swizzle_quantize(x_host, 64, 8)
+        q, p = dsquant.quantized_reduction(q, p, 64, 64, 8, devices_per_node=1)
+        check_same(got, dsquant.dequantize(q, p, 8))
+        step = np.abs(x_host.reshape(64, -1)).max(axis=1).repeat(1024) / 128
+        assert (np.abs(host_bits(got).view(np.float32) - x_host) <= 2 * step * (1 + 1e-3)).all()
+    state = distributed.LocoState(beta=0.5)
+    (got,) = distributed.all_to_all_quant_reduce([cp.asarray(x_host)], comm=engine, nodes=1, devices_per_node=1,
+                                                 loco=state)
+    assert isinstance(state.buffers[0][0], cp.ndarray) and float(abs(state.buffers[0][0]).max()) > 0
+
+
+def test_nccl_collective_on_several_gpus(cp):
+    """One process per GPU (2 nodes x n/2 devices, or 1 x 2), the unique id passed in the script,
+    each rank's partition against the exact sum / nodes within the two-stage bound."""
+    import subprocess
+    import sys
+    gpus = cp.cuda.runtime.getDeviceCount()
+    if gpus < 2:
+        pytest.skip(f"needs 2 or more GPUs, this machine has {gpus}")
+    world = gpus - gpus % 2
+    nodes, dpn = (2, world // 2) if world >= 4 else (1, 2)
+    from cupy.cuda import nccl
+    script = f"""
+import sys, numpy as np, cupy
+sys.path.insert(0, {str(ROOT_TESTS)!r})
+import test_gpu
+from dsquant import distributed
+rank = int(sys.argv[1]); cupy.cuda.Device(rank).use()
+engine = distributed.NCCLEngine({nodes}, {dpn}, {nccl.get_unique_id()!r}, rank)
+grads = [test_gpu.sample("float32", {world} * 8192, seed=r) for r in range({world})]
+(got,) = distributed.all_to_all_quant_reduce([cupy.asarray(grads[rank])], comm=engine, nodes={nodes},
+                                             devices_per_node={dpn}, groups={world} * 8)
+exact = sum(g.astype(np.float64) for g in grads) / {nodes}
+part = slice(rank * 8192, (rank + 1) * 8192)
+steps = sum(np.abs(g.astype(np.float64).reshape({world} * 8, -1)).max(axis=1) for g in grads) / 8
+limit = np.repeat(2 * steps / {nodes}, 1024)[part] * (1 + 1e-3) + 1e-6 * np.abs(exact[part])
+assert (np.abs(got.get() - exact[part]) <= limit).all(), rank
+print("rank", rank, "OK")
+"""
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(r)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True, cwd=ROOT_TESTS.parent) for r in range(world)]
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    for r, (p, out) in enumerate(zip(procs, outs)):
+        assert p.returncode == 0 and f"rank {r} OK" in out, out[-3000:]
