@@ -6,6 +6,7 @@ Imported on the first GPU array only: importing it imports CuPy.
 """
 from __future__ import annotations
 
+import contextlib
 import sys
 import threading
 
@@ -110,6 +111,17 @@ def _device(device_id: int) -> _Device:
         return _devices[device_id]
 
 
+@contextlib.contextmanager
+def _launching(op: Operand):
+    """On `op`'s device, inside the caller's current stream: yields (that device's kernels, the
+    stream). Allocations and copies made inside are ordered with the kernels launched there."""
+    device_id = op.tensor.device_id
+    with cupy.cuda.Device(device_id):
+        stream = _stream(op.framework, device_id)
+        with stream:
+            yield _device(device_id), stream
+
+
 def _run(plan, device: _Device, stream) -> None:
     with _lock:   # compilation and module loading happen once, under the lock
         functions = [device.function(launch.kernel) for launch in plan]
@@ -166,37 +178,33 @@ def _wrap(result: cupy.ndarray, framework: str, dtype: int | None = None):
 # ------------------------------------------------------------------------------ operations
 def fake_quantize(src: Operand, dst: Operand | None, groups, bits, symmetric, stochastic, seed, offset):
     t = src.tensor
-    with cupy.cuda.Device(t.device_id):
-        device, stream = _device(t.device_id), _stream(src.framework, t.device_id)
-        with stream:   # allocations and copies are ordered with the kernels
-            direct = dst is not None and dst.tensor.is_c_contiguous
-            result = None if direct else cupy.empty(t.shape, _CUPY_DTYPES[t.dtype])
-            target = _view(dst.tensor) if direct else _bits(result)
-            source = t.data
-            if not t.is_c_contiguous and t.numel:
-                target[...] = _view(t)            # the one contiguous copy, made in the result itself
-                source = target.data.ptr
-            _fake(t, source, target.data.ptr, groups, bits, symmetric, stochastic, seed, offset, device, stream)
-            if dst is None:
-                return _wrap(result, src.framework, t.dtype)
-            if not direct and t.numel:
-                _view(dst.tensor)[...] = target   # write back into a non-contiguous `out`
-            return dst.obj
+    with _launching(src) as (device, stream):   # allocations and copies are ordered with the kernels
+        direct = dst is not None and dst.tensor.is_c_contiguous
+        result = None if direct else cupy.empty(t.shape, _CUPY_DTYPES[t.dtype])
+        target = _view(dst.tensor) if direct else _bits(result)
+        source = t.data
+        if not t.is_c_contiguous and t.numel:
+            target[...] = _view(t)            # the one contiguous copy, made in the result itself
+            source = target.data.ptr
+        _fake(t, source, target.data.ptr, groups, bits, symmetric, stochastic, seed, offset, device, stream)
+        if dst is None:
+            return _wrap(result, src.framework, t.dtype)
+        if not direct and t.numel:
+            _view(dst.tensor)[...] = target   # write back into a non-contiguous `out`
+        return dst.obj
 
 
 def fake_quantize_inplace(op: Operand, groups, bits, symmetric, stochastic, seed, offset) -> None:
     t = op.tensor
-    with cupy.cuda.Device(t.device_id):
-        device, stream = _device(t.device_id), _stream(op.framework, t.device_id)
-        with stream:
-            if t.is_c_contiguous or not t.numel:
-                _fake(t, t.data, t.data, groups, bits, symmetric, stochastic, seed, offset, device, stream)
-                return
-            view = _view(t)
-            scratch = cupy.ascontiguousarray(view)
-            _fake(t, scratch.data.ptr, scratch.data.ptr, groups, bits, symmetric, stochastic, seed, offset,
-                  device, stream)
-            view[...] = scratch
+    with _launching(op) as (device, stream):
+        if t.is_c_contiguous or not t.numel:
+            _fake(t, t.data, t.data, groups, bits, symmetric, stochastic, seed, offset, device, stream)
+            return
+        view = _view(t)
+        scratch = cupy.ascontiguousarray(view)
+        _fake(t, scratch.data.ptr, scratch.data.ptr, groups, bits, symmetric, stochastic, seed, offset,
+              device, stream)
+        view[...] = scratch
 
 
 # ------------------------------------------------------------------------------ integer codes
@@ -211,51 +219,45 @@ def _contiguous(t: _array.Tensor):
 
 def quantize(src: Operand, groups, bits, symmetric, q_shape):
     t = src.tensor
-    with cupy.cuda.Device(t.device_id):
-        device, stream = _device(t.device_id), _stream(src.framework, t.device_id)
-        with stream:
-            q = cupy.empty(q_shape, np.int8)
-            params = cupy.empty((groups, 1 if symmetric else 2), np.float32)
-            data, _keep = _contiguous(t)
-            nbytes = _launch.int_keys_nbytes(t.dtype, t.numel, groups, bits)
-            keys = cupy.empty(nbytes, np.uint8) if nbytes else None   # O(groups) statistics scratch
-            _run(_launch.quantize(t.dtype, data, q.data.ptr, params.data.ptr, t.numel, groups, bits, symmetric,
-                                  keys.data.ptr if keys is not None else 0), device, stream)
-            return _wrap(q, src.framework), _wrap(params, src.framework)
+    with _launching(src) as (device, stream):
+        q = cupy.empty(q_shape, np.int8)
+        params = cupy.empty((groups, 1 if symmetric else 2), np.float32)
+        data, _keep = _contiguous(t)
+        nbytes = _launch.int_keys_nbytes(t.dtype, t.numel, groups, bits)
+        keys = cupy.empty(nbytes, np.uint8) if nbytes else None   # O(groups) statistics scratch
+        _run(_launch.quantize(t.dtype, data, q.data.ptr, params.data.ptr, t.numel, groups, bits, symmetric,
+                              keys.data.ptr if keys is not None else 0), device, stream)
+        return _wrap(q, src.framework), _wrap(params, src.framework)
 
 
 def dequantize(codes: Operand, params: Operand, groups, bits, symmetric, dtype, shape, dst: Operand | None):
     t = codes.tensor
-    with cupy.cuda.Device(t.device_id):
-        device, stream = _device(t.device_id), _stream(codes.framework, t.device_id)
-        with stream:
-            q_ptr, _keep_q = _contiguous(t)
-            p_ptr, _keep_p = _contiguous(params.tensor)
-            direct = dst is not None and dst.tensor.is_c_contiguous
-            result = None if direct else cupy.empty(shape, _CUPY_DTYPES[dtype])
-            target = _view(dst.tensor) if direct else _bits(result)
-            numel = t.numel * _ops.codes_per_byte(bits)
-            _run(_launch.dequantize(dtype, q_ptr, p_ptr, target.data.ptr, numel, groups, bits, symmetric),
-                 device, stream)
-            if dst is None:
-                return _wrap(result, codes.framework, dtype)
-            if not direct and numel:
-                _view(dst.tensor)[...] = target   # write back into a non-contiguous `out`
-            return dst.obj
+    with _launching(codes) as (device, stream):
+        q_ptr, _keep_q = _contiguous(t)
+        p_ptr, _keep_p = _contiguous(params.tensor)
+        direct = dst is not None and dst.tensor.is_c_contiguous
+        result = None if direct else cupy.empty(shape, _CUPY_DTYPES[dtype])
+        target = _view(dst.tensor) if direct else _bits(result)
+        numel = t.numel * _ops.codes_per_byte(bits)
+        _run(_launch.dequantize(dtype, q_ptr, p_ptr, target.data.ptr, numel, groups, bits, symmetric),
+             device, stream)
+        if dst is None:
+            return _wrap(result, codes.framework, dtype)
+        if not direct and numel:
+            _view(dst.tensor)[...] = target   # write back into a non-contiguous `out`
+        return dst.obj
 
 
 def dequantize_unsigned_half(codes: Operand, scale: Operand, minimum: Operand, num_group, group_size, bits):
     t = codes.tensor
-    with cupy.cuda.Device(t.device_id):
-        device, stream = _device(t.device_id), _stream(codes.framework, t.device_id)
-        with stream:
-            q_ptr, _keep_q = _contiguous(t)
-            s_ptr, _keep_s = _contiguous(scale.tensor)
-            m_ptr, _keep_m = _contiguous(minimum.tensor)
-            out = cupy.empty((num_group, group_size), np.float16)
-            _run(_launch.dequantize_unsigned_half(q_ptr, s_ptr, m_ptr, out.data.ptr, num_group, group_size, bits),
-                 device, stream)
-            return _wrap(out, codes.framework, _FLOAT16)
+    with _launching(codes) as (device, stream):
+        q_ptr, _keep_q = _contiguous(t)
+        s_ptr, _keep_s = _contiguous(scale.tensor)
+        m_ptr, _keep_m = _contiguous(minimum.tensor)
+        out = cupy.empty((num_group, group_size), np.float16)
+        _run(_launch.dequantize_unsigned_half(q_ptr, s_ptr, m_ptr, out.data.ptr, num_group, group_size, bits),
+             device, stream)
+        return _wrap(out, codes.framework, _FLOAT16)
 
 
 # ------------------------------------------------------------------------------ ZeRO++ ops
@@ -266,16 +268,14 @@ def _error(err: Operand | None):
 
 def swizzle_quantize(src: Operand, groups, bits, symmetric, pipeline, nodes, dpn, err: Operand | None, beta):
     t = src.tensor
-    with cupy.cuda.Device(t.device_id):
-        device, stream = _device(t.device_id), _stream(src.framework, t.device_id)
-        with stream:
-            data, _keep = _contiguous(src.tensor)
-            q = cupy.empty((t.numel // _ops.codes_per_byte(bits),), np.int8)
-            params = cupy.empty((groups, 1 if symmetric else 2), np.float32)
-            e_ptr, e_dtype = _error(err)
-            _run(_launch.swizzle_quantize(t.dtype, data, q.data.ptr, params.data.ptr, t.numel, groups, bits,
-                                          symmetric, pipeline, nodes, dpn, e_ptr, e_dtype, beta), device, stream)
-            return _wrap(q, src.framework), _wrap(params, src.framework)
+    with _launching(src) as (device, stream):
+        data, _keep = _contiguous(src.tensor)
+        q = cupy.empty((t.numel // _ops.codes_per_byte(bits),), np.int8)
+        params = cupy.empty((groups, 1 if symmetric else 2), np.float32)
+        e_ptr, e_dtype = _error(err)
+        _run(_launch.swizzle_quantize(t.dtype, data, q.data.ptr, params.data.ptr, t.numel, groups, bits,
+                                      symmetric, pipeline, nodes, dpn, e_ptr, e_dtype, beta), device, stream)
+        return _wrap(q, src.framework), _wrap(params, src.framework)
 
 
 def quantized_reduction(codes: Operand, params: Operand, in_groups, out_groups, bits, symmetric, devices,
@@ -283,15 +283,13 @@ def quantized_reduction(codes: Operand, params: Operand, in_groups, out_groups, 
     t = codes.tensor
     per = _ops.codes_per_byte(bits)
     n = t.numel * per // devices                     # values per slab = output values
-    with cupy.cuda.Device(t.device_id):
-        device, stream = _device(t.device_id), _stream(codes.framework, t.device_id)
-        with stream:
-            q_ptr, _keep_q = _contiguous(codes.tensor)
-            p_ptr, _keep_p = _contiguous(params.tensor)
-            q = cupy.empty(q_shape, np.int8)
-            out_params = cupy.empty((out_groups, 1 if symmetric else 2), np.float32)
-            e_ptr, e_dtype = _error(err)
-            _run(_launch.quantized_reduction(q_ptr, p_ptr, q.data.ptr, out_params.data.ptr, n, in_groups, out_groups,
-                                             devices, bits, symmetric, half_accumulate, e_ptr, e_dtype, beta),
-                 device, stream)
-            return _wrap(q, codes.framework), _wrap(out_params, codes.framework)
+    with _launching(codes) as (device, stream):
+        q_ptr, _keep_q = _contiguous(codes.tensor)
+        p_ptr, _keep_p = _contiguous(params.tensor)
+        q = cupy.empty(q_shape, np.int8)
+        out_params = cupy.empty((out_groups, 1 if symmetric else 2), np.float32)
+        e_ptr, e_dtype = _error(err)
+        _run(_launch.quantized_reduction(q_ptr, p_ptr, q.data.ptr, out_params.data.ptr, n, in_groups, out_groups,
+                                         devices, bits, symmetric, half_accumulate, e_ptr, e_dtype, beta),
+             device, stream)
+        return _wrap(q, codes.framework), _wrap(out_params, codes.framework)
