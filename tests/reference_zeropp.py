@@ -92,11 +92,27 @@ def loco_reduction_ref(data, params, err, beta, in_groups, out_groups, bits, sym
     return loco_step(v, err.astype(np.float32), beta, out_groups, bits, symmetric)
 
 
-def qgz_ref(grads, groups, bits, symmetric, nodes, dpn, divisor):
+def qgz_ref(grads, groups, bits, symmetric, nodes, dpn, divisor, errors=None, beta=0.0):
     """Every rank's float32 result of the quantized all-to-all reduce (docs/zeropp.md), with the
     exchanges done by indexing: rank n·dpn + d gets slab d of its node's swizzled codes, sums them,
-    and gets piece n of the reduced codes of rank m·dpn + d of every node m."""
-    swz = [swizzle_ref(g.reshape(-1), groups, bits, symmetric, 1, nodes, dpn) for g in grads]
+    and gets piece n of the reduced codes of rank m·dpn + d of every node m.
+
+    With `errors` (per rank: [float32 intra-node error in swizzled order, float32 inter-node
+    error]), the LoCo variant: the errors are replaced by their updated values."""
+    def swizzle(r):
+        x = grads[r].reshape(-1)
+        if errors is None:
+            return swizzle_ref(x, groups, bits, symmetric, 1, nodes, dpn)
+        q, p, errors[r][0] = loco_swizzle_ref(x, errors[r][0], beta, groups, bits, symmetric, 1, nodes, dpn)
+        return q, p
+
+    def reduce(r, q, p):
+        if errors is None:
+            return reduction_ref(q, p, groups, groups // dpn, bits, symmetric, dpn)
+        rq, rp, errors[r][1] = loco_reduction_ref(q, p, errors[r][1], beta, groups, groups // dpn, bits, symmetric, dpn)
+        return rq, rp
+
+    swz = [swizzle(r) for r in range(len(grads))]
     k = swz[0][1].shape[1]
     reduced = []
     for r in range(nodes * dpn):
@@ -104,7 +120,7 @@ def qgz_ref(grads, groups, bits, symmetric, nodes, dpn, divisor):
         local = [swz[node * dpn + j] for j in range(dpn)]
         q = np.concatenate([np.asarray(q).reshape(-1).view(np.uint8).reshape(dpn, -1)[d] for q, _ in local])
         p = np.concatenate([np.asarray(p).reshape(dpn, -1, k)[d] for _, p in local])
-        reduced.append(reduction_ref(q, p, groups, groups // dpn, bits, symmetric, dpn))
+        reduced.append(reduce(r, q, p))
     results = []
     for r in range(nodes * dpn):
         n, d = divmod(r, dpn)
