@@ -72,20 +72,8 @@ template <class Fmt> struct Ranges {
   void (*int_dequant[3][2])(const IntDequantArgs&, int64_t, int64_t);
 };
 
-namespace base {
-#include "_cpu_ranges.inc"
-}  // namespace base
-
 #if defined(__x86_64__) && defined(__GNUC__)
 #define DSQ_CPU_HAVE_AVX2 1
-#pragma GCC push_options
-#pragma GCC target("avx2,fma,f16c")
-namespace avx2 {
-#define DSQ_CPU_F16C 1
-#include "_cpu_ranges.inc"
-#undef DSQ_CPU_F16C
-}  // namespace avx2
-#pragma GCC pop_options
 #endif
 
 inline bool use_avx2() {
@@ -98,12 +86,23 @@ inline bool use_avx2() {
 #endif
 }
 
-template <class Fmt> const Ranges<Fmt>& ranges_for_this_cpu() {
+// The table of this CPU's instruction set: avx2_table() where the CPU has AVX2+FMA+F16C, else
+// base_table() (each an ISA's table-making function from a loop file compiled by _cpu_isa.inc).
+template <class Table>
+Table for_this_cpu(Table (*base_table)(), Table (*avx2_table)()) {
+  return use_avx2() && avx2_table != nullptr ? avx2_table() : base_table();
+}
 #ifdef DSQ_CPU_HAVE_AVX2
-  static const Ranges<Fmt> r = use_avx2() ? avx2::ranges<Fmt>() : base::ranges<Fmt>();
+#define DSQ_CPU_AVX2_TABLE(fn) (&avx2::fn)
 #else
-  static const Ranges<Fmt> r = base::ranges<Fmt>();
+#define DSQ_CPU_AVX2_TABLE(fn) nullptr
 #endif
+
+#define DSQ_CPU_LOOPS "_cpu_ranges.inc"
+#include "_cpu_isa.inc"
+
+template <class Fmt> const Ranges<Fmt>& ranges_for_this_cpu() {
+  static const Ranges<Fmt> r = for_this_cpu<Ranges<Fmt>>(&base::ranges<Fmt>, DSQ_CPU_AVX2_TABLE(ranges<Fmt>));
   return r;
 }
 

@@ -41,27 +41,12 @@ struct ZeroppKernels {
   void (*reduce[3])(const ReduceArgs&);
 };
 
-namespace base {
-#include "_cpu_zeropp.inc"
-}  // namespace base
-
-#ifdef DSQ_CPU_HAVE_AVX2
-#pragma GCC push_options
-#pragma GCC target("avx2,fma,f16c")
-namespace avx2 {
-#define DSQ_CPU_F16C 1
-#include "_cpu_zeropp.inc"
-#undef DSQ_CPU_F16C
-}  // namespace avx2
-#pragma GCC pop_options
-#endif
+#define DSQ_CPU_LOOPS "_cpu_zeropp.inc"
+#include "_cpu_isa.inc"
 
 inline const ZeroppKernels& zeropp_for_this_cpu() {
-#ifdef DSQ_CPU_HAVE_AVX2
-  static const ZeroppKernels k = use_avx2() ? avx2::zeropp_kernels() : base::zeropp_kernels();
-#else
-  static const ZeroppKernels k = base::zeropp_kernels();
-#endif
+  static const ZeroppKernels k = for_this_cpu<ZeroppKernels>(&base::zeropp_kernels,
+                                                             DSQ_CPU_AVX2_TABLE(zeropp_kernels));
   return k;
 }
 
