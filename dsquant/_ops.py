@@ -124,8 +124,8 @@ def _backend(op: Operand):
 
 
 def _backend_fn(op: Operand, name: str):
-    """The backend's implementation of operation `name`, for operations that not every backend
-    provides yet (the ZeRO++ ops have no CUDA implementation)."""
+    """The backend's implementation of operation `name`; a backend that lacks it (a new device
+    type that does not implement every op yet) gives a BufferError naming the op."""
     backend = _backend(op)
     fn = getattr(backend, name, None)
     if fn is None:

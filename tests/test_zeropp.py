@@ -288,7 +288,7 @@ def test_loco_read_only_error_and_bad_beta():
 
 
 def test_backend_without_zeropp_ops_is_a_clear_error(monkeypatch):
-    # a device backend that does not provide the ZeRO++ ops (CUDA, for now): BufferError naming the op
+    # a device backend that does not provide the ZeRO++ ops: BufferError naming the op
     x = np.ones(64, np.float32)
     q, params = dsquant.quantize(x, 4, 4)
     monkeypatch.setattr(dsquant._ops, "_backend", lambda op: types.ModuleType("dsquant._elsewhere"))
