@@ -9,33 +9,37 @@ from Cython.Build import cythonize
 from setuptools import Extension, setup
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-INCLUDE = [os.path.join(HERE, "cuda"), os.path.join(HERE, "dsquant")]
+CPU = os.path.join("dsquant", "backends", "cpu")
+INCLUDE = [os.path.join(HERE, "cuda"), os.path.join(HERE, CPU), os.path.join(HERE, "dsquant", "interop")]
 # IEEE numerics pinned: the CPU path must give the CUDA path's bits (docs/numerics.md).
 COMPILE = ["-std=c++17", "-O3", "-fopenmp", "-ffp-contract=off", "-fno-fast-math", "-fno-math-errno",
            "-fno-trapping-math",  # results unchanged; lets the compiler if-convert and vectorize
            "-Wall", "-Wno-unused-function"]
 LINK = ["-fopenmp"]
+# every header the extensions include: a change to any of them rebuilds both
+HEADERS = sorted(glob.glob("cuda/*.cuh") + glob.glob(f"{CPU}/*.hpp") + glob.glob(f"{CPU}/*.inc")
+                 + glob.glob("dsquant/interop/*.h"))
 
 
-def extension(name):
+def extension(module):
+    """The Cython extension `module` (a dotted name under dsquant)."""
     return Extension(
-        f"dsquant.{name}",
-        [f"dsquant/{name}.pyx"],
+        f"dsquant.{module}",
+        [os.path.join("dsquant", *module.split(".")) + ".pyx"],
         include_dirs=INCLUDE,
         language="c++",
         extra_compile_args=COMPILE,
         extra_link_args=LINK,
-        # every header the extensions include: a change to any of them rebuilds both
-        depends=sorted(glob.glob("cuda/*.cuh") + glob.glob("dsquant/*.hpp") + glob.glob("dsquant/*.inc")
-                       + glob.glob("dsquant/*.h")),
+        depends=HEADERS,
     )
 
 
 setup(
-    packages=["dsquant", "dsquant.compat", "dsquant._cuda_src"],
+    packages=["dsquant", "dsquant.core", "dsquant.interop", "dsquant.ops", "dsquant.backends", "dsquant.backends.cpu",
+              "dsquant.backends.cuda", "dsquant.distributed", "dsquant.bench", "dsquant.compat", "dsquant._cuda_src"],
     package_dir={"dsquant._cuda_src": "cuda"},
     package_data={"dsquant._cuda_src": ["*.cuh", "*.cu"], "dsquant": ["*.pyi", "py.typed"]},
-    ext_modules=cythonize([extension("_array"), extension("_cpu")],
+    ext_modules=cythonize([extension("interop._array"), extension("backends.cpu._cpu")],
                           compiler_directives={"language_level": "3"}),
     zip_safe=False,
 )

@@ -41,6 +41,8 @@ typedef unsigned char uint8_t;
 #include <cstdint>
 #endif
 
+#include "dsq_dtypes.cuh"
+
 namespace dsq {
 
 // ---------------------------------------------------------------------------------------------
@@ -150,7 +152,7 @@ DSQ_HD double pick(bool c, double a, double b) {
 // (an integer whose signed order equals the value order for every non-NaN value), used to reduce
 // statistics without converting. Compute type is float for 16/32-bit formats, double for float64.
 // ---------------------------------------------------------------------------------------------
-enum DType : int { DT_FLOAT16 = 0, DT_BFLOAT16 = 1, DT_FLOAT32 = 2, DT_FLOAT64 = 3 };
+// DType (DT_FLOAT16 ...) comes from dsq_dtypes.cuh, generated from dsquant/core/dtypes.py.
 
 struct F16 {
   typedef uint16_t storage; typedef float compute; typedef int32_t key;

@@ -7,10 +7,10 @@ import sys
 
 COMMANDS = {
     "info": ("dsquant._info", "print what this installation can use (JSON)"),
-    "bench": ("dsquant._bench", "CPU benchmark table: throughput vs numpy.copyto and NumPy"),
-    "kernels": ("dsquant._kernels_cli", "compile every CUDA kernel (--compile-only: no GPU), report registers/spills"),
-    "qgz-bench": ("dsquant._bench_zeropp", "qgZ all-to-all reduce on MPI vs Allreduce (run under mpiexec)"),
-    "gpu-bench": ("dsquant._gpu_bench", "GPU benchmark table: throughput vs a CuPy device-to-device copy"),
+    "bench": ("dsquant.bench.cpu", "CPU benchmark table: throughput vs numpy.copyto and NumPy"),
+    "kernels": ("dsquant.backends.cuda.cli", "compile every CUDA kernel (--compile-only: no GPU), report registers/spills"),
+    "qgz-bench": ("dsquant.bench.zeropp", "qgZ all-to-all reduce on MPI vs Allreduce (run under mpiexec)"),
+    "gpu-bench": ("dsquant.bench.gpu", "GPU benchmark table: throughput vs a CuPy device-to-device copy"),
 }
 
 

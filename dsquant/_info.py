@@ -46,11 +46,11 @@ def info() -> dict:
         >>> sorted(dsquant.info())
         ['backends', 'cpu_threads', 'frameworks', 'version']
     """
-    from ._ops import num_threads
+    from .core import registry
     frameworks = {name: _framework_version(name) for name in _FRAMEWORKS}
     return {
         "version": __version__,
-        "cpu_threads": num_threads(),
+        "cpu_threads": registry.lookup("num_threads", "cpu")(),
         "frameworks": frameworks,
         "backends": {"cpu": True, "cuda": _cuda_usable(frameworks["cupy"] is not None)},
     }
@@ -60,8 +60,8 @@ def _cuda_usable(have_cupy: bool):
     if not have_cupy:
         return False
     try:
-        from . import _cuda
-        return _cuda.device_count() > 0
+        from .backends.cuda import device
+        return device.device_count() > 0
     except Exception:   # noqa: BLE001 - any failure means "not usable here"
         return False
 

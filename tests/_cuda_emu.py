@@ -1,5 +1,5 @@
-"""Runs launch plans of dsquant._launch on the CPU through tests/emu/cuda_emu.hpp: every kernel
-instantiation of dsquant._kernels compiled as C++ with the host numerics flags of setup.py, one
+"""Runs launch plans of dsquant.backends.cuda.launch on the CPU through tests/emu/cuda_emu.hpp: every kernel
+instantiation of dsquant.backends.cuda.kernels compiled as C++ with the host numerics flags of setup.py, one
 block after another, each thread a fiber. Lets the tests check the GPU kernels' indexing, work
 split and reductions bit for bit against the CPU path on a machine without a GPU."""
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dsquant import _kernels
+from dsquant.backends.cuda import kernels as _kernels
 
 HERE = Path(__file__).resolve().parent
 # The numerics flags of setup.py's COMPILE: the emulated kernels must round as the CPU path does.

@@ -196,7 +196,7 @@ class Event:
 
 
 class RawModule:
-    """Loads the json beside a cubin written by dsquant._kernels and runs its kernels emulated."""
+    """Loads the json beside a cubin written by dsquant.backends.cuda.kernels and runs its kernels emulated."""
     emulator = None   # set by the fixture: tests/_cuda_emu.Emulator
     lock = threading.Lock()   # one launch at a time: ranks run as threads (tests/_fake_nccl.py)
 

@@ -10,7 +10,9 @@ import pytest
 import torch
 
 import dsquant
-from dsquant import _array, _kernels, _launch
+from dsquant.backends.cuda import kernels as _kernels
+from dsquant.backends.cuda import launch as _launch
+from dsquant.interop import _array
 from _fake_cupy import claim_cuda
 
 HAVE_CUPY = importlib.util.find_spec("cupy") is not None
@@ -165,7 +167,7 @@ def test_gpu_array_without_cupy_says_what_to_install():
 
 @pytest.mark.skipif(HAVE_CUPY, reason="CuPy is installed here")
 def test_cuda_backend_import_error_names_the_extras():
-    code = "import dsquant._cuda"
+    code = "import dsquant.backends.cuda.device"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode != 0
     assert "pip install dsquant[cuda13]" in result.stderr and "dsquant[cuda12]" in result.stderr

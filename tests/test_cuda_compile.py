@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 from cuda.bindings import nvrtc  # noqa: F401  (missing: fail here, loudly)
 
-from dsquant import _kernels, _kernels_cli, _launch
+from dsquant.backends.cuda import cli as _kernels_cli
+from dsquant.backends.cuda import kernels as _kernels
+from dsquant.backends.cuda import launch as _launch
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,6 @@
 """The CUDA kernels of cuda/dsq_fake.cu, run on the CPU by the emulation in tests/emu (blocks one
 after another, threads as fibers meeting at real barriers), with the launch plans the CUDA
-backend uses (dsquant._launch): every regime, dtype, scheme and rounding, odd sizes, misaligned
+backend uses (dsquant.backends.cuda.launch): every regime, dtype, scheme and rounding, odd sizes, misaligned
 and in-place buffers, random-stream offsets and grid-stride loops give the CPU path's bits.
 
 What this cannot check is the device-only code of cuda/dsq_math.cuh (the DSQ_GPU_ISA paths):
@@ -11,7 +11,8 @@ import pytest
 
 import dsquant
 import reference as ref
-from dsquant import _cpu, _launch
+from dsquant.backends.cpu import _cpu
+from dsquant.backends.cuda import launch as _launch
 from _cuda_emu import Emulator
 
 DTYPE_CODES = {"float16": 0, "bfloat16": 1, "float32": 2, "float64": 3}

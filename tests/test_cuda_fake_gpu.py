@@ -38,7 +38,7 @@ def kernel_cache(tmp_path_factory):
 def cp(monkeypatch, emu, kernel_cache):
     monkeypatch.setitem(sys.modules, "cupy", _fake_cupy.module(emu))
     yield sys.modules["cupy"]
-    sys.modules.pop("dsquant._cuda", None)          # the next import sees the real (absent) CuPy
+    sys.modules.pop("dsquant.backends.cuda.device", None)          # the next import sees the real (absent) CuPy
     if hasattr(dsquant, "_cuda"):
         delattr(dsquant, "_cuda")
 
@@ -102,7 +102,7 @@ def test_empty_array(cp):
 
 
 def test_gpu_bench_runs(cp, capsys):
-    from dsquant import _gpu_bench
+    from dsquant.bench import gpu as _gpu_bench
     assert _gpu_bench.main(["--log2-size", "16", "--batches", "2", "--batch", "2", "--no-deepspeed"]) == 0
     out = capsys.readouterr().out.rstrip().splitlines()
     fake = out.index("| dtype | group | rounding | ms | GB/s | copy GB/s | vs copy | API vs copy | passes | bandwidth |")

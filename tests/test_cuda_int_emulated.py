@@ -1,6 +1,6 @@
 """The integer kernels of cuda/dsq_int.cu (quantize, dequantize, the experimental unsigned float16
 dequantization), run on the CPU by the emulation in tests/emu with the launch plans the CUDA
-backend uses (dsquant._launch), give the CPU path's bytes: every regime, dtype, scheme, packing,
+backend uses (dsquant.backends.cuda.launch), give the CPU path's bytes: every regime, dtype, scheme, packing,
 group boundaries inside code bytes, NaN and ±Inf, misaligned buffers and grid-stride loops; and
 no kernel writes outside its outputs.
 
@@ -12,8 +12,9 @@ import pytest
 
 import dsquant
 import reference as ref
-from dsquant import _kernels, _launch
-from dsquant._ops import dequantize_unsigned_half
+from dsquant.backends.cuda import kernels as _kernels
+from dsquant.backends.cuda import launch as _launch
+from dsquant.ops.integer import dequantize_unsigned_half
 from _cuda_emu import Emulator
 
 DTYPE_CODES = {"float16": 0, "bfloat16": 1, "float32": 2, "float64": 3}
@@ -69,7 +70,7 @@ class Guarded:
 
 def emulated_quantize(emu, x, groups, bits, symmetric, max_grid=_launch.MAX_GRID, q_offset=0):
     dtype = DTYPE_CODES[x.dtype.name]
-    per = dsquant._ops.codes_per_byte(bits)
+    per = dsquant.core.formats.codes_per_byte(bits)
     q = Guarded(x.size // per, q_offset)
     params = Guarded(groups * (1 if symmetric else 2) * 4)
     nbytes = _launch.int_keys_nbytes(dtype, x.size, groups, bits)
@@ -84,7 +85,7 @@ def emulated_quantize(emu, x, groups, bits, symmetric, max_grid=_launch.MAX_GRID
 def emulated_dequantize(emu, codes, params, bits, out_dtype, max_grid=_launch.MAX_GRID, out_offset=0):
     """codes: uint8 bytes (any alignment); params: float32 [groups, 1 or 2]."""
     dtype = ref.DTYPES[out_dtype]
-    numel = codes.size * dsquant._ops.codes_per_byte(bits)
+    numel = codes.size * dsquant.core.formats.codes_per_byte(bits)
     out = Guarded(numel * dtype.itemsize, out_offset)
     emu.run(_launch.dequantize(DTYPE_CODES[out_dtype], codes.ctypes.data, params.ctypes.data, out.ptr, numel,
                                params.shape[0], bits, params.shape[1] == 1, max_grid))

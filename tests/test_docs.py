@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-MODULES = ["dsquant._ops", "dsquant._info", "dsquant.compat.deepspeed", "dsquant._bench_int", "dsquant._zeropp", "dsquant._bench_zeropp"]
+MODULES = ["dsquant.ops.fake", "dsquant.ops.integer", "dsquant.ops.zeropp", "dsquant._info", "dsquant.compat.deepspeed",
+           "dsquant.bench.integer", "dsquant.bench.zeropp"]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -364,7 +364,7 @@ def test_bad_flags_and_seed():
 def test_stream_positions_wrap_modulo_2_64():
     """The global stream's offset wraps modulo 2^64; a call whose positions cross the wrap uses
     positions offset + i mod 2^64 (tiles straddling the wrap included)."""
-    from dsquant import _rng
+    from dsquant.core import rng as _rng
     x = sample("float32", 3000, seed=17)
     dsquant.manual_seed(3)
     _rng.GLOBAL.offset = 2 ** 64 - 1001     # inside a tile, not on a block boundary

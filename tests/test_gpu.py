@@ -13,7 +13,7 @@ import torch
 
 import dsquant
 import reference as ref
-from dsquant._ops import dequantize_unsigned_half
+from dsquant.ops.integer import dequantize_unsigned_half
 
 pytestmark = pytest.mark.gpu
 ROOT_TESTS = Path(__file__).resolve().parent

@@ -506,7 +506,7 @@ def test_integer_math_compiles_for_the_device(target):
     """The integer-format functions of cuda/dsq_math.cuh compile with NVRTC under the CUDA
     backend's pinned options (no GPU needed; cuda-bindings is a test dependency, as for
     tests/test_cuda_compile.py)."""
-    from dsquant import _kernels
+    from dsquant.backends.cuda import kernels as _kernels
     names = [f"dsq::int_probe<dsq::{fmt}>" for fmt in ("F16", "BF16", "F32", "F64")]
     image, lowered, _ = _kernels._compile(_kernels._nvrtc(), "int_probe.cu", INT_PROBE, names,
                                           _kernels.options_for(target), target)

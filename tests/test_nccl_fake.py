@@ -30,7 +30,7 @@ def cp(monkeypatch, emu, tmp_path):
     monkeypatch.setitem(sys.modules, "cupy", cupy)
     monkeypatch.setitem(sys.modules, "cupy.cuda", cupy.cuda)
     yield cupy
-    sys.modules.pop("dsquant._cuda", None)
+    sys.modules.pop("dsquant.backends.cuda.device", None)
     if hasattr(dsquant, "_cuda"):
         delattr(dsquant, "_cuda")
 

@@ -1,5 +1,5 @@
 """The ZeRO++ kernels of cuda/dsq_zeropp.cu, run on the CPU by the emulation in tests/emu with the
-launch plans of the CUDA backend (dsquant._launch): swizzle_quantize, quantized_reduction and
+launch plans of the CUDA backend (dsquant.backends.cuda.launch): swizzle_quantize, quantized_reduction and
 their LoCo variants give the bits of the CPU path, which tests/test_zeropp.py checks against the
 independent reference; the plain cases are also checked against that reference directly.
 Sizes cover groups that share code bytes (runs of several groups per block), odd group sizes,
@@ -11,7 +11,8 @@ import dsquant
 import reference as bits_ref
 import reference_int as ref
 import reference_zeropp as zref
-from dsquant import _kernels, _launch
+from dsquant.backends.cuda import kernels as _kernels
+from dsquant.backends.cuda import launch as _launch
 from _cuda_emu import Emulator
 
 DTYPE_CODES = {"float16": 0, "bfloat16": 1, "float32": 2, "float64": 3}

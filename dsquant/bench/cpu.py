@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 
-from . import fake_quantize, info
+from .. import fake_quantize, info
 
 GROUP_SIZES = {"128": 128, "4096": 4096, "all": None}
 
@@ -63,7 +63,7 @@ def fake_rows(n: int, reps: int, numpy_reps: int) -> list[dict]:
 def extra_rows(n: int, reps: int) -> list[dict]:
     """Rows contributed by other ops' benchmark modules, when present."""
     rows = []
-    for module, func in (("dsquant._bench_int", "int_rows"), ("dsquant._bench_zeropp", "zeropp_rows")):
+    for module, func in (("dsquant.bench.integer", "int_rows"), ("dsquant.bench.zeropp", "zeropp_rows")):
         try:
             mod = importlib.import_module(module)
         except ImportError:

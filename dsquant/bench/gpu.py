@@ -27,7 +27,8 @@ import statistics
 
 import numpy as np
 
-from . import dequantize, fake_quantize, quantize, quantized_reduction, swizzle_quantize
+from .. import dequantize, fake_quantize, quantize, quantized_reduction, swizzle_quantize
+from ..core import dtypes
 
 GROUP_SIZES = {"128": 128, "4096": 4096, "all": None}
 DTYPES = ("float16", "float32")
@@ -76,13 +77,13 @@ def _deepspeed():
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     try:
-        from . import _cuda  # noqa: F401  (imports CuPy, or says what to install)
+        from ..backends.cuda import device as _cuda  # imports CuPy, or says what to install
     except ImportError as exc:
         print(exc)
         return 1
     import cupy
 
-    from . import _launch
+    from ..backends.cuda import launch as _launch
     if _cuda.device_count() == 0:
         print("no CUDA GPU visible")
         return 1
@@ -104,7 +105,7 @@ def main(argv=None) -> int:
         moved = 2 * x.nbytes
         for group_name, size in GROUP_SIZES.items():
             groups = 1 if size is None else n // size
-            dtype_code = 0 if dtype == "float16" else 2
+            dtype_code = dtypes.BY_NAME[dtype].code
             passes = 2 if _launch.resident_shape(dtype_code, n // groups) else 3
             for rounding, sr in (("nearest", False), ("stochastic", True)):
                 _keys, kernels = _kernels_only(_cuda, _launch, cupy, x, out, dtype_code, groups, args.bits, sr,
@@ -137,8 +138,8 @@ def main(argv=None) -> int:
 def _int_rows(cupy, _cuda, _launch, x, dtype: str, args, stream) -> list[dict]:
     """quantize and dequantize rows for one input: each op's kernels launched directly (its launch
     plan, prepared once), the public call, and a copy of as many bytes as the op moves."""
-    dtype_code = 0 if dtype == "float16" else 2
-    device = _cuda._device(x.device.id)
+    dtype_code = dtypes.BY_NAME[dtype].code
+    device = _cuda.device_kernels(x.device.id)
     y = cupy.empty_like(x)
     rows = []
     for bits in INT_BITS:
@@ -158,7 +159,7 @@ def _int_rows(cupy, _cuda, _launch, x, dtype: str, args, stream) -> list[dict]:
                                lambda: dequantize(q, params, bits, out=y)),
             }
             for op, (plan, api) in plans.items():
-                ms = _median_ms(cupy, lambda: _cuda._run(plan, device, stream), args.batches, args.batch, stream)
+                ms = _median_ms(cupy, lambda: _cuda.run(plan, device, stream), args.batches, args.batch, stream)
                 api_ms = _median_ms(cupy, api, args.batches, args.batch, stream)
                 rows.append({"op": op, "dtype": dtype, "bits": bits, "group": size, "ms": ms, "GB/s": moved / ms / 1e6,
                              "copy GB/s": moved / copy_ms / 1e6, "vs copy": copy_ms / ms,
@@ -218,8 +219,8 @@ def _kernels_only(_cuda, _launch, cupy, x, out, dtype_code, groups, bits, sr, st
     keys = cupy.empty(max(nbytes, 1), np.uint8)
     plan = _launch.fake_quantize(dtype_code, x.data.ptr, out.data.ptr, x.size, groups, bits, True, sr, 1, 0,
                                  keys.data.ptr if nbytes else 0)
-    device = _cuda._device(x.device.id)
-    return keys, lambda: _cuda._run(plan, device, stream)
+    device = _cuda.device_kernels(x.device.id)
+    return keys, lambda: _cuda.run(plan, device, stream)
 
 
 def _deepspeed_gbps(cupy, torch, ds_quantizer, x, groups, args, sr, moved):

@@ -11,7 +11,7 @@ import time
 
 import numpy as np
 
-from ._ops import dequantize, quantize
+from .. import dequantize, quantize
 
 BITS = (8, 4)
 GROUP_SIZES = (128, 4096)
@@ -23,7 +23,7 @@ def _seconds(fn) -> float:
     return time.perf_counter() - start
 
 
-def _timed_against_copy(fn, nbytes: int, reps: int) -> tuple[float, float]:
+def timed_against_copy(fn, nbytes: int, reps: int) -> tuple[float, float]:
     """Median seconds of `fn` and of numpy.copyto moving `nbytes` bytes (nbytes/2 read, nbytes/2
     written), timed alternately so that both see the same machine (other load, clock)."""
     src = np.ones(nbytes // 2, dtype=np.uint8)
@@ -67,7 +67,7 @@ def int_rows(numel: int = 1 << 24, reps: int = 7, dtype: str = "float32") -> lis
                 "dequantize": lambda: dequantize(q, params, bits, out=out),
             }
             for op, fn in ops.items():
-                seconds, copy = _timed_against_copy(fn, moved, reps)
+                seconds, copy = timed_against_copy(fn, moved, reps)
                 rows.append({"op": op, "dtype": dtype, "bits": bits, "group": group,
                              "GB/s": round(moved / seconds / 1e9, 2), "ratio": round(copy / seconds, 2)})
     return rows

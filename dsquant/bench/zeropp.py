@@ -3,7 +3,7 @@
 all-reduce of the same data (run it under ``mpiexec -n 4``).
 
 Op throughput counts the bytes an op must move (inputs read, outputs written) and is compared with
-``numpy.copyto`` of the same bytes, timed alternately (see _bench_int).
+``numpy.copyto`` of the same bytes, timed alternately (see bench.integer).
 """
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import time
 
 import numpy as np
 
-from ._bench_int import _timed_against_copy
-from ._zeropp import loco_swizzle_quantize, quantized_reduction, swizzle_quantize
+from .. import loco_swizzle_quantize, quantized_reduction, swizzle_quantize
+from .integer import timed_against_copy
 
 NODES, DPN = 2, 4
 
@@ -46,7 +46,7 @@ def zeropp_rows(numel: int = 1 << 24, reps: int = 7, dtype: str = "float16") -> 
     }
     rows = []
     for op, (fn, moved) in ops.items():
-        seconds, copy = _timed_against_copy(fn, moved, reps)
+        seconds, copy = timed_against_copy(fn, moved, reps)
         rows.append({"op": op, "dtype": dtype, "bits": bits, "group": group,
                      "GB/s": round(moved / seconds / 1e9, 2), "ratio": round(copy / seconds, 2)})
     return rows
@@ -56,7 +56,7 @@ def main(argv) -> int:
     """The collective on MPI: bytes each rank sends and wall time, quantized vs Allreduce."""
     from mpi4py import MPI
 
-    from . import distributed
+    from .. import distributed
     parser = argparse.ArgumentParser(prog="python -m dsquant qgz-bench")
     parser.add_argument("--nodes", type=int, default=2)
     parser.add_argument("--numel", type=int, default=1 << 22)

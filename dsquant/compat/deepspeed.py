@@ -22,7 +22,8 @@ import enum
 import math
 import operator
 
-from .. import _ops, _zeropp
+from ..core import checks, dtypes
+from ..ops import fake, integer, zeropp
 
 __all__ = [
     "Asymmetric", "QuantizationType", "Symmetric",
@@ -60,7 +61,7 @@ def _is_symmetric(quant_type) -> bool:
 def _require_dtype(vals, dtype: str, op: str) -> None:
     found = getattr(vals, "dtype", None)
     try:
-        ok = found is not None and _ops.dtype_code(found) == _ops.dtype_code(dtype)
+        ok = found is not None and dtypes.parse(found) == dtypes.parse(dtype)
     except TypeError:   # not a float dtype dsquant knows
         ok = False
     if not ok:
@@ -72,7 +73,7 @@ def _require_dtype(vals, dtype: str, op: str) -> None:
 def _fake(dtype: str, stochastic: bool, asymmetric: bool, name: str):
     def op(vals, groups, bits):
         _require_dtype(vals, dtype, name)
-        return _ops.ds_quantizer(vals, groups, bits, sr=stochastic, asym=asymmetric)
+        return fake.ds_quantizer(vals, groups, bits, sr=stochastic, asym=asymmetric)
     kind = ("stochastic-rounding " if stochastic else "") + ("asymmetric" if asymmetric else "symmetric")
     op.__name__ = op.__qualname__ = name
     op.__doc__ = (f"{name}(vals, groups, bits): {kind} fake quantization of a {dtype} tensor in place; "
@@ -97,7 +98,7 @@ def quantize(input, groups, num_bits, quant_type):
     `q` is int8 (last dimension halved for 4 bits), `params` float32 ``[groups, 1]`` (symmetric)
     or ``[groups, 2]`` (asymmetric). Any float dtype and group size; see :func:`dsquant.quantize`.
     """
-    q, params = _ops.quantize(input, groups, num_bits, symmetric=_is_symmetric(quant_type))
+    q, params = integer.quantize(input, groups, num_bits, symmetric=_is_symmetric(quant_type))
     return [q, params]
 
 
@@ -110,12 +111,12 @@ def _dequantize(q, params, groups, num_bits, quant_type, dtype: str):
     per_group = 1 if symmetric else 2
     size = math.prod(params.shape)
     count = size // per_group
-    groups = _ops._int_arg(groups, "groups")
+    groups = checks.int_arg(groups, "groups")
     if size % per_group or groups not in (count, size):
         scheme = "symmetric" if symmetric else "asymmetric"
         raise ValueError(f"{scheme} params hold {per_group} float(s) per group; params has {size} floats, so "
                          f"groups must be {size / per_group:g} (or params.numel() = {size}), got {groups}")
-    return _ops.dequantize(q, params.reshape(count, per_group), num_bits, dtype=dtype)
+    return integer.dequantize(q, params.reshape(count, per_group), num_bits, dtype=dtype)
 
 
 def dequantize(q, params, groups, num_bits, quant_type):
@@ -131,20 +132,20 @@ def dequantize_fp32(q, params, groups, num_bits, quant_type):
 def dequantize_int4_to_half_experimental(data, scale, min, num_group, group_size):  # noqa: A002 - DeepSpeed's name
     """float16 ``[num_group, group_size]`` from unsigned 4-bit codes (high nibble first):
     ``f16(f16(q) / scale[g]) + min[g]`` in half precision, for any group count and size."""
-    return _ops.dequantize_unsigned_half(data, scale, min, num_group, group_size, 4)
+    return integer.dequantize_unsigned_half(data, scale, min, num_group, group_size, 4)
 
 
 def dequantize_int8_to_half_experimental(data, scale, min, num_group, group_size):  # noqa: A002 - DeepSpeed's name
     """float16 ``[num_group, group_size]`` from unsigned 8-bit codes:
     ``f16(f16(q) / scale[g]) + min[g]`` in half precision, for any group count and size."""
-    return _ops.dequantize_unsigned_half(data, scale, min, num_group, group_size, 8)
+    return integer.dequantize_unsigned_half(data, scale, min, num_group, group_size, 8)
 
 
 # ------------------------------------------------------------------------------ ZeRO++ (qgZ)
 def _scales(scales, groups, quant_type, name: str):
     """DeepSpeed's scales as [groups, 1|2] (it reads them as a flat float array)."""
     per_group = 1 if _is_symmetric(quant_type) else 2
-    groups = _ops._int_arg(groups, name)
+    groups = checks.int_arg(groups, name)
     if math.prod(scales.shape) != groups * per_group:
         raise ValueError(f"scales must hold {per_group} float(s) per group for {groups} groups "
                          f"({groups * per_group} floats), got shape {tuple(scales.shape)}")
@@ -154,7 +155,7 @@ def _scales(scales, groups, quant_type, name: str):
 def swizzle_quant(input, groups, num_bits, quant_type, pipeline_size, nodes, devices_per_node):
     """``[q, scales]``: the groups of `input` quantized in ZeRO++'s swizzled order, `q` 1-D int8.
     See :func:`dsquant.swizzle_quantize` (any float dtype, any group size)."""
-    q, scales = _zeropp.swizzle_quantize(input, groups, num_bits, symmetric=_is_symmetric(quant_type),
+    q, scales = zeropp.swizzle_quantize(input, groups, num_bits, symmetric=_is_symmetric(quant_type),
                                          pipeline=pipeline_size, nodes=nodes, devices_per_node=devices_per_node)
     return [q, scales]
 
@@ -164,7 +165,7 @@ def quantized_reduction(q_in, scales_in, in_groups, out_groups, num_bits, quant_
     """``[q_out, scales_out]``: the SUM of the ``devices_per_node`` quantized slabs of `q_in`,
     requantized in `out_groups` groups (correct asymmetric params indexing). ``fp16_accumulation``
     sums in float16 as DeepSpeed does. See :func:`dsquant.quantized_reduction`."""
-    q, scales = _zeropp.quantized_reduction(
+    q, scales = zeropp.quantized_reduction(
         q_in, _scales(scales_in, in_groups, quant_type, "in_groups"), in_groups, out_groups, num_bits,
         symmetric=_is_symmetric(quant_type), devices_per_node=devices_per_node, half_accumulate=fp16_accumulation)
     return [q, scales]
@@ -174,7 +175,7 @@ def loco_swizzle_quant(input, error_feedback, err_beta, groups, num_bits, quant_
                        devices_per_node):
     """:func:`swizzle_quant` with LoCo error feedback; `error_feedback` (float16 as DeepSpeed's, or
     float32/bfloat16; ``input.numel()`` elements in swizzled order) is updated in place."""
-    q, scales = _zeropp.loco_swizzle_quantize(
+    q, scales = zeropp.loco_swizzle_quantize(
         input, error_feedback, err_beta, groups, num_bits, symmetric=_is_symmetric(quant_type),
         pipeline=pipeline_size, nodes=nodes, devices_per_node=devices_per_node)
     return [q, scales]
@@ -184,7 +185,7 @@ def loco_quantized_reduction(q_in, scales_in, error_feedback, err_beta, in_group
                              devices_per_node, *, fp16_accumulation=False):
     """:func:`quantized_reduction` with LoCo error feedback; `error_feedback` (one element per output
     value) is updated in place."""
-    q, scales = _zeropp.loco_quantized_reduction(
+    q, scales = zeropp.loco_quantized_reduction(
         q_in, _scales(scales_in, in_groups, quant_type, "in_groups"), error_feedback, err_beta, in_groups,
         out_groups, num_bits, symmetric=_is_symmetric(quant_type), devices_per_node=devices_per_node,
         half_accumulate=fp16_accumulation)

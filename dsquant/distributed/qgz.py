@@ -25,136 +25,20 @@ module explicitly (``import dsquant.distributed``); importing it imports neither
 """
 from __future__ import annotations
 
-import contextlib
 import math
-import sys
 
 import numpy as np
 
-from . import _interop, _ops, _zeropp
+from ..core import checks, formats
+from ..ops import integer, zeropp
+from ..ops._args import take
+from .mpi import MPIEngine
+from .nccl import NCCLEngine
 
 REDUCTIONS = {"deepspeed": lambda nodes, world: nodes, "sum": lambda nodes, world: 1,
               "mean": lambda nodes, world: world}
 DEFAULT_GROUP_SIZE = 2048      # largest group size the default group count aims for
 MIN_GROUP_SIZE = 64            # ... unless groups would be smaller (params would cost more than codes)
-
-
-class MPIEngine:
-    """The intra-node and inter-node sub-communicators of an mpi4py communicator.
-
-    Build it once and pass it as ``comm`` to avoid splitting the communicator on every call.
-    """
-
-    def __init__(self, comm, nodes: int, devices_per_node: int):
-        nodes = _zeropp._positive(nodes, "nodes")
-        dpn = _zeropp._positive(devices_per_node, "devices_per_node")
-        size = comm.Get_size()
-        if size != nodes * dpn:
-            raise ValueError(f"the communicator has {size} ranks but nodes * devices_per_node = {nodes} * {dpn} = "
-                             f"{nodes * dpn}")
-        self.comm, self.nodes, self.devices_per_node = comm, nodes, dpn
-        self.rank = comm.Get_rank()
-        node, local = divmod(self.rank, dpn)
-        self.intra = comm.Split(color=node, key=local)    # the devices of my node
-        self.inter = comm.Split(color=local, key=node)    # my peers (same local index) on every node
-
-    @staticmethod
-    def native(a) -> np.ndarray:
-        """A NumPy view of an int8/float32 host array returned by the ops."""
-        return a if isinstance(a, np.ndarray) else np.from_dlpack(a)
-
-    @staticmethod
-    def zeros(numel: int) -> np.ndarray:
-        return np.zeros(numel, np.float32)
-
-    @staticmethod
-    def ordered(like: _interop.Operand):
-        return contextlib.nullcontext()          # host work is ordered by program order
-
-    def alltoall(self, sub, send: np.ndarray) -> np.ndarray:
-        """Equal-chunk all-to-all of a contiguous array over sub-communicator `sub`."""
-        recv = np.empty_like(send)
-        sub.Alltoall(send, recv)
-        return recv
-
-
-class NCCLEngine:
-    """One NCCL communicator over all ``nodes * devices_per_node`` ranks, on this rank's GPU.
-
-    NCCL has no all-to-all: each sub-group's all-to-all is one NCCL group of a send and a receive
-    per peer (itself included) over the world communicator, so no sub-communicators are needed.
-    It runs on the caller's current stream (torch's for torch tensors, CuPy's otherwise) and does
-    not synchronize the host.
-
-    Args:
-        nodes, devices_per_node: the hierarchy, as for :func:`all_to_all_quant_reduce`.
-        unique_id: ``cupy.cuda.nccl.get_unique_id()`` of rank 0, the same on every rank (send it
-            with your launcher, or use :meth:`from_mpi`).
-        rank: this rank, ``0 <= rank < nodes * devices_per_node``.
-        device: the GPU of this rank's arrays (default: CuPy's current device).
-    """
-
-    def __init__(self, nodes: int, devices_per_node: int, unique_id, rank: int, device: int | None = None):
-        from cupy.cuda import Device, nccl
-        self.nodes = _zeropp._positive(nodes, "nodes")
-        self.devices_per_node = dpn = _zeropp._positive(devices_per_node, "devices_per_node")
-        world = self.nodes * dpn
-        self.rank = _ops._int_arg(rank, "rank")
-        if not 0 <= self.rank < world:
-            raise ValueError(f"rank must be in [0, {world}) for {self.nodes} nodes x {dpn} devices, got {rank}")
-        self.device = Device().id if device is None else _ops._int_arg(device, "device")
-        self._nccl = nccl
-        with Device(self.device):               # a communicator belongs to the device current at its creation
-            self.comm = nccl.NcclCommunicator(world, unique_id, self.rank)
-        node, local = divmod(self.rank, dpn)
-        self.intra = [node * dpn + d for d in range(dpn)]            # world ranks, in all-to-all order
-        self.inter = [m * dpn + local for m in range(self.nodes)]
-
-    @classmethod
-    def from_mpi(cls, comm, nodes: int, devices_per_node: int, device: int | None = None) -> "NCCLEngine":
-        """Build the engine on every rank of an mpi4py communicator (rank 0's unique id broadcast)."""
-        from cupy.cuda import nccl
-        world = comm.Get_size()
-        if world != nodes * devices_per_node:
-            raise ValueError(f"the communicator has {world} ranks but nodes * devices_per_node = "
-                             f"{nodes} * {devices_per_node} = {nodes * devices_per_node}")
-        uid = comm.bcast(nccl.get_unique_id() if comm.Get_rank() == 0 else None, root=0)
-        return cls(nodes, devices_per_node, uid, comm.Get_rank(), device)
-
-    @staticmethod
-    def native(a):
-        import cupy
-        return a if isinstance(a, cupy.ndarray) else cupy.from_dlpack(a)
-
-    def zeros(self, numel: int):
-        import cupy
-        with cupy.cuda.Device(self.device):
-            return cupy.zeros(numel, np.float32)
-
-    @contextlib.contextmanager
-    def ordered(self, like: _interop.Operand):
-        """The caller's device and current stream made CuPy's current ones, so that the ops (on
-        CuPy arrays after the first exchange), the exchanges and the final sum all queue on the
-        stream the caller's framework expects its work on."""
-        import cupy
-        from . import _cuda
-        with cupy.cuda.Device(self.device), _cuda._stream(like.framework, self.device):
-            yield
-
-    def alltoall(self, sub, send):
-        """Equal-chunk all-to-all of a contiguous CuPy array among world ranks `sub`, as bytes, on
-        CuPy's current stream (inside :meth:`ordered`)."""
-        import cupy
-        recv = cupy.empty_like(send)
-        stream = cupy.cuda.get_current_stream().ptr
-        chunk = send.nbytes // len(sub)
-        nccl = self._nccl
-        nccl.groupStart()
-        for i, peer in enumerate(sub):
-            self.comm.send(send.data.ptr + i * chunk, chunk, nccl.NCCL_INT8, peer, stream)
-            self.comm.recv(recv.data.ptr + i * chunk, chunk, nccl.NCCL_INT8, peer, stream)
-        nccl.groupEnd()
-        return recv
 
 
 class LocoState:
@@ -168,7 +52,7 @@ class LocoState:
     """
 
     def __init__(self, beta: float = 0.8):
-        self.beta = _zeropp._check_beta(beta)
+        self.beta = checks.unit_float(beta, "beta (the error feedback's decay)")
         self.buffers: dict[int, tuple] = {}
 
     def reset(self) -> None:
@@ -197,35 +81,6 @@ def default_groups(numel: int, world: int) -> int:
         c = max(d for d in divisors if d < target)
     return world * c
 
-
-def _torch_result(values, dtype: str):
-    torch = sys.modules["torch"]
-    return torch.from_dlpack(values).to(getattr(torch, dtype))
-
-
-def _jax_result(values, dtype: str):
-    jax = sys.modules["jax"]
-    return jax.dlpack.from_dlpack(values).astype(getattr(jax.numpy, dtype))
-
-
-def _array_result(values, dtype: str):           # NumPy or CuPy: the result's own astype
-    return values.astype(_numpy_dtype(dtype))
-
-
-# float32 result -> the caller's framework and dtype (rounded to nearest even), on its device
-_TO_CALLER = {_interop.TORCH: _torch_result, _interop.JAX: _jax_result}
-
-
-def _numpy_dtype(name: str):
-    if name == "bfloat16":
-        import ml_dtypes
-        return ml_dtypes.bfloat16
-    return np.dtype(name)
-
-
-# The LoCo error buffers (engine arrays) as arrays of the input's framework, sharing memory.
-_ERROR_VIEW = {_interop.NUMPY: lambda a: a, _interop.CUPY: lambda a: a,
-               _interop.TORCH: lambda a: sys.modules["torch"].from_dlpack(a)}
 
 # By where the arrays are (in host memory: True, on a GPU: False): the engine type, and how to
 # build one from a plain mpi4py communicator.
@@ -263,8 +118,8 @@ def all_to_all_quant_reduce(tensors, *, comm, nodes, devices_per_node, bits=4, g
         raise ValueError(f"reduce must be one of {', '.join(REDUCTIONS)}, got {reduce!r}")
     if loco is not None and not isinstance(loco, LocoState):
         raise TypeError(f"loco must be a dsquant.distributed.LocoState or None, got {type(loco).__name__}")
-    bits = _ops.check_bits(bits, _ops.INT_MIN_BITS, _ops.INT_MAX_BITS)
-    ops = [_ops._intake(t, f"tensors[{i}]") for i, t in enumerate(tensors)]
+    bits = checks.bits(bits, formats.INT_BITS)
+    ops = [take(t, f"tensors[{i}]") for i, t in enumerate(tensors)]
     if not ops:
         return []
     on_cpu = ops[0].on_cpu
@@ -292,11 +147,11 @@ def _reduce_one(t, op, index, engine, bits, groups, symmetric, reduce, loco):
     nodes, dpn = engine.nodes, engine.devices_per_node
     world = nodes * dpn
     n = op.tensor.numel
-    per = _ops.codes_per_byte(bits)
+    per = formats.codes_per_byte(bits)
     if n % (world * per):
         raise ValueError(f"tensors[{index}] has {n} elements: every rank gets numel / {world} of them as whole "
                          f"bytes of {bits}-bit codes, so numel must be a multiple of {world * per}")
-    g = default_groups(n, world) if groups is None else _ops.check_groups(groups, n)
+    g = default_groups(n, world) if groups is None else checks.groups(groups, n)
     if g % world:
         raise ValueError(f"groups={g} must be a multiple of the {world} ranks")
     with engine.ordered(op):
@@ -307,30 +162,30 @@ def _pipeline(t, op, index, engine, bits, g, symmetric, reduce, loco):
     nodes, dpn = engine.nodes, engine.devices_per_node
     layout = dict(symmetric=symmetric, nodes=nodes, devices_per_node=dpn)
     if loco is None:
-        q, p = _zeropp.swizzle_quantize(t, g, bits, **layout)
+        q, p = zeropp.swizzle_quantize(t, g, bits, **layout)
     else:
-        view = _ERROR_VIEW.get(op.framework)
+        err_intra, err_inter = loco.pair(index, op.tensor.numel, engine)
+        view = op.adapter.shared_view(err_intra)
         if view is None:
             raise TypeError(f"LoCo updates its error buffers in place, as NumPy, CuPy or torch arrays; "
                             f"tensors[{index}] is a {op.framework} array")
-        err_intra, err_inter = loco.pair(index, op.tensor.numel, engine)
-        q, p = _zeropp.loco_swizzle_quantize(t, view(err_intra), loco.beta, g, bits, **layout)
+        q, p = zeropp.loco_swizzle_quantize(t, view, loco.beta, g, bits, **layout)
     # intra-node: local device d gets slab d of every local peer
     q = engine.alltoall(engine.intra, engine.native(q))
     p = engine.alltoall(engine.intra, engine.native(p))
     reduction = dict(symmetric=symmetric, devices_per_node=dpn)
     if loco is None:
-        q, p = _zeropp.quantized_reduction(q, p, g, g // dpn, bits, **reduction)
+        q, p = zeropp.quantized_reduction(q, p, g, g // dpn, bits, **reduction)
     else:
-        q, p = _zeropp.loco_quantized_reduction(q, p, err_inter, loco.beta, g, g // dpn, bits, **reduction)
+        q, p = zeropp.loco_quantized_reduction(q, p, err_inter, loco.beta, g, g // dpn, bits, **reduction)
     # inter-node: each node's partial sum of my partition, from my peers
     q = engine.alltoall(engine.inter, q)
     p = engine.alltoall(engine.inter, p)
-    partial = _ops.dequantize(q, p, bits).reshape(nodes, -1)
+    partial = integer.dequantize(q, p, bits).reshape(nodes, -1)
     total = partial[0].copy()
     for m in range(1, nodes):                      # node order: the same bits on every rank
         total += partial[m]
     divisor = REDUCTIONS[reduce](nodes, nodes * dpn)
     if divisor != 1:
         total /= np.float32(divisor)
-    return _TO_CALLER.get(op.framework, _array_result)(total, op.tensor.dtype_name)
+    return op.adapter.cast_float32(total, op.tensor.dtype_name)

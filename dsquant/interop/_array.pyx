@@ -51,19 +51,24 @@ cdef extern from "_dlpack.h":
         kDLUInt
     uint64_t DLPACK_FLAG_BITMASK_READ_ONLY
 
-cdef extern from "_cpu_kernels.hpp" namespace "dsq_cpu" nogil:
-    void* aligned_buffer(size_t nbytes)
+cdef extern from "<stdlib.h>" nogil:
+    int posix_memalign(void** memptr, size_t alignment, size_t size)
 
-# dsquant's dtype codes (dsq::DType in cuda/dsq_math.cuh) by DLPack (code, bits).
-_DTYPES = {
-    (kDLFloat, 16): (0, "float16"),
-    (kDLBfloat, 16): (1, "bfloat16"),
-    (kDLFloat, 32): (2, "float32"),
-    (kDLFloat, 64): (3, "float64"),
-}
-DTYPE_NAMES = ("float16", "bfloat16", "float32", "float64")
-DTYPE_ITEMSIZE = (2, 2, 4, 8)
-_DL_OF_DTYPE = {0: (kDLFloat, 16), 1: (kDLBfloat, 16), 2: (kDLFloat, 32), 3: (kDLFloat, 64)}
+
+cdef void* aligned_buffer(size_t nbytes) noexcept nogil:
+    """64-byte-aligned memory for a result (at least one line, so empty results have an address)."""
+    cdef void* p = NULL
+    if posix_memalign(&p, 64, nbytes if nbytes else 64) != 0:
+        return NULL
+    return p
+
+
+from dsquant.core import dtypes as _dtypes
+
+# dsquant's dtype codes (dsq::DType) by DLPack (code, bits): read from the one dtype table.
+_DTYPES = {d.dlpack: (d.code, d.name) for d in _dtypes.FLOAT_DTYPES}
+DTYPE_NAMES = _dtypes.NAMES
+_DL_OF_DTYPE = {d.code: d.dlpack for d in _dtypes.FLOAT_DTYPES}
 _DL_CODE_NAMES = {0: "int", 1: "uint", 2: "float", 3: "opaque", 4: "bfloat", 5: "complex", 6: "bool"}
 
 # DLPack (code, bits) of the non-float buffers dsquant exports (integer codes).
@@ -182,7 +187,7 @@ def consume(obj, stream=None, int as_dtype=-1):
     else:
         raise BufferError(f"{type(obj).__name__}.__dlpack__() returned {capsule!r}, not a DLPack capsule")
     if as_dtype >= 0:
-        if t.itemsize != DTYPE_ITEMSIZE[as_dtype]:
+        if t.itemsize != _dtypes.FLOAT_DTYPES[as_dtype].itemsize:
             raise BufferError(f"cannot view {t.dtype_name} elements as {DTYPE_NAMES[as_dtype]}")
         t.dtype = as_dtype
         t.dtype_name = DTYPE_NAMES[as_dtype]

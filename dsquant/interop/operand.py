@@ -1,88 +1,93 @@
-"""Framework detection without importing any framework, intake of arrays, and wrapping results
-in the caller's framework.
-
-A framework is recognised from the module of the array's type (``sys.modules`` already holds it
-whenever such an array exists), so ``import dsquant`` imports none of torch, jax or cupy.
-"""
+"""Intake of arrays through DLPack: an :class:`Operand` is the caller's object, its framework's
+adapter and an owning view of its memory. Checks that concern any array argument (peers, writable
+outputs) live here too."""
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 
-import numpy as np
-
 from . import _array
+from .adapters import Adapter, adapter_of
 
-NUMPY, TORCH, JAX, CUPY, DLPACK = "numpy", "torch", "jax", "cupy", "dlpack"
-_ROOTS = {"numpy": NUMPY, "torch": TORCH, "jax": JAX, "jaxlib": JAX, "cupy": CUPY}
-_BF16 = 1
-
-
-def framework_of(obj) -> str | None:
-    """The framework an array belongs to, ``DLPACK`` for other DLPack producers, None for non-arrays."""
-    root = type(obj).__module__.partition(".")[0]
-    if root in _ROOTS:
-        fw = _ROOTS[root]
-        if fw == NUMPY and not isinstance(obj, np.ndarray):
-            return None   # numpy scalars and other numpy objects are not arrays to quantize
-        return fw
-    return DLPACK if hasattr(type(obj), "__dlpack__") else None
+CPU_DEVICES = (_array.DEVICE_CPU, _array.DEVICE_CUDA_HOST)
+CUDA_DEVICES = (_array.DEVICE_CUDA, _array.DEVICE_CUDA_MANAGED)
 
 
 @dataclass
 class Operand:
     """An array taken in through DLPack, with what is needed to answer in its own framework."""
     obj: object              # what the user passed
-    framework: str
+    adapter: Adapter
     tensor: _array.Tensor    # owning DLPack view (keeps the producer's memory alive)
 
     @property
+    def framework(self) -> str:
+        return self.adapter.name
+
+    @property
     def on_cpu(self) -> bool:
-        return self.tensor.device_type in (_array.DEVICE_CPU, _array.DEVICE_CUDA_HOST)
+        return self.tensor.device_type in CPU_DEVICES
+
+    @property
+    def immutable(self) -> bool:
+        """True for arrays that must never be written through their memory."""
+        return self.tensor.read_only or self.adapter.immutable(self.obj)
 
 
-def intake(obj, name: str, stream=None) -> Operand:
-    """Consume `obj` (argument `name`) through DLPack."""
-    fw = framework_of(obj)
-    if fw is None:
+def device_kind(device_type: int) -> str:
+    """The backend name ("cpu", "cuda") for a DLPack device type; BufferError for others."""
+    if device_type in CPU_DEVICES:
+        return "cpu"
+    if device_type in CUDA_DEVICES:
+        return "cuda"
+    raise BufferError(f"arrays on DLPack device type {device_type} are not supported "
+                      f"(dsquant runs on the CPU and on CUDA GPUs)")
+
+
+def intake(obj, name: str, consumer_stream=None) -> Operand:
+    """Consume `obj` (argument `name`) through DLPack, exporting it once.
+
+    For arrays on a CUDA device, ``consumer_stream(adapter, obj, device_id)`` gives the stream the
+    kernels will run on; it is passed to ``__dlpack__`` so the producer orders its pending work on
+    `obj` before them."""
+    adapter = adapter_of(obj)
+    if adapter is None:
         raise TypeError(f"{name} must be an array (NumPy, CuPy, torch, JAX or any __dlpack__ producer), "
                         f"got {type(obj).__module__}.{type(obj).__qualname__}")
-    as_dtype = -1
-    source = obj
-    if fw == NUMPY and obj.dtype.name == "bfloat16":
-        source, as_dtype = obj.view(np.uint16), _BF16   # NumPy cannot export bfloat16 itself
-    elif fw == TORCH and obj.requires_grad:
-        source = obj.detach()                            # same storage; DLPack refuses grad tensors
+    source, as_dtype = adapter.exportable(obj)
+    stream = None
+    if consumer_stream is not None and hasattr(source, "__dlpack_device__"):
+        device_type, device_id = source.__dlpack_device__()
+        if device_type in CUDA_DEVICES:
+            stream = consumer_stream(adapter, obj, int(device_id))
     try:
         tensor = _array.consume(source, stream, as_dtype)
     except (TypeError, RuntimeError, ValueError) as exc:
         raise BufferError(f"{name}: {type(obj).__qualname__} could not be exported through DLPack: {exc}") from exc
-    return Operand(obj, fw, tensor)
+    if tensor.device_type in CUDA_DEVICES and tensor.data % tensor.itemsize:
+        raise BufferError(f"{name}: its data address {tensor.data:#x} is not a multiple of the "
+                          f"element size {tensor.itemsize}; pass an aligned array")
+    return Operand(obj, adapter, tensor)
 
 
-def is_immutable(op: Operand) -> bool:
-    """True for arrays that must never be written through their memory."""
-    if op.framework == JAX or op.tensor.read_only:
-        return True
-    if op.framework == NUMPY and not op.obj.flags.writeable:
-        return True
-    return False
+def check_peer(first: Operand, other: Operand, name: str, first_name: str = "x") -> None:
+    """`other` (argument `name`) must share `first`'s framework and device."""
+    s, d = first.tensor, other.tensor
+    if other.framework != first.framework:
+        raise TypeError(f"{name} is a {other.framework} array but {first_name} is a {first.framework} array; "
+                        f"{name} must be of the input's framework")
+    if (d.device_type, d.device_id) != (s.device_type, s.device_id):
+        raise BufferError(f"{name} is on device {(d.device_type, d.device_id)} but {first_name} is on "
+                          f"{(s.device_type, s.device_id)}")
 
 
-def wrap_host(buffer: _array.HostBuffer, framework: str, dtype_name: str):
-    """The caller-framework array that owns `buffer` (zero-copy through DLPack)."""
-    if framework == TORCH:
-        return sys.modules["torch"].from_dlpack(buffer)
-    if framework == JAX:
-        import jax.dlpack  # already imported by whoever made the input
-        return jax.dlpack.from_dlpack(buffer)
-    arr = np.from_dlpack(buffer)
-    if dtype_name == "bfloat16":
-        import ml_dtypes  # present: the input was an ml_dtypes array
-        arr = arr.view(ml_dtypes.bfloat16)
-    return arr
+def check_writable(dst: Operand, name: str = "out") -> None:
+    d = dst.tensor
+    if dst.immutable:
+        raise BufferError(f"{name} is read-only or immutable")
+    if d.has_overlap_or_reversal:
+        raise BufferError(f"{name} has zero or negative strides {d.strides}; results cannot be written there")
 
 
-def numpy_needs_uint_view(framework: str, dtype: int) -> bool:
-    """NumPy receives bfloat16 results as uint16 and views them as ml_dtypes.bfloat16."""
-    return framework in (NUMPY, DLPACK) and dtype == _BF16
+def host_result(buffer: _array.HostBuffer, like: Operand, dtype_name: str):
+    """A host buffer as an array of `like`'s framework (zero-copy through DLPack)."""
+    return like.adapter.from_host(buffer, dtype_name)

@@ -7,38 +7,20 @@ format is DeepSpeed's (docs/format.md); what the ops compute, exactly, is in doc
 """
 from __future__ import annotations
 
-from . import _interop
-from ._interop import Operand
-from ._ops import (INT_MAX_BITS, INT_MIN_BITS, _backend_fn, _bool_arg, _int_arg, _intake, _intake_peer,
-                   check_bits, check_groups, codes_per_byte)
+from ..core import checks, formats
+from ..interop.operand import Operand
+from ._args import implementation, take, take_peer
 
 ERROR_DTYPES = ("float32", "float16", "bfloat16")   # LoCo error buffers
 
 
-def _positive(value, name: str) -> int:
-    value = _int_arg(value, name)
-    if value <= 0:
-        raise ValueError(f"{name} must be a positive integer, got {value}")
-    return value
-
-
-def _check_beta(beta) -> float:
-    if isinstance(beta, bool) or not isinstance(beta, (int, float)) and type(beta).__name__ not in (
-            "float16", "float32", "float64"):
-        raise TypeError(f"beta must be a float in [0, 1], got {type(beta).__name__} {beta!r}")
-    beta = float(beta)
-    if not 0.0 <= beta <= 1.0:
-        raise ValueError(f"beta (the error feedback's decay) must be in [0, 1], got {beta!r}")
-    return beta
-
-
 def _check_error(error, first: Operand, numel: int, layout: str) -> Operand:
     """A LoCo error buffer: float32/float16/bfloat16, `numel` elements, contiguous and writable."""
-    err = _intake_peer(error, "error", first, "the input", ERROR_DTYPES)
+    err = take_peer(error, "error", first, "the input", ERROR_DTYPES)
     if err.tensor.numel != numel:
         raise ValueError(f"error must have {numel} elements ({layout}), got {err.tensor.numel} "
                          f"(shape {err.tensor.shape})")
-    if _interop.is_immutable(err):
+    if err.immutable:
         raise BufferError("error is updated in place, but it is read-only or immutable")
     if not err.tensor.is_c_contiguous:
         raise BufferError(f"error is updated in place and must be C-contiguous (strides {err.tensor.strides})")
@@ -47,24 +29,24 @@ def _check_error(error, first: Operand, numel: int, layout: str) -> Operand:
 
 # ------------------------------------------------------------------------------ swizzle_quantize
 def _swizzle(x, groups, bits, symmetric, pipeline, nodes, devices_per_node, error, beta):
-    symmetric = _bool_arg(symmetric, "symmetric")
-    bits = check_bits(bits, INT_MIN_BITS, INT_MAX_BITS)
-    pipeline = _positive(pipeline, "pipeline")
-    nodes = _positive(nodes, "nodes")
-    dpn = _positive(devices_per_node, "devices_per_node")
-    src = _intake(x, "x")
+    symmetric = checks.bool_arg(symmetric, "symmetric")
+    bits = checks.bits(bits, formats.INT_BITS)
+    pipeline = checks.positive(pipeline, "pipeline")
+    nodes = checks.positive(nodes, "nodes")
+    dpn = checks.positive(devices_per_node, "devices_per_node")
+    src = take(x, "x")
     n = src.tensor.numel
-    groups = check_groups(groups, n)
+    groups = checks.groups(groups, n)
     slices = nodes * dpn * pipeline
     if groups % slices:
         raise ValueError(f"groups={groups} must be a multiple of nodes * devices_per_node * pipeline = "
                          f"{nodes} * {dpn} * {pipeline} = {slices} (every destination gets whole groups)")
-    per = codes_per_byte(bits)
+    per = formats.codes_per_byte(bits)
     if n % per:
         raise ValueError(f"{bits}-bit codes are packed {per} per byte: x must have a multiple of {per} "
                          f"elements, got {n}")
     err = None if error is None else _check_error(error, src, n, "one per element, in swizzled output order")
-    return _backend_fn(src, "swizzle_quantize")(src, groups, bits, symmetric, pipeline, nodes, dpn, err, beta)
+    return implementation("swizzle_quantize", src)(src, groups, bits, symmetric, pipeline, nodes, dpn, err, beta)
 
 
 def swizzle_quantize(x, groups, bits=4, *, symmetric=True, pipeline=1, nodes=1, devices_per_node=1):
@@ -117,22 +99,22 @@ def loco_swizzle_quantize(x, error, beta, groups, bits=4, *, symmetric=True, pip
     Returns:
         ``(q, params)`` as :func:`swizzle_quantize`.
     """
-    beta = _check_beta(beta)
+    beta = checks.unit_float(beta, "beta (the error feedback's decay)")
     return _swizzle(x, groups, bits, symmetric, pipeline, nodes, devices_per_node, error, beta)
 
 
 # ------------------------------------------------------------------------------ quantized_reduction
 def _reduction(q, params, in_groups, out_groups, bits, symmetric, devices_per_node, half_accumulate,
                error, beta):
-    symmetric = _bool_arg(symmetric, "symmetric")
-    half_accumulate = _bool_arg(half_accumulate, "half_accumulate")
-    bits = check_bits(bits, INT_MIN_BITS, INT_MAX_BITS)
-    dpn = _positive(devices_per_node, "devices_per_node")
-    in_groups = _positive(in_groups, "in_groups")
-    out_groups = _positive(out_groups, "out_groups")
-    codes = _intake(q, "q", ("int8", "uint8"))
-    prm = _intake_peer(params, "params", codes, "q", ("float32",))
-    per = codes_per_byte(bits)
+    symmetric = checks.bool_arg(symmetric, "symmetric")
+    half_accumulate = checks.bool_arg(half_accumulate, "half_accumulate")
+    bits = checks.bits(bits, formats.INT_BITS)
+    dpn = checks.positive(devices_per_node, "devices_per_node")
+    in_groups = checks.positive(in_groups, "in_groups")
+    out_groups = checks.positive(out_groups, "out_groups")
+    codes = take(q, "q", formats.CODE_DTYPES)
+    prm = take_peer(params, "params", codes, "q", (formats.PARAMS_DTYPE,))
+    per = formats.codes_per_byte(bits)
     nbytes = codes.tensor.numel
     if nbytes % dpn:
         raise ValueError(f"q holds devices_per_node = {dpn} equal slabs of bytes, but its {nbytes} bytes "
@@ -148,16 +130,16 @@ def _reduction(q, params, in_groups, out_groups, bits, symmetric, devices_per_no
     if n % (in_groups // dpn):
         raise ValueError(f"in_groups / devices_per_node = {in_groups // dpn} groups per slab do not divide the "
                          f"{n} values of a slab")
-    check_groups(out_groups, n, name="out_groups")
-    k = 1 if symmetric else 2
-    if prm.tensor.shape != (in_groups, k):
+    checks.groups(out_groups, n, name="out_groups")
+    expected = formats.params_shape(in_groups, symmetric)
+    if prm.tensor.shape != expected:
         scheme = "symmetric" if symmetric else "asymmetric"
-        raise ValueError(f"{scheme} params must have shape [in_groups, {k}] = {(in_groups, k)}, "
+        raise ValueError(f"{scheme} params must have shape [in_groups, {expected[1]}] = {expected}, "
                          f"got {prm.tensor.shape}")
     err = None if error is None else _check_error(error, codes, n, "one per value of the result")
     q_shape = shape[:-1] + (shape[-1] // dpn,)
-    return _backend_fn(codes, "quantized_reduction")(codes, prm, in_groups, out_groups, bits, symmetric, dpn,
-                                                     half_accumulate, q_shape, err, beta)
+    return implementation("quantized_reduction", codes)(codes, prm, in_groups, out_groups, bits, symmetric, dpn,
+                                                        half_accumulate, q_shape, err, beta)
 
 
 def quantized_reduction(q, params, in_groups, out_groups, bits=4, *, symmetric=True, devices_per_node,
@@ -210,7 +192,7 @@ def loco_quantized_reduction(q, params, error, beta, in_groups, out_groups, bits
         beta: the decay of the error's moving average, in [0, 1].
         others: as :func:`quantized_reduction`.
     """
-    beta = _check_beta(beta)
+    beta = checks.unit_float(beta, "beta (the error feedback's decay)")
     return _reduction(q, params, in_groups, out_groups, bits, symmetric, devices_per_node, half_accumulate,
                       error, beta)
 

@@ -7,7 +7,7 @@ releases the GIL for the whole computation.
 from libc.stdint cimport int64_t, uint8_t, uint16_t, uint64_t, uintptr_t
 from libcpp cimport bool as cbool
 
-cdef extern from "_cpu_kernels.hpp" namespace "dsq_cpu" nogil:
+cdef extern from "kernels.hpp" namespace "dsq_cpu" nogil:
     cdef struct FakeArgs:
         const void* in_ "in"
         void* out
@@ -142,7 +142,7 @@ def strided_copy(uintptr_t src, src_strides, uintptr_t dst, dst_strides, shape, 
 
 
 # ------------------------------------------------------------------ ZeRO++ communication ops
-cdef extern from "_cpu_zeropp.hpp" namespace "dsq_cpu" nogil:
+cdef extern from "zeropp.hpp" namespace "dsq_cpu" nogil:
     cdef struct SwizzleArgs:
         const void* in_ "in"
         uint8_t* q

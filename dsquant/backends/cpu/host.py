@@ -1,8 +1,8 @@
 """The CPU backend: drives the OpenMP kernels of ``_cpu`` on host memory.
 
-Backend interface (``_ops._backend`` returns this module for host arrays; ``_cuda`` provides the
-same functions for CUDA arrays). Arguments arrive checked and resolved by ``_ops``; results are
-arrays of the caller's framework:
+Registers its implementations with ``dsquant.core.registry`` for the device "cpu" (the CUDA
+backend registers the same operations for "cuda"). Arguments arrive checked and resolved by
+``dsquant.ops``; results are arrays of the caller's framework:
 
 * ``fake_quantize(src, dst, groups, bits, symmetric, stochastic, seed, offset)``
 * ``fake_quantize_inplace(op, groups, bits, symmetric, stochastic, seed, offset)``
@@ -14,9 +14,19 @@ from __future__ import annotations
 
 import math
 
-from . import _array, _cpu, _interop
-from ._interop import Operand
-from ._ops import codes_per_byte, num_threads
+from ...core import dtypes, registry, threads
+from ...core.formats import codes_per_byte, params_shape
+from ...interop import _array
+from ...interop.operand import Operand, host_result
+from . import _cpu
+
+_FLOAT16, _FLOAT32 = dtypes.FLOAT16.code, dtypes.FLOAT32.code
+
+
+@registry.implements("num_threads", "cpu")
+def num_threads() -> int:
+    """CPU threads used by a call: DSQUANT_NUM_THREADS, else OpenMP's (OMP_NUM_THREADS)."""
+    return threads.requested() or max(1, _cpu.max_threads())
 
 
 def _run_fake(src_ptr, dst_ptr, t: _array.Tensor, groups, bits, symmetric, stochastic, seed, offset):
@@ -43,35 +53,37 @@ def _contiguous(t: _array.Tensor):
     return copy.data, copy
 
 
-def _result(framework: str, shape, dtype: int, dst: Operand | None):
+def _result(like: Operand, shape, dtype: int, dst: Operand | None):
     """(address to write the result to, the new buffer or None when writing straight into dst)."""
     if dst is not None and dst.tensor.is_c_contiguous:
         return dst.tensor.data, None
-    uint_view = dst is None and _interop.numpy_needs_uint_view(framework, dtype)
+    uint_view = dst is None and dtype == dtypes.BFLOAT16.code and like.adapter.bfloat16_as_bits
     buffer = _array.HostBuffer(shape, dtype, uint_view)
     return buffer.data, buffer
 
 
-def _deliver(buffer, dst: Operand | None, framework: str, dtype: int):
+def _deliver(buffer, dst: Operand | None, like: Operand, dtype: int):
     """The caller's result: the new buffer wrapped in its framework, or dst (written back if needed)."""
     if dst is None:
-        return _interop.wrap_host(buffer, framework, _array.DTYPE_NAMES[dtype])
+        return host_result(buffer, like, dtypes.NAMES[dtype])
     if buffer is not None:
         _scatter(buffer.data, dst.tensor)
     return dst.obj
 
 
+@registry.implements("fake_quantize", "cpu")
 def fake_quantize(src: Operand, dst: Operand | None, groups, bits, symmetric, stochastic, seed, offset):
     t = src.tensor
-    target, buffer = _result(src.framework, t.shape, t.dtype, dst)
+    target, buffer = _result(src, t.shape, t.dtype, dst)
     if t.is_c_contiguous:
         _run_fake(t.data, target, t, groups, bits, symmetric, stochastic, seed, offset)
     else:
         _gather(t, target)           # the one contiguous copy, made in the result itself
         _run_fake(target, target, t, groups, bits, symmetric, stochastic, seed, offset)
-    return _deliver(buffer, dst, src.framework, t.dtype)
+    return _deliver(buffer, dst, src, t.dtype)
 
 
+@registry.implements("fake_quantize_inplace", "cpu")
 def fake_quantize_inplace(op: Operand, groups, bits, symmetric, stochastic, seed, offset) -> None:
     t = op.tensor
     if t.is_c_contiguous:
@@ -84,34 +96,34 @@ def fake_quantize_inplace(op: Operand, groups, bits, symmetric, stochastic, seed
 
 
 # ------------------------------------------------------------------------------ integer codes
-_FLOAT16, _FLOAT32 = 0, 2     # dsquant dtype codes
-
-
+@registry.implements("quantize", "cpu")
 def quantize(src: Operand, groups, bits, symmetric, q_shape):
     t = src.tensor
     q = _array.HostBuffer(q_shape, _array.DL_INT8)
-    params = _array.HostBuffer((groups, 1 if symmetric else 2), _FLOAT32)
+    params = _array.HostBuffer(params_shape(groups, symmetric), _FLOAT32)
     data, _keep = _contiguous(t)
     _cpu.int_quantize(data, q.data, params.data, t.dtype, t.numel, groups, bits, symmetric, num_threads())
-    return (_interop.wrap_host(q, src.framework, "int8"),
-            _interop.wrap_host(params, src.framework, "float32"))
+    return (host_result(q, src, "int8"),
+            host_result(params, src, "float32"))
 
 
+@registry.implements("dequantize", "cpu")
 def dequantize(codes: Operand, params: Operand, groups, bits, symmetric, dtype, shape, dst: Operand | None):
     q_ptr, _keep_q = _contiguous(codes.tensor)
     p_ptr, _keep_p = _contiguous(params.tensor)
-    target, buffer = _result(codes.framework, shape, dtype, dst)
+    target, buffer = _result(codes, shape, dtype, dst)
     _cpu.int_dequantize(q_ptr, p_ptr, target, dtype, math.prod(shape), groups, bits, symmetric, num_threads())
-    return _deliver(buffer, dst, codes.framework, dtype)
+    return _deliver(buffer, dst, codes, dtype)
 
 
+@registry.implements("dequantize_unsigned_half", "cpu")
 def dequantize_unsigned_half(codes: Operand, scale: Operand, minimum: Operand, num_group, group_size, bits):
     q_ptr, _keep_q = _contiguous(codes.tensor)
     s_ptr, _keep_s = _contiguous(scale.tensor)
     m_ptr, _keep_m = _contiguous(minimum.tensor)
     out = _array.HostBuffer((num_group, group_size), _FLOAT16)
     _cpu.uint_dequantize_half(q_ptr, s_ptr, m_ptr, out.data, num_group, group_size, bits, num_threads())
-    return _interop.wrap_host(out, codes.framework, "float16")
+    return host_result(out, codes, "float16")
 
 
 # ------------------------------------------------------------------------------ ZeRO++ ops
@@ -120,27 +132,29 @@ def _error_buffer(err: Operand | None):
     return (err.tensor.data, err.tensor.dtype) if err is not None else (0, 0)
 
 
+@registry.implements("swizzle_quantize", "cpu")
 def swizzle_quantize(src: Operand, groups, bits, symmetric, pipeline, nodes, dpn, err: Operand | None, beta):
     t = src.tensor
     q = _array.HostBuffer((t.numel // codes_per_byte(bits),), _array.DL_INT8)
-    params = _array.HostBuffer((groups, 1 if symmetric else 2), _FLOAT32)
+    params = _array.HostBuffer(params_shape(groups, symmetric), _FLOAT32)
     data, _keep = _contiguous(t)
     e_ptr, e_dtype = _error_buffer(err)
     _cpu.swizzle_quantize(data, q.data, params.data, t.dtype, t.numel, groups, bits, symmetric, pipeline, nodes,
                           dpn, e_ptr, e_dtype, beta, num_threads())
-    return (_interop.wrap_host(q, src.framework, "int8"),
-            _interop.wrap_host(params, src.framework, "float32"))
+    return (host_result(q, src, "int8"),
+            host_result(params, src, "float32"))
 
 
+@registry.implements("quantized_reduction", "cpu")
 def quantized_reduction(codes: Operand, params: Operand, in_groups, out_groups, bits, symmetric, devices,
                         half_accumulate, q_shape, err: Operand | None, beta):
     n = codes.tensor.numel * codes_per_byte(bits) // devices     # values per slab = output values
     q_ptr, _keep_q = _contiguous(codes.tensor)
     p_ptr, _keep_p = _contiguous(params.tensor)
     q = _array.HostBuffer(q_shape, _array.DL_INT8)
-    out_params = _array.HostBuffer((out_groups, 1 if symmetric else 2), _FLOAT32)
+    out_params = _array.HostBuffer(params_shape(out_groups, symmetric), _FLOAT32)
     e_ptr, e_dtype = _error_buffer(err)
     _cpu.quantized_reduction(q_ptr, p_ptr, q.data, out_params.data, n, in_groups, out_groups, devices, bits,
                              symmetric, half_accumulate, e_ptr, e_dtype, beta, num_threads())
-    return (_interop.wrap_host(q, codes.framework, "int8"),
-            _interop.wrap_host(out_params, codes.framework, "float32"))
+    return (host_result(q, codes, "int8"),
+            host_result(out_params, codes, "float32"))

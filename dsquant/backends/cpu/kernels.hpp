@@ -87,7 +87,7 @@ inline bool use_avx2() {
 }
 
 // The table of this CPU's instruction set: avx2_table() where the CPU has AVX2+FMA+F16C, else
-// base_table() (each an ISA's table-making function from a loop file compiled by _cpu_isa.inc).
+// base_table() (each an ISA's table-making function from a loop file compiled by isa.inc).
 template <class Table>
 Table for_this_cpu(Table (*base_table)(), Table (*avx2_table)()) {
   return use_avx2() && avx2_table != nullptr ? avx2_table() : base_table();
@@ -98,8 +98,8 @@ Table for_this_cpu(Table (*base_table)(), Table (*avx2_table)()) {
 #define DSQ_CPU_AVX2_TABLE(fn) nullptr
 #endif
 
-#define DSQ_CPU_LOOPS "_cpu_ranges.inc"
-#include "_cpu_isa.inc"
+#define DSQ_CPU_LOOPS "ranges.inc"
+#include "isa.inc"
 
 template <class Fmt> const Ranges<Fmt>& ranges_for_this_cpu() {
   static const Ranges<Fmt> r = for_this_cpu<Ranges<Fmt>>(&base::ranges<Fmt>, DSQ_CPU_AVX2_TABLE(ranges<Fmt>));
@@ -325,11 +325,5 @@ inline void strided_copy(const char* src, const int64_t* src_strides, char* dst,
 }
 
 inline int max_threads() { return omp_get_max_threads(); }
-
-inline void* aligned_buffer(size_t bytes) {
-  void* p = nullptr;
-  if (posix_memalign(&p, 64, bytes ? bytes : 64) != 0) return nullptr;
-  return p;
-}
 
 }  // namespace dsq_cpu

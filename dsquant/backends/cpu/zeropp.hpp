@@ -1,7 +1,7 @@
 // CPU kernels of the ZeRO++ communication ops (swizzle_quantize, quantized_reduction and their
-// LoCo variants): argument structs, the twice-compiled loops of _cpu_zeropp.inc, dispatch tables.
+// LoCo variants): argument structs, the twice-compiled loops of zeropp.inc, dispatch tables.
 #pragma once
-#include "_cpu_kernels.hpp"
+#include "kernels.hpp"
 
 namespace dsq_cpu {
 
@@ -41,8 +41,8 @@ struct ZeroppKernels {
   void (*reduce[3])(const ReduceArgs&);
 };
 
-#define DSQ_CPU_LOOPS "_cpu_zeropp.inc"
-#include "_cpu_isa.inc"
+#define DSQ_CPU_LOOPS "zeropp.inc"
+#include "isa.inc"
 
 inline const ZeroppKernels& zeropp_for_this_cpu() {
   static const ZeroppKernels k = for_this_cpu<ZeroppKernels>(&base::zeropp_kernels,

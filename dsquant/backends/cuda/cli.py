@@ -13,7 +13,7 @@ import sys
 import tempfile
 from contextlib import contextmanager
 
-from . import _kernels
+from . import kernels as _kernels
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -46,10 +46,10 @@ def _cache(fresh: bool):
 
 
 def _device_targets() -> list[str]:
-    from . import _cuda   # needs CuPy and a GPU
+    from . import device   # needs CuPy and a GPU
     import cupy
     return sorted({_kernels.target_for(int(cupy.cuda.Device(i).compute_capability))
-                   for i in range(_cuda.device_count())})
+                   for i in range(device.device_count())})
 
 
 def check(target: str, out=None) -> bool:

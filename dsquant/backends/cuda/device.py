@@ -1,13 +1,13 @@
-"""The CUDA backend: the kernels of ``cuda/*.cu`` (compiled by ``_kernels``, planned by
-``_launch``) loaded as CuPy RawModules and launched on the caller framework's current stream, on
-the device that holds the input. Same interface as ``_host``.
+"""The CUDA backend: the kernels of ``cuda/*.cu`` (compiled by ``kernels``, planned by
+``launch``) loaded as CuPy RawModules and launched on the caller framework's current stream, on
+the device that holds the input. Registers the same operations for "cuda" as the CPU backend
+does for "cpu".
 
 Imported on the first GPU array only: importing it imports CuPy.
 """
 from __future__ import annotations
 
 import contextlib
-import sys
 import threading
 
 try:
@@ -18,12 +18,16 @@ except ImportError as exc:   # the message is the whole fix
 
 import numpy as np
 
-from . import _array, _interop, _kernels, _launch, _ops
-from ._interop import Operand
+from ...core import dtypes, registry
+from ...core.formats import codes_per_byte, params_shape
+from ...interop import _array
+from ...interop.operand import Operand
+from . import kernels as _kernels
+from . import launch as _launch
 
-_FLOAT16, _BF16 = 0, 1     # dsquant dtype codes
+_FLOAT16 = dtypes.FLOAT16.code
 # The CuPy dtype of a result, by dsquant dtype (CuPy has no bfloat16: its bits live in uint16).
-_CUPY_DTYPES = (np.float16, np.uint16, np.float32, np.float64)
+_CUPY_DTYPES = tuple(d.storage if d is dtypes.BFLOAT16 else d.name for d in dtypes.FLOAT_DTYPES)
 # Unsigned integers of each itemsize: copies through these move bits, never values.
 _BITS = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
 
@@ -36,23 +40,16 @@ def device_count() -> int:
 
 
 # ------------------------------------------------------------------------------ streams
-def _torch_stream(device_id: int) -> int:
-    return sys.modules["torch"].cuda.current_stream(device_id).cuda_stream
-
-
 def _cupy_stream(device_id: int) -> int:
     with cupy.cuda.Device(device_id):
         return cupy.cuda.get_current_stream().ptr
 
 
-# The stream a framework's caller expects work on: torch's own current stream for torch tensors,
-# CuPy's current stream for everything else (CuPy, JAX, other DLPack producers).
-_CURRENT_STREAM = {_interop.TORCH: _torch_stream}
-
-
-def current_stream(framework: str, device_id: int) -> int:
-    """The caller's current stream on `device_id` (a cudaStream_t; 0 is the legacy default)."""
-    return _CURRENT_STREAM.get(framework, _cupy_stream)(device_id)
+def current_stream(adapter, device_id: int, obj=None) -> int:
+    """The caller's current stream on `device_id` (a cudaStream_t; 0 is the legacy default): the
+    framework's own (torch) where its adapter names one, CuPy's current stream otherwise."""
+    ptr = adapter.cuda_stream(obj, device_id)
+    return _cupy_stream(device_id) if ptr is None else ptr
 
 
 def _dlpack_stream(ptr: int) -> int:
@@ -60,21 +57,17 @@ def _dlpack_stream(ptr: int) -> int:
     return ptr or 1
 
 
-def _stream(framework: str, device_id: int):
-    ptr = current_stream(framework, device_id)
+def stream_of(adapter, device_id: int, obj=None):
+    """The caller's current stream as a CuPy stream object."""
+    ptr = current_stream(adapter, device_id, obj)
     return cupy.cuda.ExternalStream(ptr, device_id) if ptr else cupy.cuda.Stream.null
 
 
-def intake(x, name: str) -> Operand:
-    """Consume a GPU array through DLPack, passing the stream the kernels will run on, so the
-    producer orders its pending work on `x` before them."""
-    _, device_id = x.__dlpack_device__()
-    ptr = current_stream(_interop.framework_of(x), int(device_id))
-    op = _interop.intake(x, name, stream=_dlpack_stream(ptr))
-    if op.tensor.data % op.tensor.itemsize:
-        raise BufferError(f"{name}: its data address {op.tensor.data:#x} is not a multiple of the "
-                          f"element size {op.tensor.itemsize}; pass an aligned array")
-    return op
+@registry.implements("consumer_stream", "cuda")
+def consumer_stream(adapter, obj, device_id: int) -> int:
+    """The ``stream=`` to pass to a GPU array's ``__dlpack__``: the stream the kernels will run on,
+    so the producer orders its pending work on the array before them."""
+    return _dlpack_stream(current_stream(adapter, device_id, obj))
 
 
 # ------------------------------------------------------------------------------ kernels per device
@@ -104,7 +97,7 @@ _devices: dict[int, _Device] = {}
 _lock = threading.Lock()
 
 
-def _device(device_id: int) -> _Device:
+def device_kernels(device_id: int) -> _Device:
     with _lock:
         if device_id not in _devices:
             _devices[device_id] = _Device(device_id)
@@ -117,12 +110,12 @@ def _launching(op: Operand):
     stream). Allocations and copies made inside are ordered with the kernels launched there."""
     device_id = op.tensor.device_id
     with cupy.cuda.Device(device_id):
-        stream = _stream(op.framework, device_id)
+        stream = stream_of(op.adapter, device_id, op.obj)
         with stream:
-            yield _device(device_id), stream
+            yield device_kernels(device_id), stream
 
 
-def _run(plan, device: _Device, stream) -> None:
+def run(plan, device: _Device, stream) -> None:
     with _lock:   # compilation and module loading happen once, under the lock
         functions = [device.function(launch.kernel) for launch in plan]
     for fn, launch in zip(functions, plan):
@@ -135,7 +128,7 @@ def _fake(t: _array.Tensor, src: int, dst: int, groups, bits, symmetric, stochas
     keys = cupy.empty(nbytes, dtype=np.uint8) if nbytes else None   # O(groups) statistics scratch
     plan = _launch.fake_quantize(t.dtype, src, dst, t.numel, groups, bits, symmetric, stochastic, seed,
                                  offset, keys.data.ptr if keys is not None else 0)
-    _run(plan, device, stream)
+    run(plan, device, stream)
 
 
 # ------------------------------------------------------------------------------ arrays
@@ -153,29 +146,15 @@ def _bits(a: cupy.ndarray) -> cupy.ndarray:
     return a.view(_BITS[a.itemsize])
 
 
-def _as_torch(result, dtype: int):
-    producer = _array.Relabeled(result, dtype) if dtype == _BF16 else result
-    return sys.modules["torch"].from_dlpack(producer)
-
-
-def _as_jax(result, dtype: int):
-    import jax.dlpack   # imported already by whoever made the input
-    producer = _array.Relabeled(result, dtype) if dtype == _BF16 else result
-    return jax.dlpack.from_dlpack(producer)
-
-
-# Results in the caller's framework; CuPy and other producers get the CuPy array itself.
-_WRAP = {_interop.TORCH: _as_torch, _interop.JAX: _as_jax}
-
-
-def _wrap(result: cupy.ndarray, framework: str, dtype: int | None = None):
-    """`result` in `framework`; `dtype` is the dsquant dtype code of a float result (bfloat16 is
-    relabelled), None for codes and params."""
-    wrap = _WRAP.get(framework)
-    return result if wrap is None else wrap(result, dtype)
+def _wrap(result: cupy.ndarray, like: Operand, dtype: int | None = None):
+    """`result` in `like`'s framework; `dtype` is the dsquant dtype code of a float result
+    (bfloat16 bits are relabelled for frameworks that have the type), None for codes and params."""
+    relabel = _array.Relabeled(result, dtype) if dtype == dtypes.BFLOAT16.code else None
+    return like.adapter.from_device(result, relabel)
 
 
 # ------------------------------------------------------------------------------ operations
+@registry.implements("fake_quantize", "cuda")
 def fake_quantize(src: Operand, dst: Operand | None, groups, bits, symmetric, stochastic, seed, offset):
     t = src.tensor
     with _launching(src) as (device, stream):   # allocations and copies are ordered with the kernels
@@ -188,12 +167,13 @@ def fake_quantize(src: Operand, dst: Operand | None, groups, bits, symmetric, st
             source = target.data.ptr
         _fake(t, source, target.data.ptr, groups, bits, symmetric, stochastic, seed, offset, device, stream)
         if dst is None:
-            return _wrap(result, src.framework, t.dtype)
+            return _wrap(result, src, t.dtype)
         if not direct and t.numel:
             _view(dst.tensor)[...] = target   # write back into a non-contiguous `out`
         return dst.obj
 
 
+@registry.implements("fake_quantize_inplace", "cuda")
 def fake_quantize_inplace(op: Operand, groups, bits, symmetric, stochastic, seed, offset) -> None:
     t = op.tensor
     with _launching(op) as (device, stream):
@@ -217,19 +197,21 @@ def _contiguous(t: _array.Tensor):
     return copy.data.ptr, copy
 
 
+@registry.implements("quantize", "cuda")
 def quantize(src: Operand, groups, bits, symmetric, q_shape):
     t = src.tensor
     with _launching(src) as (device, stream):
         q = cupy.empty(q_shape, np.int8)
-        params = cupy.empty((groups, 1 if symmetric else 2), np.float32)
+        params = cupy.empty(params_shape(groups, symmetric), np.float32)
         data, _keep = _contiguous(t)
         nbytes = _launch.int_keys_nbytes(t.dtype, t.numel, groups, bits)
         keys = cupy.empty(nbytes, np.uint8) if nbytes else None   # O(groups) statistics scratch
-        _run(_launch.quantize(t.dtype, data, q.data.ptr, params.data.ptr, t.numel, groups, bits, symmetric,
+        run(_launch.quantize(t.dtype, data, q.data.ptr, params.data.ptr, t.numel, groups, bits, symmetric,
                               keys.data.ptr if keys is not None else 0), device, stream)
-        return _wrap(q, src.framework), _wrap(params, src.framework)
+        return _wrap(q, src), _wrap(params, src)
 
 
+@registry.implements("dequantize", "cuda")
 def dequantize(codes: Operand, params: Operand, groups, bits, symmetric, dtype, shape, dst: Operand | None):
     t = codes.tensor
     with _launching(codes) as (device, stream):
@@ -238,16 +220,17 @@ def dequantize(codes: Operand, params: Operand, groups, bits, symmetric, dtype, 
         direct = dst is not None and dst.tensor.is_c_contiguous
         result = None if direct else cupy.empty(shape, _CUPY_DTYPES[dtype])
         target = _view(dst.tensor) if direct else _bits(result)
-        numel = t.numel * _ops.codes_per_byte(bits)
-        _run(_launch.dequantize(dtype, q_ptr, p_ptr, target.data.ptr, numel, groups, bits, symmetric),
+        numel = t.numel * codes_per_byte(bits)
+        run(_launch.dequantize(dtype, q_ptr, p_ptr, target.data.ptr, numel, groups, bits, symmetric),
              device, stream)
         if dst is None:
-            return _wrap(result, codes.framework, dtype)
+            return _wrap(result, codes, dtype)
         if not direct and numel:
             _view(dst.tensor)[...] = target   # write back into a non-contiguous `out`
         return dst.obj
 
 
+@registry.implements("dequantize_unsigned_half", "cuda")
 def dequantize_unsigned_half(codes: Operand, scale: Operand, minimum: Operand, num_group, group_size, bits):
     t = codes.tensor
     with _launching(codes) as (device, stream):
@@ -255,9 +238,9 @@ def dequantize_unsigned_half(codes: Operand, scale: Operand, minimum: Operand, n
         s_ptr, _keep_s = _contiguous(scale.tensor)
         m_ptr, _keep_m = _contiguous(minimum.tensor)
         out = cupy.empty((num_group, group_size), np.float16)
-        _run(_launch.dequantize_unsigned_half(q_ptr, s_ptr, m_ptr, out.data.ptr, num_group, group_size, bits),
+        run(_launch.dequantize_unsigned_half(q_ptr, s_ptr, m_ptr, out.data.ptr, num_group, group_size, bits),
              device, stream)
-        return _wrap(out, codes.framework, _FLOAT16)
+        return _wrap(out, codes, _FLOAT16)
 
 
 # ------------------------------------------------------------------------------ ZeRO++ ops
@@ -266,30 +249,32 @@ def _error(err: Operand | None):
     return (err.tensor.data, err.tensor.dtype) if err is not None else (0, None)
 
 
+@registry.implements("swizzle_quantize", "cuda")
 def swizzle_quantize(src: Operand, groups, bits, symmetric, pipeline, nodes, dpn, err: Operand | None, beta):
     t = src.tensor
     with _launching(src) as (device, stream):
         data, _keep = _contiguous(src.tensor)
-        q = cupy.empty((t.numel // _ops.codes_per_byte(bits),), np.int8)
-        params = cupy.empty((groups, 1 if symmetric else 2), np.float32)
+        q = cupy.empty((t.numel // codes_per_byte(bits),), np.int8)
+        params = cupy.empty(params_shape(groups, symmetric), np.float32)
         e_ptr, e_dtype = _error(err)
-        _run(_launch.swizzle_quantize(t.dtype, data, q.data.ptr, params.data.ptr, t.numel, groups, bits,
+        run(_launch.swizzle_quantize(t.dtype, data, q.data.ptr, params.data.ptr, t.numel, groups, bits,
                                       symmetric, pipeline, nodes, dpn, e_ptr, e_dtype, beta), device, stream)
-        return _wrap(q, src.framework), _wrap(params, src.framework)
+        return _wrap(q, src), _wrap(params, src)
 
 
+@registry.implements("quantized_reduction", "cuda")
 def quantized_reduction(codes: Operand, params: Operand, in_groups, out_groups, bits, symmetric, devices,
                         half_accumulate, q_shape, err: Operand | None, beta):
     t = codes.tensor
-    per = _ops.codes_per_byte(bits)
+    per = codes_per_byte(bits)
     n = t.numel * per // devices                     # values per slab = output values
     with _launching(codes) as (device, stream):
         q_ptr, _keep_q = _contiguous(codes.tensor)
         p_ptr, _keep_p = _contiguous(params.tensor)
         q = cupy.empty(q_shape, np.int8)
-        out_params = cupy.empty((out_groups, 1 if symmetric else 2), np.float32)
+        out_params = cupy.empty(params_shape(out_groups, symmetric), np.float32)
         e_ptr, e_dtype = _error(err)
-        _run(_launch.quantized_reduction(q_ptr, p_ptr, q.data.ptr, out_params.data.ptr, n, in_groups, out_groups,
+        run(_launch.quantized_reduction(q_ptr, p_ptr, q.data.ptr, out_params.data.ptr, n, in_groups, out_groups,
                                          devices, bits, symmetric, half_accumulate, e_ptr, e_dtype, beta),
              device, stream)
-        return _wrap(q, codes.framework), _wrap(out_params, codes.framework)
+        return _wrap(q, codes), _wrap(out_params, codes)

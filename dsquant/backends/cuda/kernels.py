@@ -1,6 +1,6 @@
 """The CUDA kernels of ``cuda/*.cu``: which template instantiations exist, and compiling them with
 NVRTC into a cubin cached on disk. Needs ``cuda-bindings`` (NVRTC) but neither a GPU nor CuPy, so
-the compile check runs anywhere; ``dsquant._cuda`` loads the cubins with CuPy.
+the compile check runs anywhere; ``device`` loads the cubins with CuPy.
 
 NVRTC is driven directly rather than through ``cupy.RawModule(code=...)`` because CuPy appends
 ``-ftz=true`` after the caller's options and NVRTC honours the last occurrence: the numerics
@@ -16,15 +16,18 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from ...core import dtypes
+
 # Options every kernel is compiled with (docs/numerics.md): they are part of the numerics contract.
 PINNED_OPTIONS = ("-ftz=false", "--fmad=false", "-prec-div=true", "-prec-sqrt=true", "-std=c++17",
                   "-default-device")
 CHECK_ARCHS = ("sm_80", "sm_90")          # what the compile check covers
 
-# dsquant dtype code (dsq::DType) -> format struct of cuda/dsq_math.cuh, elements per thread unit.
-FORMATS = ("dsq::F16", "dsq::BF16", "dsq::F32", "dsq::F64")
-UNIT_ELEMENTS = (8, 8, 4, 4)
-KEY_BYTES = (4, 4, 4, 8)                  # Fmt::key
+# dsquant dtype code (dsq::DType) -> format struct of cuda/dsq_math.cuh, elements per thread unit,
+# bytes of its order key (Fmt::key): columns of the one dtype table.
+FORMATS = tuple(f"dsq::{d.cxx_format}" for d in dtypes.FLOAT_DTYPES)
+UNIT_ELEMENTS = tuple(d.unit_elements for d in dtypes.FLOAT_DTYPES)
+KEY_BYTES = tuple(d.key_bytes for d in dtypes.FLOAT_DTYPES)
 RESIDENT_UNITS = (1, 4)                   # units per thread (R) of fake_resident
 CHUNK_UNITS = 4                           # units per thread and step of stats_chunks / fake_chunks
 
@@ -62,7 +65,7 @@ def _fake_instantiations() -> tuple[str, ...]:
     return tuple(names)
 
 
-CODES_PER_BYTE = (1, 2, 4)                # Per of the integer kernels (_ops.codes_per_byte of the bits)
+CODES_PER_BYTE = (1, 2, 4)                # Per of the integer kernels (core.formats.codes_per_byte of the bits)
 
 
 def int_quant_resident(dtype: int, symmetric: bool, per: int, units: int) -> str:
@@ -134,12 +137,12 @@ def module_of(name: str) -> str:
 def source_dir() -> Path:
     """Where the CUDA sources are: ``dsquant/_cuda_src`` in an installed package (setup.py ships
     ``cuda/`` there), ``<repo>/cuda`` in a source checkout or an editable install."""
-    here = Path(__file__).resolve().parent
-    for candidate in (here / "_cuda_src", here.parent / "cuda"):
+    package = Path(__file__).resolve().parents[2]        # dsquant/
+    for candidate in (package / "_cuda_src", package.parent / "cuda"):
         if (candidate / "dsq_math.cuh").is_file():
             return candidate
-    raise FileNotFoundError(f"dsquant's CUDA sources (dsq_math.cuh) are neither in {here / '_cuda_src'} "
-                            f"nor in {here.parent / 'cuda'}; reinstall dsquant")
+    raise FileNotFoundError(f"dsquant's CUDA sources (dsq_math.cuh) are neither in {package / '_cuda_src'} "
+                            f"nor in {package.parent / 'cuda'}; reinstall dsquant")
 
 
 def cache_dir() -> Path:

@@ -9,18 +9,19 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import _kernels as K
-from ._ops import codes_per_byte
+from ...core import dtypes
+from ...core.formats import codes_per_byte
+from . import kernels as K
 
 MAX_THREADS = 256            # DSQ_MAX_THREADS in cuda/dsq_blocks.cuh (the kernels' __launch_bounds__)
 MAX_GRID = 1 << 20           # grid-stride loops cover the rest
 CHUNK_STEPS = 8              # chunk = MAX_THREADS · CHUNK_UNITS · N · CHUNK_STEPS elements
-_FLOAT16 = 0                 # dsquant dtype code
+_FLOAT16 = dtypes.FLOAT16.code
 
 
 @dataclass(frozen=True)
 class Launch:
-    kernel: str              # name expression (a key of _kernels.MODULES[...])
+    kernel: str              # name expression (a key of kernels.MODULES[...])
     grid: int
     block: int
     args: tuple              # NumPy scalars, in the kernel's parameter order

@@ -1,0 +1,48 @@
+"""The MPI engine of the qgZ collective: all-to-all over mpi4py sub-communicators, host arrays."""
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+
+from ..core import checks
+from ..interop.operand import Operand
+
+
+class MPIEngine:
+    """The intra-node and inter-node sub-communicators of an mpi4py communicator.
+
+    Build it once and pass it as ``comm`` to avoid splitting the communicator on every call.
+    """
+
+    def __init__(self, comm, nodes: int, devices_per_node: int):
+        nodes = checks.positive(nodes, "nodes")
+        dpn = checks.positive(devices_per_node, "devices_per_node")
+        size = comm.Get_size()
+        if size != nodes * dpn:
+            raise ValueError(f"the communicator has {size} ranks but nodes * devices_per_node = {nodes} * {dpn} = "
+                             f"{nodes * dpn}")
+        self.comm, self.nodes, self.devices_per_node = comm, nodes, dpn
+        self.rank = comm.Get_rank()
+        node, local = divmod(self.rank, dpn)
+        self.intra = comm.Split(color=node, key=local)    # the devices of my node
+        self.inter = comm.Split(color=local, key=node)    # my peers (same local index) on every node
+
+    @staticmethod
+    def native(a) -> np.ndarray:
+        """A NumPy view of an int8/float32 host array returned by the ops."""
+        return a if isinstance(a, np.ndarray) else np.from_dlpack(a)
+
+    @staticmethod
+    def zeros(numel: int) -> np.ndarray:
+        return np.zeros(numel, np.float32)
+
+    @staticmethod
+    def ordered(like: Operand):
+        return contextlib.nullcontext()          # host work is ordered by program order
+
+    def alltoall(self, sub, send: np.ndarray) -> np.ndarray:
+        """Equal-chunk all-to-all of a contiguous array over sub-communicator `sub`."""
+        recv = np.empty_like(send)
+        sub.Alltoall(send, recv)
+        return recv

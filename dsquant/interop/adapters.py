@@ -1,0 +1,151 @@
+"""One adapter per framework: everything dsquant knows about NumPy, torch, JAX, CuPy and other
+DLPack producers lives here (in the style of nvmath-python's tensor wrappers).
+
+A framework is recognised from the module of the array's type (``sys.modules`` already holds it
+whenever such an array exists), so ``import dsquant`` imports none of torch, jax or cupy. An
+adapter says how to export an array (``exportable``), whether it may be written (``immutable``),
+which CUDA stream its caller expects work on (``cuda_stream``; None: the backend's current one)
+and how a result becomes an array of the framework again (``from_dlpack``).
+"""
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+
+from ..core import dtypes
+
+
+class Adapter:
+    name = "dlpack"          # any other __dlpack__ producer: results come back as NumPy / CuPy arrays
+    roots: tuple = ()
+    bfloat16_as_bits = True  # host bfloat16 results are exported as uint16 (NumPy has no bfloat16 DLPack)
+
+    def exportable(self, obj):
+        """(the object whose __dlpack__ to call, dsquant dtype code to relabel its elements with or -1)."""
+        return obj, -1
+
+    def immutable(self, obj) -> bool:
+        return False
+
+    def cuda_stream(self, obj_or_none, device_id: int):
+        """The cudaStream_t the caller's work runs on, or None for the CUDA backend's current stream."""
+        return None
+
+    def from_host(self, buffer, dtype_name: str):
+        """A dsquant host buffer as an array of this framework (zero-copy)."""
+        return NUMPY.from_host(buffer, dtype_name)
+
+    def from_device(self, result, relabel):
+        """A CUDA result (a CuPy array; `relabel`: a DLPack producer that relabels its bits as
+        bfloat16, or None) as an array of this framework (zero-copy)."""
+        return result
+
+    def cast_float32(self, values, dtype_name: str):
+        """A float32 NumPy/CuPy array as an array of this framework in `dtype_name` (rounded to
+        nearest even), on the same device."""
+        if dtype_name == "bfloat16":
+            import ml_dtypes
+            return values.astype(ml_dtypes.bfloat16)
+        return values.astype(np.dtype(dtype_name))
+
+    def shared_view(self, values):
+        """An array of this framework sharing `values`' memory (a NumPy or CuPy array), or None
+        when the framework cannot write through such a view."""
+        return values
+
+
+class NumpyAdapter(Adapter):
+    name = "numpy"
+    roots = ("numpy",)
+
+    def is_array(self, obj) -> bool:
+        return isinstance(obj, np.ndarray)   # numpy scalars and other numpy objects are not arrays
+
+    def exportable(self, obj):
+        if obj.dtype.name == "bfloat16":     # NumPy cannot export ml_dtypes bfloat16 itself
+            return obj.view(np.uint16), dtypes.BFLOAT16.code
+        return obj, -1
+
+    def immutable(self, obj) -> bool:
+        return not obj.flags.writeable
+
+    def from_host(self, buffer, dtype_name: str):
+        arr = np.from_dlpack(buffer)
+        if dtype_name == "bfloat16":
+            import ml_dtypes  # present: the input was an ml_dtypes array
+            arr = arr.view(ml_dtypes.bfloat16)
+        return arr
+
+
+class TorchAdapter(Adapter):
+    name = "torch"
+    roots = ("torch",)
+    bfloat16_as_bits = False
+
+    def exportable(self, obj):
+        return (obj.detach() if obj.requires_grad else obj), -1   # same storage; DLPack refuses grad tensors
+
+    def cuda_stream(self, obj, device_id: int):
+        return sys.modules["torch"].cuda.current_stream(device_id).cuda_stream
+
+    def from_host(self, buffer, dtype_name: str):
+        return sys.modules["torch"].from_dlpack(buffer)
+
+    def from_device(self, result, relabel):
+        return sys.modules["torch"].from_dlpack(relabel or result)
+
+    def cast_float32(self, values, dtype_name: str):
+        torch = sys.modules["torch"]
+        return torch.from_dlpack(values).to(getattr(torch, dtype_name))
+
+    def shared_view(self, values):
+        return sys.modules["torch"].from_dlpack(values)
+
+
+class JaxAdapter(Adapter):
+    name = "jax"
+    roots = ("jax", "jaxlib")
+    bfloat16_as_bits = False
+
+    def immutable(self, obj) -> bool:
+        return True
+
+    def from_host(self, buffer, dtype_name: str):
+        import jax.dlpack  # already imported by whoever made the input
+        return jax.dlpack.from_dlpack(buffer)
+
+    def from_device(self, result, relabel):
+        import jax.dlpack
+        return jax.dlpack.from_dlpack(relabel or result)
+
+    def cast_float32(self, values, dtype_name: str):
+        jax = sys.modules["jax"]
+        return jax.dlpack.from_dlpack(values).astype(getattr(jax.numpy, dtype_name))
+
+    def shared_view(self, values):
+        return None                          # JAX arrays are immutable
+
+
+class CupyAdapter(Adapter):
+    name = "cupy"
+    roots = ("cupy",)
+
+
+class GenericAdapter(Adapter):
+    def shared_view(self, values):
+        return None                          # no way to make one of an unknown producer's arrays
+
+
+NUMPY, TORCH, JAX, CUPY, DLPACK = NumpyAdapter(), TorchAdapter(), JaxAdapter(), CupyAdapter(), GenericAdapter()
+_BY_ROOT = {root: a for a in (NUMPY, TORCH, JAX, CUPY) for root in a.roots}
+
+
+def adapter_of(obj) -> Adapter | None:
+    """The adapter of `obj`'s framework, DLPACK for other DLPack producers, None for non-arrays."""
+    adapter = _BY_ROOT.get(type(obj).__module__.partition(".")[0])
+    if adapter is not None:
+        if adapter is NUMPY and not NUMPY.is_array(obj):
+            return None
+        return adapter
+    return DLPACK if hasattr(type(obj), "__dlpack__") else None

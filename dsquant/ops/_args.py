@@ -1,0 +1,54 @@
+"""Intake of array arguments for the operations: consume through DLPack on the array's device
+(with the consumer stream the backend gives), check dtypes, peers and outputs."""
+from __future__ import annotations
+
+from ..core import dtypes, registry
+from ..interop import operand
+from ..interop.operand import Operand
+
+
+def _consumer_stream(adapter, obj, device_id: int) -> int:
+    return registry.lookup("consumer_stream", "cuda")(adapter, obj, device_id)
+
+
+def device_of(op: Operand) -> str:
+    return operand.device_kind(op.tensor.device_type)
+
+
+def take(x, name: str, allowed=None) -> Operand:
+    """Consume `x`; its dtype must be one of `allowed` (names), by default the float dtypes."""
+    op = operand.intake(x, name, _consumer_stream)
+    device_of(op)                                # refuse unknown devices before anything else
+    if allowed is None:
+        if op.tensor.dtype < 0:
+            raise TypeError(f"{name} has dtype {op.tensor.dtype_name}; dsquant quantizes {', '.join(dtypes.NAMES)}")
+    elif op.tensor.dtype_name not in allowed:
+        raise TypeError(f"{name} has dtype {op.tensor.dtype_name}; expected {' or '.join(allowed)}")
+    return op
+
+
+def take_peer(x, name: str, first: Operand, first_name: str, allowed) -> Operand:
+    """Consume `x`, a further array argument that must share `first`'s framework and device."""
+    op = operand.intake(x, name, _consumer_stream)
+    operand.check_peer(first, op, name, first_name)
+    if op.tensor.dtype_name not in allowed:
+        raise TypeError(f"{name} has dtype {op.tensor.dtype_name}; expected {' or '.join(allowed)}")
+    return op
+
+
+def take_out(out, src: Operand) -> Operand:
+    """`out=` of an op whose result has `src`'s dtype and shape."""
+    dst = operand.intake(out, "out", _consumer_stream)
+    s, d = src.tensor, dst.tensor
+    operand.check_peer(src, dst, "out")
+    if d.dtype != s.dtype:
+        raise TypeError(f"out has dtype {d.dtype_name} but x has {s.dtype_name}; they must match")
+    if d.shape != s.shape:
+        raise ValueError(f"out has shape {d.shape} but x has {s.shape}; they must match")
+    operand.check_writable(dst)
+    return dst
+
+
+def implementation(op_name: str, op: Operand):
+    """The backend function for `op_name` on the device of `op`."""
+    return registry.lookup(op_name, device_of(op))

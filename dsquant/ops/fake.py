@@ -1,0 +1,90 @@
+"""Fake quantization (quantize, then dequantize, in the input's dtype): ``fake_quantize``, DeepSpeed's
+in-place ``ds_quantizer``, and the seed of the library-global stochastic-rounding stream."""
+from __future__ import annotations
+
+from ..core import checks, rng
+from ._args import implementation, take, take_out
+
+
+def fake_quantize(x, groups=1, bits=8, *, symmetric=True, stochastic=False, seed=None, out=None):
+    """Group-wise fake quantization (quantize, then dequantize) of `x` into a new array.
+
+    A group is ``x.size // groups`` contiguous elements of `x` in C order. Each group is scaled by
+    its own statistics (absmax for symmetric, min/max for asymmetric), rounded to one of ``2**bits``
+    levels and mapped back to `x`'s dtype. Non-finite elements come back unchanged and do not
+    influence their group. The exact formulas are in docs/numerics.md.
+
+    Args:
+        x: float16, bfloat16, float32 or float64 array (NumPy, CuPy, torch, JAX, any DLPack producer).
+        groups: number of groups; must divide ``x.size``.
+        bits: 2..16.
+        symmetric: True: codes -2**(bits-1) .. 2**(bits-1)-1 around zero; False: 2**bits levels
+            between the group's min and max.
+        stochastic: unbiased stochastic rounding instead of round-to-nearest.
+        seed: stochastic rounding seed (an int in [0, 2**64)); None draws from the library-global
+            stream (see :func:`manual_seed`).
+        out: optional array of the same framework, device, dtype and shape to write into.
+
+    Returns:
+        A new array (or `out`) of the same framework, device, dtype and shape as `x`.
+
+    Example:
+        4 bits give codes -8..7 in steps of absmax/8 (the peak 1.0 is clipped to code 7):
+
+        >>> import numpy as np, dsquant
+        >>> dsquant.fake_quantize(np.array([0.1, -0.5, 0.25, 1.0], dtype=np.float16), bits=4)
+        array([ 0.125, -0.5  ,  0.25 ,  0.875], dtype=float16)
+    """
+    symmetric = checks.bool_arg(symmetric, "symmetric")
+    stochastic = checks.bool_arg(stochastic, "stochastic")
+    bits = checks.bits(bits)
+    src = take(x, "x")
+    groups = checks.groups(groups, src.tensor.numel)
+    seed, offset = rng.resolve(seed, src.tensor.numel, stochastic)
+    dst = None if out is None else take_out(out, src)
+    return implementation("fake_quantize", src)(src, dst, groups, bits, symmetric, stochastic, seed, offset)
+
+
+def ds_quantizer(input, groups=1, bit_num=8, sr=False, asym=False):
+    """DeepSpeed's ``ds_quantizer``: fake-quantize `input` in place and return it.
+
+    Same meaning as ``deepspeed.ops.quantizer.ds_quantizer`` with its defects fixed (see
+    docs/deepspeed.md): every dtype, any group size, real asymmetric stochastic rounding. Read-only
+    and immutable arrays (JAX, read-only NumPy, views with zero or negative strides) are refused:
+    use :func:`fake_quantize` for those.
+
+    Example:
+        >>> import numpy as np, dsquant
+        >>> w = np.array([0.1, -0.5, 0.25, 1.0], dtype=np.float32)
+        >>> dsquant.ds_quantizer(w, groups=2, bit_num=4) is w
+        True
+    """
+    sr = checks.bool_arg(sr, "sr")
+    asym = checks.bool_arg(asym, "asym")
+    bits = checks.bits(bit_num, name="bit_num")
+    op = take(input, "input")
+    groups = checks.groups(groups, op.tensor.numel)
+    if op.immutable:
+        raise BufferError(f"ds_quantizer quantizes in place, but this {type(input).__qualname__} is "
+                          f"read-only or immutable; use dsquant.fake_quantize(x, ...), which returns a new array")
+    if op.tensor.has_overlap_or_reversal:
+        raise BufferError(f"ds_quantizer quantizes in place, but this view has zero or negative strides "
+                          f"{op.tensor.strides} (elements alias or run backwards); use dsquant.fake_quantize(x, ...)")
+    seed, offset = rng.resolve(None, op.tensor.numel, sr)
+    implementation("fake_quantize_inplace", op)(op, groups, bits, not asym, sr, seed, offset)
+    return input
+
+
+def manual_seed(seed) -> None:
+    """Seed the library-global stochastic-rounding stream (and restart it at offset 0).
+
+    Example:
+        >>> import numpy as np, dsquant
+        >>> x = np.linspace(-1, 1, 64, dtype=np.float32)
+        >>> dsquant.manual_seed(7)
+        >>> a = dsquant.fake_quantize(x, bits=2, stochastic=True)
+        >>> dsquant.manual_seed(7)
+        >>> bool((dsquant.fake_quantize(x, bits=2, stochastic=True) == a).all())
+        True
+    """
+    rng.GLOBAL.manual_seed(seed)
