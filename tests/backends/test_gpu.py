@@ -1,5 +1,5 @@
 """The CUDA backend on a GPU: every op and mode gives the CPU path's bits (the CPU path is checked
-against the independent reference in test_fake_quantize.py), results come back in the caller's
+against the independent reference in ops/test_fake_quantize.py), results come back in the caller's
 framework on the caller's device, in place where asked, ordered on the caller's stream.
 
 All tests are marked ``gpu`` and skipped (tests/conftest.py) without CuPy and a CUDA device;
@@ -16,7 +16,7 @@ import reference as ref
 from dsquant.ops.integer import dequantize_unsigned_half
 
 pytestmark = pytest.mark.gpu
-ROOT_TESTS = Path(__file__).resolve().parent
+ROOT_TESTS = Path(__file__).resolve().parents[1]   # tests/
 
 DTYPES = list(ref.DTYPES)
 SCHEMES = {"sym": True, "asym": False}
@@ -175,7 +175,7 @@ def test_a_million_groups_of_8(cp, dtype):
 
 
 # ------------------------------------------------------------------------------ integer codes
-# (the grid over dtypes, bits, schemes and group sizes is test_int_quant.py::test_gpu_matches_cpu)
+# (the grid over dtypes, bits, schemes and group sizes is ops/test_quantize.py::test_gpu_matches_cpu)
 def check_codes(got, expected):
     """Equal int8 codes (a NumPy, CuPy, torch or JAX array against a host one)."""
     if isinstance(got, torch.Tensor):
@@ -497,7 +497,7 @@ def test_nccl_collective_on_several_gpus(cp):
     from cupy.cuda import nccl
     script = f"""
 import sys, numpy as np, cupy
-sys.path.insert(0, {str(ROOT_TESTS)!r})
+sys.path[:0] = [{str(ROOT_TESTS)!r}, {str(ROOT_TESTS / 'backends')!r}]
 import test_gpu
 from dsquant import distributed
 rank = int(sys.argv[1]); cupy.cuda.Device(rank).use()

@@ -5,7 +5,7 @@ group boundaries inside code bytes, NaN and ±Inf, misaligned buffers and grid-s
 no kernel writes outside its outputs.
 
 As in test_cuda_emulated.py, the device-only code of cuda/dsq_math.cuh (DSQ_GPU_ISA) is not run
-here; tests/test_gpu.py and the gpu tests of test_int_quant.py cover it on a GPU."""
+here; tests/backends/test_gpu.py and the gpu tests of tests/ops/test_quantize.py cover it on a GPU."""
 import ml_dtypes
 import numpy as np
 import pytest

@@ -11,7 +11,7 @@ import reference_int as ref
 import reference_zeropp as zref
 from dsquant.compat import deepspeed as ds_ops
 from dsquant.core import registry
-from test_int_quant import same_bits, sample
+from test_quantize import same_bits, sample
 
 SCHEMES = {"sym": True, "asym": False}
 

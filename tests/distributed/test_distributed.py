@@ -12,7 +12,7 @@ import pytest
 
 from dsquant import distributed
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def mpiexec() -> list:
