@@ -43,7 +43,9 @@ setup(
     packages=["dsquant", "dsquant.core", "dsquant.interop", "dsquant.ops", "dsquant.backends", "dsquant.backends.cpu",
               "dsquant.backends.cuda", "dsquant.distributed", "dsquant.bench", "dsquant.compat", "dsquant._cuda_src"],
     package_dir={"dsquant._cuda_src": "cuda"},
-    package_data={"dsquant._cuda_src": ["*.cuh", "*.cu"], "dsquant": ["*.pyi", "py.typed"]},
+    # the kernels' sources for the GPU path, and the types: py.typed plus the stubs of the extensions
+    package_data={"dsquant._cuda_src": ["*.cuh", "*.cu"], "dsquant": ["py.typed"],
+                  "dsquant.interop": ["_array.pyi"], "dsquant.backends.cpu": ["_cpu.pyi"]},
     ext_modules=cythonize([extension("interop._array"), extension("backends.cpu._cpu")],
                           compiler_directives={"language_level": "3"}),
     zip_safe=False,

@@ -5,6 +5,7 @@ import importlib.metadata
 import importlib.util
 import json
 import sys
+from typing import Any
 
 try:
     __version__ = importlib.metadata.version("dsquant")
@@ -14,9 +15,9 @@ except importlib.metadata.PackageNotFoundError:   # running from a source tree
 _FRAMEWORKS = ("numpy", "ml_dtypes", "torch", "jax", "cupy")
 
 
-def _framework_version(name: str):
+def _framework_version(name: str) -> str | None:
     if name in sys.modules:
-        return getattr(sys.modules[name], "__version__", "unknown")
+        return str(getattr(sys.modules[name], "__version__", "unknown"))
     if importlib.util.find_spec(name) is None:
         return None
     try:
@@ -35,7 +36,7 @@ def _cupy_dist() -> str:
     return "cupy"
 
 
-def info() -> dict:
+def info() -> dict[str, Any]:
     """What this dsquant can use: version, CPU threads, frameworks and backends.
 
     Frameworks are looked up without being imported. The CUDA backend is reported usable when CuPy
@@ -56,7 +57,7 @@ def info() -> dict:
     }
 
 
-def _cuda_usable(have_cupy: bool):
+def _cuda_usable(have_cupy: bool) -> bool:
     if not have_cupy:
         return False
     try:
@@ -66,7 +67,7 @@ def _cuda_usable(have_cupy: bool):
         return False
 
 
-def main(argv) -> int:
+def main(argv: list[str]) -> int:
     """``python -m dsquant info``: print :func:`info` as JSON."""
     print(json.dumps(info(), indent=2))
     return 0

@@ -14,7 +14,7 @@ DEFAULT_SEED = 42        # DeepSpeed's fixed seed; reproducible until the user s
 _MASK64 = (1 << 64) - 1
 
 
-def check_seed(seed, name: str = "seed") -> int:
+def check_seed(seed: int, name: str = "seed") -> int:
     try:
         value = operator.index(seed)
     except TypeError:
@@ -30,7 +30,7 @@ class _GlobalStream:
         self.seed = DEFAULT_SEED
         self.offset = 0
 
-    def manual_seed(self, seed) -> None:
+    def manual_seed(self, seed: int) -> None:
         value = check_seed(seed)
         with self._lock:
             self.seed, self.offset = value, 0
@@ -45,7 +45,7 @@ class _GlobalStream:
 GLOBAL = _GlobalStream()
 
 
-def resolve(seed, n: int, stochastic: bool) -> tuple[int, int]:
+def resolve(seed: int | None, n: int, stochastic: bool) -> tuple[int, int]:
     """(seed, offset) for a call drawing n uniforms."""
     if not stochastic:
         if seed is not None:

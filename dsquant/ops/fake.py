@@ -3,10 +3,12 @@ in-place ``ds_quantizer``, and the seed of the library-global stochastic-roundin
 from __future__ import annotations
 
 from ..core import checks, rng
+from ..core.arrays import ArrayT
 from ._args import implementation, take, take_out
 
 
-def fake_quantize(x, groups=1, bits=8, *, symmetric=True, stochastic=False, seed=None, out=None):
+def fake_quantize(x: ArrayT, groups: int = 1, bits: int = 8, *, symmetric: bool = True, stochastic: bool = False,
+                  seed: int | None = None, out: ArrayT | None = None) -> ArrayT:
     """Group-wise fake quantization (quantize, then dequantize) of `x` into a new array.
 
     A group is ``x.size // groups`` contiguous elements of `x` in C order. Each group is scaled by
@@ -42,10 +44,11 @@ def fake_quantize(x, groups=1, bits=8, *, symmetric=True, stochastic=False, seed
     groups = checks.groups(groups, src.tensor.numel)
     seed, offset = rng.resolve(seed, src.tensor.numel, stochastic)
     dst = None if out is None else take_out(out, src)
-    return implementation("fake_quantize", src)(src, dst, groups, bits, symmetric, stochastic, seed, offset)
+    result: ArrayT = implementation("fake_quantize", src)(src, dst, groups, bits, symmetric, stochastic, seed, offset)
+    return result
 
 
-def ds_quantizer(input, groups=1, bit_num=8, sr=False, asym=False):
+def ds_quantizer(input: ArrayT, groups: int = 1, bit_num: int = 8, sr: bool = False, asym: bool = False) -> ArrayT:
     """DeepSpeed's ``ds_quantizer``: fake-quantize `input` in place and return it.
 
     Same meaning as ``deepspeed.ops.quantizer.ds_quantizer`` with its defects fixed (see
@@ -75,7 +78,7 @@ def ds_quantizer(input, groups=1, bit_num=8, sr=False, asym=False):
     return input
 
 
-def manual_seed(seed) -> None:
+def manual_seed(seed: int) -> None:
     """Seed the library-global stochastic-rounding stream (and restart it at offset 0).
 
     Example:
