@@ -42,7 +42,7 @@ def info() -> dict[str, Any]:
     Frameworks are looked up without being imported. The CUDA backend is reported usable when CuPy
     is installed and sees at least one device (this call imports CuPy to ask).
 
-    Example:
+    Examples:
         >>> import dsquant
         >>> sorted(dsquant.info())
         ['backends', 'cpu_threads', 'frameworks', 'version']

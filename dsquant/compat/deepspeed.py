@@ -8,7 +8,7 @@ docs/deepspeed.md.
 The ZeRO++ qgZ ops (``swizzle_quant``, ``quantized_reduction`` and their LoCo variants) are here
 too, summing in float32 unless ``fp16_accumulation=True`` asks for DeepSpeed's float16 sums.
 
-Example:
+Examples:
     >>> import torch
     >>> from dsquant.compat import deepspeed as ds_ops
     >>> x = torch.tensor([[0.5, -1.0, 0.25, 2.0]], dtype=torch.float16)

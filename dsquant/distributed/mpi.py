@@ -38,10 +38,12 @@ class MPIEngine:
 
     @staticmethod
     def zeros(numel: int) -> np.ndarray[Any, Any]:
+        """A float32 zero buffer in host memory (LoCo error feedback)."""
         return np.zeros(numel, np.float32)
 
     @staticmethod
     def ordered(like: Operand) -> contextlib.AbstractContextManager[None]:
+        """Nothing to arrange: host work is ordered by program order."""
         return contextlib.nullcontext()          # host work is ordered by program order
 
     def alltoall(self, sub: Any, send: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:

@@ -21,7 +21,8 @@ class NCCLEngine:
     not synchronize the host.
 
     Args:
-        nodes, devices_per_node: the hierarchy, as for :func:`all_to_all_quant_reduce`.
+        nodes: nodes of the hierarchy, as for :func:`all_to_all_quant_reduce`.
+        devices_per_node: devices on each node.
         unique_id: ``cupy.cuda.nccl.get_unique_id()`` of rank 0, the same on every rank (send it
             with your launcher, or use :meth:`from_mpi`).
         rank: this rank, ``0 <= rank < nodes * devices_per_node``.
@@ -57,10 +58,12 @@ class NCCLEngine:
 
     @staticmethod
     def native(a: Any) -> Any:
+        """A CuPy view of an int8/float32 GPU array returned by the ops."""
         import cupy
         return a if isinstance(a, cupy.ndarray) else cupy.from_dlpack(a)
 
     def zeros(self, numel: int) -> Any:
+        """A float32 zero buffer on this rank's GPU (LoCo error feedback)."""
         import cupy
         with cupy.cuda.Device(self.device):
             return cupy.zeros(numel, np.float32)

@@ -60,9 +60,12 @@ class LocoState:
         self.buffers: dict[int, tuple[Any, Any]] = {}
 
     def reset(self) -> None:
+        """Forget every buffer (the next call starts from zero error)."""
         self.buffers.clear()
 
     def pair(self, index: int, numel: int, engine: Engine) -> tuple[Any, Any]:
+        """The (intra-node, inter-node) buffers of tensor `index` with `numel` elements, made
+        (zeros, in `engine`'s memory) on first use or when the size changed."""
         pair = self.buffers.get(index)
         if pair is None or pair[0].size != numel:
             pair = (engine.zeros(numel), engine.zeros(numel // engine.devices_per_node))
@@ -106,8 +109,9 @@ def all_to_all_quant_reduce(tensors: list[Any], *, comm: Any, nodes: int, device
             :class:`MPIEngine` (host arrays) or :class:`NCCLEngine` (GPU arrays). A plain
             communicator builds the engine the arrays need on every call (for GPU arrays, NCCL
             communicators through :meth:`NCCLEngine.from_mpi`): build it once instead.
-        nodes, devices_per_node: the hierarchy; rank ``r`` is local device ``r % devices_per_node``
-            of node ``r // devices_per_node``.
+        nodes: nodes of the hierarchy; rank ``r`` is local device ``r % devices_per_node`` of node
+            ``r // devices_per_node``.
+        devices_per_node: devices on each node.
         bits: code width of both quantization stages (DeepSpeed: 4).
         groups: groups per tensor (a multiple of the rank count dividing ``numel``); default
             :func:`default_groups` (groups of at most 2048 elements).

@@ -30,7 +30,7 @@ def fake_quantize(x: ArrayT, groups: int = 1, bits: int = 8, *, symmetric: bool 
     Returns:
         A new array (or `out`) of the same framework, device, dtype and shape as `x`.
 
-    Example:
+    Examples:
         4 bits give codes -8..7 in steps of absmax/8 (the peak 1.0 is clipped to code 7):
 
         >>> import numpy as np, dsquant
@@ -56,7 +56,7 @@ def ds_quantizer(input: ArrayT, groups: int = 1, bit_num: int = 8, sr: bool = Fa
     and immutable arrays (JAX, read-only NumPy, views with zero or negative strides) are refused:
     use :func:`fake_quantize` for those.
 
-    Example:
+    Examples:
         >>> import numpy as np, dsquant
         >>> w = np.array([0.1, -0.5, 0.25, 1.0], dtype=np.float32)
         >>> dsquant.ds_quantizer(w, groups=2, bit_num=4) is w
@@ -81,7 +81,7 @@ def ds_quantizer(input: ArrayT, groups: int = 1, bit_num: int = 8, sr: bool = Fa
 def manual_seed(seed: int) -> None:
     """Seed the library-global stochastic-rounding stream (and restart it at offset 0).
 
-    Example:
+    Examples:
         >>> import numpy as np, dsquant
         >>> x = np.linspace(-1, 1, 64, dtype=np.float32)
         >>> dsquant.manual_seed(7)

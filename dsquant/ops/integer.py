@@ -44,7 +44,7 @@ def quantize(x: Any, groups: int = 1, bits: int = 8, *, symmetric: bool = True) 
         dimension is multiplied by ``bits/8`` when packed (a ``ValueError`` if that is not whole);
         `params` float32 ``[groups, 1]`` or ``[groups, 2]``.
 
-    Example:
+    Examples:
         >>> import numpy as np, dsquant
         >>> q, params = dsquant.quantize(np.array([3.0, -2.0, 8.0, -8.0], dtype=np.float32), bits=4)
         >>> [hex(b) for b in q.view(np.uint8)], params
@@ -87,7 +87,7 @@ def dequantize(q: Any, params: Any, bits: int = 8, *, dtype: Any = None, out: An
         A new array (or `out`) in `q`'s framework and device: `q`'s shape with the last dimension
         multiplied by ``8/bits`` when packed.
 
-    Example:
+    Examples:
         >>> import numpy as np, dsquant
         >>> q = np.array([0x3e], dtype=np.uint8)            # codes 3 and -2, high nibble first
         >>> dsquant.dequantize(q, np.array([[0.5]], dtype=np.float32), bits=4, dtype="float16")
@@ -133,7 +133,7 @@ def dequantize_unsigned_half(data: DLPackArray, scale: DLPackArray, minimum: DLP
     Returns:
         float16 ``[num_group, group_size]`` in `data`'s framework and device.
 
-    Example:
+    Examples:
         >>> import numpy as np
         >>> from dsquant.ops.integer import dequantize_unsigned_half
         >>> half = lambda *v: np.array(v, dtype=np.float16)

@@ -79,13 +79,16 @@ def swizzle_quantize(x: Any, groups: int, bits: int = 4, *, symmetric: bool = Tr
         groups: number of groups; must divide ``x.size`` and be a multiple of
             ``nodes * devices_per_node * pipeline``. Any group size.
         bits: 2..8 (DeepSpeed: 4 or 8); codes packed ``8 // bits`` per byte when that is whole.
-        symmetric, pipeline, nodes, devices_per_node: as in DeepSpeed's ``swizzle_quant``.
+        symmetric: symmetric codes (as DeepSpeed's ``swizzle_quant``) or asymmetric ones.
+        pipeline: pipeline stages, as in DeepSpeed's ``swizzle_quant``.
+        nodes: destination nodes.
+        devices_per_node: destination devices on each node.
 
     Returns:
         ``(q, params)``: `q` int8, 1-D, ``x.size * bits / 8`` bytes; `params` float32
         ``[groups, 1]`` or ``[groups, 2]`` in output group order. Same framework and device as `x`.
 
-    Example:
+    Examples:
         Eight one-element groups for 2 nodes x 4 devices come out as ``0 4 1 5 2 6 3 7`` (a
         one-element asymmetric group is stored exactly, as its offset):
 
@@ -119,7 +122,8 @@ def loco_swizzle_quantize(x: Any, error: DLPackArray, beta: float, groups: int, 
         error: float32 (recommended), float16 or bfloat16, ``x.size`` elements, C-contiguous and
             writable, same framework and device as `x`; start with zeros.
         beta: the decay of the error's moving average, in [0, 1].
-        others: as :func:`swizzle_quantize`.
+        groups: as :func:`swizzle_quantize` (so are `bits`, `symmetric`, `pipeline`, `nodes` and
+            `devices_per_node`).
 
     Returns:
         ``(q, params)`` as :func:`swizzle_quantize`.
@@ -180,9 +184,11 @@ def quantized_reduction(q: ArrayT, params: ParamsT, in_groups: int, out_groups: 
     :func:`quantize` would.
 
     Args:
-        q: int8 (or uint8) codes; params: float32 ``[in_groups, 1]`` (symmetric) or
-            ``[in_groups, 2]`` (asymmetric), same framework and device.
-        in_groups, out_groups: group counts of the input (all slabs together) and of the result.
+        q: int8 (or uint8) codes.
+        params: float32 ``[in_groups, 1]`` (symmetric) or ``[in_groups, 2]`` (asymmetric), same
+            framework and device as `q`.
+        in_groups: group count of the input (all slabs together).
+        out_groups: group count of the result.
         bits: 2..8 (DeepSpeed: 4 or 8), the same for input and result.
         devices_per_node: the number of slabs.
         half_accumulate: round each dequantized term and each partial sum to float16, as
@@ -192,7 +198,7 @@ def quantized_reduction(q: ArrayT, params: ParamsT, in_groups: int, out_groups: 
         ``(q, params)``: int8 codes of `q`'s shape with the last dimension divided by
         ``devices_per_node``, float32 params ``[out_groups, 1|2]``.
 
-    Example:
+    Examples:
         Two slabs of two one-element asymmetric groups (stored exactly, as their offsets):
 
         >>> import numpy as np, dsquant
@@ -218,7 +224,7 @@ def loco_quantized_reduction(q: ArrayT, params: ParamsT, error: DLPackArray, bet
         error: float32 (recommended), float16 or bfloat16, one element per value of the result
             (``q.nbytes / devices_per_node * 8 / bits``), C-contiguous, writable; start with zeros.
         beta: the decay of the error's moving average, in [0, 1].
-        others: as :func:`quantized_reduction`.
+        in_groups: as :func:`quantized_reduction` (so are the other arguments).
     """
     beta = checks.unit_float(beta, "beta (the error feedback's decay)")
     result: tuple[ArrayT, ParamsT] = _reduction(q, params, in_groups, out_groups, bits, symmetric,
