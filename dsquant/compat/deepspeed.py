@@ -137,15 +137,17 @@ def dequantize_fp32(q: ArrayT, params: Any, groups: int, num_bits: int, quant_ty
     return _dequantize(q, params, groups, num_bits, quant_type, "float32")
 
 
-def dequantize_int4_to_half_experimental(data: ArrayT, scale: DLPackArray, min: DLPackArray, num_group: int,
-                                         group_size: int) -> Any:  # noqa: A002 - DeepSpeed's name
+def dequantize_int4_to_half_experimental(data: DLPackArray, scale: DLPackArray,
+                                         min: DLPackArray,  # noqa: A002 - DeepSpeed's name
+                                         num_group: int, group_size: int) -> Any:
     """float16 ``[num_group, group_size]`` from unsigned 4-bit codes (high nibble first):
     ``f16(f16(q) / scale[g]) + min[g]`` in half precision, for any group count and size."""
     return integer.dequantize_unsigned_half(data, scale, min, num_group, group_size, 4)
 
 
-def dequantize_int8_to_half_experimental(data: ArrayT, scale: DLPackArray, min: DLPackArray, num_group: int,
-                                         group_size: int) -> Any:  # noqa: A002 - DeepSpeed's name
+def dequantize_int8_to_half_experimental(data: DLPackArray, scale: DLPackArray,
+                                         min: DLPackArray,  # noqa: A002 - DeepSpeed's name
+                                         num_group: int, group_size: int) -> Any:
     """float16 ``[num_group, group_size]`` from unsigned 8-bit codes:
     ``f16(f16(q) / scale[g]) + min[g]`` in half precision, for any group count and size."""
     return integer.dequantize_unsigned_half(data, scale, min, num_group, group_size, 8)
