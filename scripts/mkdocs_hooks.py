@@ -1,4 +1,5 @@
-"""mkdocs hook (mkdocs.yml, ``hooks:``): every public object of dsquant has a docstring.
+"""mkdocs hooks (mkdocs.yml, ``hooks:``): every public object of dsquant has a docstring, and the
+docstrings' Sphinx roles (``:func:`quantize```) render as plain code.
 
 Public means: listed in ``__all__`` of ``dsquant``, ``dsquant.compat.deepspeed`` or
 ``dsquant.distributed``, and the public methods of the classes among them. A missing docstring is
@@ -11,6 +12,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import logging
+import re
 from typing import Any
 
 log = logging.getLogger("mkdocs.hooks.dsquant")
@@ -42,3 +44,11 @@ def on_config(config: Any) -> Any:
     for name in _undocumented():
         log.warning(f"{name} has no docstring (public API: it appears in the API reference)")
     return config
+
+
+_ROLE = re.compile(r":(?:func|meth|class|attr|data|mod):(?=<code>)")
+
+
+def on_page_content(html: str, **kwargs: Any) -> str:
+    """``:func:`x``` in a docstring reaches the page as ``:func:<code>x</code>``: keep the code."""
+    return _ROLE.sub("", html)
