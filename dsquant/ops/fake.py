@@ -20,10 +20,10 @@ def fake_quantize(x: ArrayT, groups: int = 1, bits: int = 8, *, symmetric: bool 
         x: float16, bfloat16, float32 or float64 array (NumPy, CuPy, torch, JAX, any DLPack producer).
         groups: number of groups; must divide ``x.size``.
         bits: 2..16.
-        symmetric: True: codes -2**(bits-1) .. 2**(bits-1)-1 around zero; False: 2**bits levels
+        symmetric: True: codes ``-2**(bits-1) .. 2**(bits-1)-1`` around zero; False: ``2**bits`` levels
             between the group's min and max.
         stochastic: unbiased stochastic rounding instead of round-to-nearest.
-        seed: stochastic rounding seed (an int in [0, 2**64)); None draws from the library-global
+        seed: stochastic rounding seed (an int in ``[0, 2**64)``); None draws from the library-global
             stream (see :func:`manual_seed`).
         out: optional array of the same framework, device, dtype and shape to write into.
 
