@@ -26,11 +26,13 @@ module explicitly (``import dsquant.distributed``); importing it imports neither
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any, Callable
 
 import numpy as np
 
 from ..core import checks, formats
+from ..core.arrays import ArrayT
 from ..ops import integer, zeropp
 from ..ops._args import take
 from ..interop.operand import Operand
@@ -95,9 +97,9 @@ _ENGINES: dict[bool, tuple[type[Engine], Callable[[Any, int, int], Engine]]] = {
     True: (MPIEngine, MPIEngine), False: (NCCLEngine, NCCLEngine.from_mpi)}
 
 
-def all_to_all_quant_reduce(tensors: list[Any], *, comm: Any, nodes: int, devices_per_node: int, bits: int = 4,
+def all_to_all_quant_reduce(tensors: Sequence[ArrayT], *, comm: Any, nodes: int, devices_per_node: int, bits: int = 4,
                             groups: int | None = None, symmetric: bool = True, reduce: str = "deepspeed",
-                            loco: LocoState | None = None) -> list[Any]:
+                            loco: LocoState | None = None) -> list[ArrayT]:
     """Quantized hierarchical all-to-all reduce (ZeRO++ qgZ); every rank gets its own partition.
 
     Args:
