@@ -63,15 +63,6 @@ template <int N> struct Span {
 };
 
 // ------------------------------------------------------------------------------ quantization
-template <class C> DSQ_DEV void store_params(float* params, int64_t g, const IntParams<C>& p, bool symmetric) {
-  if (symmetric) {
-    params[g] = p.p0;
-  } else {
-    params[2 * g] = p.p0;
-    params[2 * g + 1] = p.p1;
-  }
-}
-
 // The N / Per code bytes of a unit's elements, as the little-endian integer that stores them.
 template <class Fmt, int Per>
 DSQ_DEV uint64_t unit_codes(const Unit<Fmt>& x, const IntParams<typename Fmt::compute>& p) {
@@ -134,7 +125,7 @@ int_quant_resident(const typename Fmt::storage* in, uint8_t* q, float* params, t
     team_reduce<Fmt, Sym>(st, team, partial);
     const IntParams<C> p = int_params(st, bits, Sym);
     if (live && rank == 0) {
-      store_params(params, g, p, Sym);
+      store_int_params(params, g, p, Sym);
       if (keys) store_stats(keys, g, st);
     }
 #pragma unroll
@@ -163,7 +154,7 @@ int_quant_chunks(const typename Fmt::storage* in, uint8_t* q, float* params, con
     const int64_t begin = g * S + k * chunk, stop = g * S + S;
     const Span<N> s(begin, begin + chunk < stop ? begin + chunk : stop, vec);
     const IntParams<C> p = int_params(load_stats<Fmt>(keys, g), bits, Sym);
-    if (k == 0 && threadIdx.x == 0) store_params(params, g, p, Sym);
+    if (k == 0 && threadIdx.x == 0) store_int_params(params, g, p, Sym);
     for (int64_t u0 = threadIdx.x; u0 < s.units; u0 += (int64_t)blockDim.x * R) {
       Unit<Fmt> x[R];
 #pragma unroll

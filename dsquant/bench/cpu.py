@@ -8,7 +8,6 @@ absolute times.
 from __future__ import annotations
 
 import argparse
-import importlib
 import platform
 import statistics
 import time
@@ -61,15 +60,9 @@ def fake_rows(n: int, reps: int, numpy_reps: int) -> list[dict]:
 
 
 def extra_rows(n: int, reps: int) -> list[dict]:
-    """Rows contributed by other ops' benchmark modules, when present."""
-    rows = []
-    for module, func in (("dsquant.bench.integer", "int_rows"), ("dsquant.bench.zeropp", "zeropp_rows")):
-        try:
-            mod = importlib.import_module(module)
-        except ImportError:
-            continue
-        rows.extend(getattr(mod, func)(n, reps))
-    return rows
+    """Rows of the other op families' benchmark modules."""
+    from . import integer, zeropp
+    return integer.int_rows(n, reps) + zeropp.zeropp_rows(n, reps)
 
 
 def format_table(rows: list[dict]) -> str:

@@ -44,14 +44,11 @@ def parse(dtype: Any, name: str = "dtype") -> FloatDType:
     if isinstance(dtype, str):
         key = dtype
     elif dtype is not None:
-        if type(dtype).__module__.partition(".")[0] == "torch":
+        import numpy as np
+        try:
+            key = np.dtype(dtype).name                    # NumPy, CuPy, JAX dtypes and scalar types
+        except TypeError:
             key = str(dtype).rpartition(".")[2]           # torch.float16 -> 'float16'
-        else:
-            import numpy as np
-            try:
-                key = np.dtype(dtype).name
-            except TypeError:
-                key = None
     if key not in BY_NAME:
         raise TypeError(f"{name} must be one of {', '.join(NAMES)} (a name, NumPy or torch dtype), got {dtype!r}")
     return BY_NAME[key]

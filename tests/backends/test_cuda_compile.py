@@ -3,7 +3,6 @@ no spills, no local memory; the compile cache is keyed on every header; compile 
 readable. Needs cuda-bindings (``pip install -e .[compile]``, which the test command installs):
 like the interop tests, these fail rather than skip when it is missing."""
 import io
-import os
 
 import numpy as np
 import pytest
@@ -14,24 +13,11 @@ from dsquant.backends.cuda import kernels as _kernels
 from dsquant.backends.cuda import launch as _launch
 
 
-@pytest.fixture(scope="module")
-def fresh_cache(tmp_path_factory):
-    """A cache directory of this test run, so the modules below are really compiled."""
-    path = tmp_path_factory.mktemp("kernel-cache")
-    saved = os.environ.get("DSQUANT_CACHE_DIR")
-    os.environ["DSQUANT_CACHE_DIR"] = str(path)
-    yield path
-    if saved is None:
-        del os.environ["DSQUANT_CACHE_DIR"]
-    else:
-        os.environ["DSQUANT_CACHE_DIR"] = saved
-
-
 @pytest.mark.parametrize("target", _kernels.CHECK_ARCHS)
 @pytest.mark.parametrize("module", sorted(_kernels.MODULES))
-def test_every_instantiation_compiles_without_spills(fresh_cache, module, target):
+def test_every_instantiation_compiles_without_spills(kernel_cache, module, target):
     compiled = _kernels.compile_module(module, target)
-    assert compiled.path.is_file() and compiled.path.parent == fresh_cache
+    assert compiled.path.is_file() and compiled.path.parent == kernel_cache
     resources = compiled.resources()
     assert sorted(resources) == sorted(_kernels.MODULES[module]), "kernels missing from ptxas' report"
     bad = {name: r for name, r in resources.items() if r["stack"] or r["spill_stores"] or r["spill_loads"]}
@@ -39,7 +25,7 @@ def test_every_instantiation_compiles_without_spills(fresh_cache, module, target
     assert all(0 < r["registers"] <= 255 for r in resources.values())
 
 
-def test_cli_compile_only_reports_every_kernel(fresh_cache, capsys):
+def test_cli_compile_only_reports_every_kernel(kernel_cache, capsys):
     argv = ["--compile-only"] + [a for t in _kernels.CHECK_ARCHS for a in ("--arch", t)]
     assert _kernels_cli.main(argv) == 0
     out = capsys.readouterr().out
@@ -149,7 +135,7 @@ def _parameters(mangled: str) -> list:
     return params
 
 
-def test_launch_arguments_match_the_kernel_signatures(fresh_cache):
+def test_launch_arguments_match_the_kernel_signatures(kernel_cache):
     """Every plan passes exactly the kernel's parameter types (pointers as uint64): a mismatch
     would be read as garbage by the GPU, silently."""
     lowered = _kernels.compile_module("dsq_fake.cu", "sm_90").lowered
@@ -168,7 +154,7 @@ def test_launch_arguments_match_the_kernel_signatures(fresh_cache):
     assert seen == {"dsq::fake_resident", "dsq::stats_clear", "dsq::stats_chunks", "dsq::fake_chunks"}
 
 
-def test_integer_launch_arguments_match_the_kernel_signatures(fresh_cache):
+def test_integer_launch_arguments_match_the_kernel_signatures(kernel_cache):
     lowered = {**_kernels.compile_module("dsq_fake.cu", "sm_90").lowered,
                **_kernels.compile_module("dsq_int.cu", "sm_90").lowered}
     assert _parameters(lowered[_kernels.dequant_signed(0, True, 2)]) == (

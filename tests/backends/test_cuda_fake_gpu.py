@@ -3,55 +3,29 @@ a GPU: CuPy replaced by tests/_fake_cupy.py (host memory that says it is on CUDA
 compiled kernels' lowered names from a real NVRTC compile, the kernels themselves run by the CPU
 emulation. Results must be the CPU path's bits for every layout the backend handles."""
 import math
-import os
-import sys
 
 import numpy as np
 import pytest
 
 import dsquant
-import reference as ref
-import _fake_cupy
-from _cuda_emu import Emulator
+from helpers import check_exact, sample
 
 DTYPES = ["float16", "float32", "float64"]       # CuPy has no bfloat16
 
 
-@pytest.fixture(scope="module")
-def emu(tmp_path_factory):
-    return Emulator(tmp_path_factory.mktemp("emu-backend"))
-
-
-@pytest.fixture(scope="module")
-def kernel_cache(tmp_path_factory):
-    path = tmp_path_factory.mktemp("kernel-cache-backend")
-    saved = os.environ.get("DSQUANT_CACHE_DIR")
-    os.environ["DSQUANT_CACHE_DIR"] = str(path)
-    yield path
-    if saved is None:
-        del os.environ["DSQUANT_CACHE_DIR"]
-    else:
-        os.environ["DSQUANT_CACHE_DIR"] = saved
-
-
 @pytest.fixture
-def cp(monkeypatch, emu, kernel_cache):
-    monkeypatch.setitem(sys.modules, "cupy", _fake_cupy.module(emu))
-    yield sys.modules["cupy"]
-    sys.modules.pop("dsquant.backends.cuda.device", None)          # the next import sees the real (absent) CuPy
-    if hasattr(dsquant, "_cuda"):
-        delattr(dsquant, "_cuda")
+def cp(fake_cupy):
+    return fake_cupy
 
 
-def sample(dtype, numel, seed):
-    rng = np.random.default_rng(seed)
-    return (rng.standard_normal(numel) * np.exp(rng.uniform(-3, 3, numel))).astype(dtype)
 
 
-def check_exact(got, expected):
-    got = got.get() if hasattr(got, "get") else got
-    assert ref.same_bits(np.ascontiguousarray(got), np.ascontiguousarray(expected)), \
-        ref.first_difference(np.ascontiguousarray(got), np.ascontiguousarray(expected))
+
+
+
+
+
+
 
 
 @pytest.mark.parametrize("numel, groups", [(4096, 32), (3000, 3), (2 * 20011, 2)])
