@@ -227,10 +227,9 @@ def _deepspeed_gbps(cupy, torch, ds_quantizer, x, groups, args, sr, moved):
     """DeepSpeed's in-place kernels on a torch view of a copy of x, on torch's current stream."""
     if x.size // groups > 1 << 20:
         return None            # DeepSpeed returns the input unchanged for groups over 2^20 elements
+    from ..backends.cuda import device as _cuda
     t = torch.from_dlpack(x.copy())
-    torch_stream = torch.cuda.current_stream()
-    ptr = torch_stream.cuda_stream
-    stream = cupy.cuda.ExternalStream(ptr) if ptr else cupy.cuda.Stream.null
+    stream = _cuda.external_stream(torch.cuda.current_stream().cuda_stream, x.device.id)
     ms = _median_ms(cupy, lambda: ds_quantizer(t, groups, args.bits, sr), args.batches, args.batch, stream)
     return moved / ms / 1e6
 

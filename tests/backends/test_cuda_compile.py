@@ -116,6 +116,21 @@ def test_target_for_an_architecture_newer_than_nvrtc_is_ptx():
     assert _kernels.target_for(newest + 1) == f"compute_{newest}"   # the driver compiles the PTX
 
 
+def test_ptx_an_older_driver_cannot_load_is_refused_with_the_fix():
+    newest = max(_kernels.supported_archs())
+    major, minor = _kernels.nvrtc_version()
+    same = major * 1000 + minor * 10                       # cudaDriverGetVersion of a driver for this CUDA
+    older = same - 10 if minor else same - 100
+    with pytest.raises(RuntimeError) as info:
+        _kernels.target_for(newest + 10, driver=older)
+    text = str(info.value)
+    assert f"sm_{newest + 10}" in text and f"NVRTC {major}.{minor}" in text
+    assert f"supports CUDA {older // 1000}.{older % 1000 // 10}" in text
+    assert "pip install -U nvidia-cuda-nvrtc" in text and f"a driver for CUDA {major}.{minor} or newer" in text
+    assert _kernels.target_for(newest + 10, driver=same) == f"compute_{newest}"   # that driver takes the PTX
+    assert _kernels.target_for(90, driver=older) == "sm_90"   # machine code loads on older drivers of the major
+
+
 def test_target_for_an_architecture_older_than_nvrtc_is_an_error():
     with pytest.raises(RuntimeError, match="none at or below"):
         _kernels.target_for(min(_kernels.supported_archs()) - 1)
