@@ -4,7 +4,6 @@ import importlib.util
 import subprocess
 import sys
 
-import jax
 import numpy as np
 import pytest
 import torch
@@ -14,6 +13,9 @@ from dsquant.backends.cuda import kernels as _kernels
 from dsquant.backends.cuda import launch as _launch
 from dsquant.interop import _array
 from _fake_cupy import claim_cuda
+from _optional import require
+
+jax = require("jax")
 
 HAVE_CUPY = importlib.util.find_spec("cupy") is not None
 

@@ -13,12 +13,14 @@ import subprocess
 
 import numpy as np
 import pytest
-from cuda.bindings import nvrtc  # noqa: F401  (missing: fail here, loudly)
 
 from dsquant.backends.cuda import cli as _kernels_cli
 from dsquant.backends.cuda import kernels as _kernels
 from dsquant.backends.cuda import launch as _launch
 from dsquant.core import dtypes
+from _optional import require
+
+require("cuda.bindings.nvrtc")   # missing: fail here, loudly (skip under gpu_check.sh)
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ and in-place buffers, random-stream offsets and grid-stride loops give the CPU p
 
 What this cannot check is the device-only code of cuda/dsq_math.cuh (the DSQ_GPU_ISA paths):
 the emulation compiles the host branch. tests/test_gpu.py covers those on a GPU."""
-import ml_dtypes
 import numpy as np
 import pytest
 
@@ -14,6 +13,9 @@ import reference as ref
 from dsquant.backends.cpu import _cpu
 from dsquant.backends.cuda import launch as _launch
 from _cuda_emu import Emulator
+from _optional import require
+
+ml_dtypes = require("ml_dtypes")
 
 DTYPE_CODES = {"float16": 0, "bfloat16": 1, "float32": 2, "float64": 3}
 SCHEMES = {"sym": True, "asym": False}

@@ -3,6 +3,7 @@ a GPU: CuPy replaced by tests/_fake_cupy.py (host memory that says it is on CUDA
 compiled kernels' lowered names from a real NVRTC compile, the kernels themselves run by the CPU
 emulation. Results must be the CPU path's bits for every layout the backend handles."""
 import gc
+import json
 import math
 import os
 import re
@@ -210,6 +211,24 @@ def test_gpu_bench_runs(cp, capsys):
     assert [line.split(" | ")[:2] for line in out[zeropp + 2:]] == [
         ["| " + op, f"{size:,}"] for size in (1 << 14, 1 << 15, 1 << 16)
         for op in ("swizzle_quantize", "quantized_reduction")]
+
+
+def test_gpu_bench_reports_a_failing_row_and_goes_on(cp, capsys, monkeypatch, tmp_path):
+    from dsquant.bench import gpu as _gpu_bench
+
+    def broken(*args, **kwargs):
+        raise MemoryError("out of memory allocating 1,024 bytes")
+    monkeypatch.setattr(_gpu_bench, "dequantize", broken)
+    path = tmp_path / "bench.json"
+    argv = ["--log2-size", "16", "--batches", "1", "--batch", "1", "--no-deepspeed", "--json", str(path)]
+    assert _gpu_bench.main(argv) == 1                                  # a row failed
+    out = capsys.readouterr().out.splitlines()
+    failed = [line for line in out if "FAILED" in line]
+    assert len(failed) == 8 and all(line.startswith("| dequantize |") for line in failed)
+    assert "| dequantize | float16 | 8 | 128 | FAILED: MemoryError: out of memory allocating 1,024 bytes |" in out
+    report = json.loads(path.read_text())
+    assert len(report["rows"]) == 12 and len(report["zeropp_rows"]) == 6          # the other tables are whole
+    assert [r["op"] for r in report["int_rows"] if "error" not in r] == ["quantize"] * 8
 
 
 # ------------------------------------------------------------------------------ integer codes

@@ -6,7 +6,6 @@ no kernel writes outside its outputs.
 
 As in test_cuda_emulated.py, the device-only code of cuda/dsq_math.cuh (DSQ_GPU_ISA) is not run
 here; tests/backends/test_gpu.py and the gpu tests of tests/ops/test_quantize.py cover it on a GPU."""
-import ml_dtypes
 import numpy as np
 import pytest
 
@@ -16,6 +15,9 @@ from dsquant.backends.cuda import kernels as _kernels
 from dsquant.backends.cuda import launch as _launch
 from dsquant.ops.integer import dequantize_unsigned_half
 from _cuda_emu import Emulator
+from _optional import require
+
+ml_dtypes = require("ml_dtypes")
 
 DTYPE_CODES = {"float16": 0, "bfloat16": 1, "float32": 2, "float64": 3}
 SCHEMES = {"sym": True, "asym": False}

@@ -6,8 +6,6 @@ import subprocess
 import sys
 import zlib
 
-import jax.numpy as jnp
-import ml_dtypes
 import numpy as np
 import pytest
 import torch
@@ -16,6 +14,10 @@ from hypothesis import strategies as st
 
 import dsquant
 import reference_int as ref
+from _optional import require
+
+jnp = require("jax.numpy")
+ml_dtypes = require("ml_dtypes")
 
 DTYPES = list(ref.DTYPES)
 BITS = [2, 3, 4, 5, 6, 7, 8]
