@@ -20,6 +20,10 @@ class Adapter:
     name = "dlpack"          # any other __dlpack__ producer: results come back as NumPy / CuPy arrays
     roots: tuple = ()
     bfloat16_as_bits = True  # host bfloat16 results are exported as uint16 (NumPy has no bfloat16 DLPack)
+    # GPU inputs must stay referenced until the kernels reading them are done (not only until the
+    # call returns): the framework may otherwise free and reuse their memory for work on a stream
+    # that is not ordered after those kernels.
+    hold_until_done = False
 
     def exportable(self, obj):
         """(the object whose __dlpack__ to call, dsquant dtype code to relabel its elements with or -1)."""
@@ -107,9 +111,26 @@ class JaxAdapter(Adapter):
     name = "jax"
     roots = ("jax", "jaxlib")
     bfloat16_as_bits = False
+    hold_until_done = True   # a temporary's buffer goes back to XLA when its last reference drops
 
     def immutable(self, obj) -> bool:
         return True
+
+    def cuda_stream(self, obj, device_id: int):
+        """The stream JAX gives consumers of its arrays on that GPU, as ``jax.dlpack.from_dlpack``
+        does (``Device.get_stream_for_external_ready_events``): JAX orders its pending work on the
+        input before it, and takes a result handed back on it as ready when that stream's work is
+        done. None (the CuPy stream) where JAX has no such stream."""
+        devices = obj.devices() if obj is not None and hasattr(obj, "devices") else ()
+        device = next(iter(devices), None)
+        if device is None or not hasattr(device, "get_stream_for_external_ready_events"):
+            return None
+        try:
+            return int(device.get_stream_for_external_ready_events())
+        except Exception as exc:   # noqa: BLE001 - JaxRuntimeError, whose class moves between jaxlib versions
+            if "UNIMPLEMENTED" in str(exc):
+                return None
+            raise
 
     def from_host(self, buffer, dtype_name: str):
         import jax.dlpack  # already imported by whoever made the input

@@ -4,7 +4,6 @@ import importlib.util
 import subprocess
 import sys
 
-import jax
 import numpy as np
 import pytest
 import torch
@@ -14,6 +13,9 @@ from dsquant.backends.cuda import kernels as _kernels
 from dsquant.backends.cuda import launch as _launch
 from dsquant.interop import _array
 from _fake_cupy import claim_cuda
+from _optional import require
+
+jax = require("jax")
 
 HAVE_CUPY = importlib.util.find_spec("cupy") is not None
 
@@ -177,3 +179,22 @@ def test_info_reports_no_cuda_without_a_gpu():
     if HAVE_CUPY:
         pytest.skip("CuPy is installed here")
     assert dsquant.info()["backends"]["cuda"] is False
+
+
+# ------------------------------------------------------------------------------ JAX's consumer stream
+def test_jax_inputs_name_the_stream_jax_gives_consumers():
+    """As jax.dlpack.from_dlpack does: the device's stream for external ready events, None where
+    JAX has none (its CPU devices answer UNIMPLEMENTED)."""
+    from dsquant.interop import adapters
+
+    class Device:
+        def get_stream_for_external_ready_events(self):
+            return 0x7700
+
+    class GpuArray:
+        def devices(self):
+            return {Device()}
+
+    assert adapters.JAX.cuda_stream(GpuArray(), 0) == 0x7700
+    assert adapters.JAX.cuda_stream(jax.numpy.zeros(3), 0) is None
+    assert adapters.JAX.hold_until_done and not adapters.TORCH.hold_until_done

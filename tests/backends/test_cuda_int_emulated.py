@@ -6,7 +6,6 @@ no kernel writes outside its outputs.
 
 As in test_cuda_emulated.py, the device-only code of cuda/dsq_math.cuh (DSQ_GPU_ISA) is not run
 here; tests/backends/test_gpu.py and the gpu tests of tests/ops/test_quantize.py cover it on a GPU."""
-import ml_dtypes
 import numpy as np
 import pytest
 
@@ -15,7 +14,10 @@ import reference as ref
 from dsquant.core import dtypes
 from dsquant.backends.cuda import launch as _launch
 from dsquant.ops.integer import dequantize_unsigned_half
+from _optional import require
 from helpers import check_exact
+
+ml_dtypes = require("ml_dtypes")
 
 DTYPE_CODES = {d.name: d.code for d in dtypes.FLOAT_DTYPES}
 SCHEMES = {"sym": True, "asym": False}

@@ -3,15 +3,17 @@ producers), zero-copy, in place where asked; importing dsquant imports no framew
 import subprocess
 import sys
 
-import jax
-import jax.numpy as jnp
-import ml_dtypes
 import numpy as np
 import pytest
 import torch
 
 import dsquant
 import reference as ref
+from _optional import require
+
+jax = require("jax")
+jnp = require("jax.numpy")
+ml_dtypes = require("ml_dtypes")
 
 
 def check_exact(got, expected):

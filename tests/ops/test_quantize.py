@@ -4,8 +4,6 @@ import functools
 import math
 import zlib
 
-import jax.numpy as jnp
-import ml_dtypes
 import numpy as np
 import pytest
 import torch
@@ -16,6 +14,10 @@ import dsquant
 import helpers
 from helpers import SPECIALS, same_bits
 import reference_int as ref
+from _optional import require
+
+jnp = require("jax.numpy")
+ml_dtypes = require("ml_dtypes")
 
 DTYPES = list(ref.DTYPES)
 BITS = [2, 3, 4, 5, 6, 7, 8]
