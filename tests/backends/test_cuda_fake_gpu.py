@@ -1,4 +1,4 @@
-"""The CUDA backend's Python code (dsquant/_cuda.py, dsquant/_gpu_bench.py) run end to end without
+"""The CUDA backend's Python code (dsquant/backends/cuda/device.py, dsquant/bench/gpu.py) run end to end without
 a GPU: CuPy replaced by tests/_fake_cupy.py (host memory that says it is on CUDA device 0), the
 compiled kernels' lowered names from a real NVRTC compile, the kernels themselves run by the CPU
 emulation. Results must be the CPU path's bits for every layout the backend handles."""
