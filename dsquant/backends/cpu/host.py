@@ -18,7 +18,10 @@ from ...core import dtypes, registry, threads
 from ...core.formats import codes_per_byte, params_shape
 from ...interop import _array
 from ...interop.operand import Operand, host_result
-from . import _cpu
+from . import _cpu as _kernels
+from .forksafe import guarded
+
+_cpu = guarded(_kernels)      # safe to call in a forked child (forksafe.py)
 
 _FLOAT16, _FLOAT32 = dtypes.FLOAT16.code, dtypes.FLOAT32.code
 
