@@ -49,7 +49,8 @@ for dtype in (np.float16, ml_dtypes.bfloat16, np.float32, np.float64):
     for groups in (3, 40009, 120027):
         for sym in (True, False):
             for sr in (False, True):
-                outs.append(dsquant.fake_quantize(x, groups, 5, symmetric=sym, stochastic=sr, seed=4).view(np.uint8).ravel())
+                y = dsquant.fake_quantize(x, groups, 5, symmetric=sym, stochastic=sr, seed=4 if sr else None)
+                outs.append(y.view(np.uint8).ravel())
 np.save(sys.argv[1], np.concatenate(outs))
 """
 
