@@ -180,8 +180,8 @@ def _fake_table(cupy, _cuda, _launch, n, name, args, stream, ds_quantizer, ds_re
                     _keys, kernels = _kernels_only(_cuda, _launch, cupy, x, out, dtype_code, groups, args.bits, sr,
                                                    stream)
                     ms = _median_ms(cupy, kernels, args.batches, args.batch, stream)
-                    api_ms = _median_ms(cupy, lambda: fake_quantize(x, groups, args.bits, stochastic=sr, seed=1,
-                                                                    out=out), args.batches, args.batch, stream)
+                    api_ms = _median_ms(cupy, lambda: fake_quantize(x, groups, args.bits, stochastic=sr,
+                                                                    seed=1 if sr else None, out=out), args.batches, args.batch, stream)
                     row = {"dtype": dtype, "group": group_name, "rounding": rounding, "ms": ms,
                            "GB/s": moved / ms / 1e6, "copy GB/s": moved / copy_ms / 1e6, "vs copy": copy_ms / ms,
                            "API vs copy": copy_ms / api_ms, "passes": passes,

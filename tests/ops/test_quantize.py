@@ -308,8 +308,8 @@ def test_zero_d_input():
 
 
 def test_empty_input():
-    q, params = dsquant.quantize(np.zeros((0, 8), dtype=np.float32), 2, 4, symmetric=False)
-    assert q.shape == (0, 4) and params.tolist() == [[1.0, 0.0], [1.0, 0.0]]
+    q, params = dsquant.quantize(np.zeros((0, 8), dtype=np.float32), 1, 4, symmetric=False)
+    assert q.shape == (0, 4) and params.tolist() == [[1.0, 0.0]]
     assert dsquant.dequantize(q, params, 4).shape == (0, 8)
 
 

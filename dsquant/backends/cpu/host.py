@@ -18,8 +18,10 @@ from ...core import dtypes, registry, threads
 from ...core.formats import codes_per_byte, params_shape
 from ...interop import _array
 from ...interop.operand import Operand, host_result
-from . import _cpu
+from . import _cpu, forksafe
 from . import signatures as sig
+
+_strided_copy = forksafe.guard(_cpu.strided_copy)   # safe to call in a forked child (forksafe.py)
 
 _FLOAT16, _FLOAT32 = dtypes.FLOAT16.code, dtypes.FLOAT32.code
 
@@ -36,12 +38,12 @@ def _run_fake(src_ptr, dst_ptr, t: _array.Tensor, groups, bits, symmetric, stoch
 
 
 def _gather(t: _array.Tensor, dst_ptr: int) -> None:
-    _cpu.strided_copy(t.data, t.strides, dst_ptr, _array.contiguous_strides(t.shape), t.shape,
+    _strided_copy(t.data, t.strides, dst_ptr, _array.contiguous_strides(t.shape), t.shape,
                       t.itemsize, num_threads())
 
 
 def _scatter(src_ptr: int, t: _array.Tensor) -> None:
-    _cpu.strided_copy(src_ptr, _array.contiguous_strides(t.shape), t.data, t.strides, t.shape,
+    _strided_copy(src_ptr, _array.contiguous_strides(t.shape), t.data, t.strides, t.shape,
                       t.itemsize, num_threads())
 
 
