@@ -240,7 +240,7 @@ def _unit_store_kernels():
 
 
 @pytest.mark.parametrize("target", _kernels.CHECK_ARCHS)
-def test_units_are_stored_16_bytes_at_a_time(fresh_cache, target):
+def test_units_are_stored_16_bytes_at_a_time(kernel_cache, target):
     """Where a unit of elements is written, the SASS has one 16-byte store (STG.E.128) per vector of
     every unit a thread writes per step; ptxas otherwise splits them (issue 15)."""
     sass, lowered = {}, {}
