@@ -37,8 +37,8 @@ INT_GROUP_SIZES = (128, 4096)
 ZEROPP = dict(bits=4, group=2048, nodes=2, devices_per_node=4)   # DeepSpeed's qgZ defaults, 8 GPUs
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m dsquant gpu-bench", description=__doc__.split("\n\n")[0])
+def _parser(prog: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
     p.add_argument("--log2-size", type=int, default=28, help="elements per array, as a power of two (28)")
     p.add_argument("--bits", type=int, default=8)
     p.add_argument("--batches", type=int, default=10, help="timed batches per row (median taken)")
@@ -74,13 +74,9 @@ def _deepspeed():
         return None, f"{type(exc).__name__}: {exc}".splitlines()[0][:120]
 
 
-def main(argv=None) -> int:
-    args = _parser().parse_args(argv)
-    try:
-        from ..backends.cuda import device as _cuda  # imports CuPy, or says what to install
-    except ImportError as exc:
-        print(exc)
-        return 1
+def main(argv=None, prog: str = "python -m dsquant gpu-bench") -> int:
+    args = _parser(prog).parse_args(argv)
+    from ..backends.cuda import device as _cuda  # imports CuPy, or raises MissingDependency saying what to install
     import cupy
 
     from ..backends.cuda import launch as _launch
@@ -194,7 +190,8 @@ def _zeropp_rows(cupy, n: int, args, stream) -> list[dict]:
 
 def _print_zeropp(rows) -> None:
     print(f"\nZeRO++ ops, float16, {ZEROPP['bits']} bits, groups of {ZEROPP['group']}, {ZEROPP['nodes']} nodes x "
-          f"{ZEROPP['devices_per_node']} devices; public calls (bytes moved: codes and params in and out)")
+          f"{ZEROPP['devices_per_node']} devices, symmetric, round to nearest; public calls (bytes moved: codes and "
+          f"params in and out); vs copy: copy time of the same bytes / call time")
     head = ["op", "elements", "ms", "GB/s", "copy GB/s", "vs copy"]
     print("\n| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
@@ -204,7 +201,8 @@ def _print_zeropp(rows) -> None:
 
 
 def _print_int(rows) -> None:
-    print("\nInteger codes, symmetric (bytes moved: input + codes + params)")
+    print("\nInteger codes, symmetric, round to nearest (bytes moved: input + codes + params); vs copy: copy time "
+          "of the same bytes / kernel time; API vs copy: the same for the public call")
     head = ["op", "dtype", "bits", "group", "ms", "GB/s", "copy GB/s", "vs copy", "API vs copy"]
     print("\n| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))

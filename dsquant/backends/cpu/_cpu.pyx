@@ -54,10 +54,16 @@ cdef extern from "kernels.hpp" namespace "dsq_cpu" nogil:
                                                 const int64_t* dst_strides, const int64_t* shape,
                                                 int ndim, int itemsize, int threads)
     int c_max_threads "dsq_cpu::max_threads"()
+    cbool c_use_avx2 "dsq_cpu::use_avx2"()
 
 
 def max_threads():
     return c_max_threads()
+
+
+def isa():
+    """The instruction set of the loops for_this_cpu() picks: "avx2" (AVX2 + FMA + F16C) or "baseline"."""
+    return "avx2" if c_use_avx2() else "baseline"
 
 
 def fake_quantize(uintptr_t src, uintptr_t dst, int dtype, int64_t n, int64_t groups, int bits,
