@@ -1,7 +1,8 @@
 """dsquant: DeepSpeed's quantizer rebuilt without torch.
 
 Group-wise fake quantization and integer quantization for NumPy, CuPy, PyTorch and JAX arrays,
-with one set of numerics shared by the CPU and CUDA paths (bit-identical results).
+with one set of numerics shared by the CPU and CUDA paths (bit-identical by design; verified by
+emulation, a GPU run is owed).
 Importing dsquant imports none of torch, jax or cupy.
 """
 from ._info import __version__, info

@@ -49,6 +49,7 @@ def _cache(fresh: bool):
 def _device_targets() -> list[str]:
     from . import device   # needs CuPy and a GPU
     import cupy
+    _supported_archs()     # NVRTC loads, or one line saying what to install
     return sorted({_kernels.target_for(int(cupy.cuda.Device(i).compute_capability))
                    for i in range(device.device_count())})
 
@@ -103,10 +104,11 @@ def main(argv=None, prog: str = "python -m dsquant kernels") -> int:
         targets = list(_kernels.CHECK_ARCHS)
     else:
         try:
-            targets = _device_targets()
+            from . import device   # noqa: F401 - CuPy, or the line saying what to install
         except ImportError as exc:
             print(f"{prog}: {exc} (or use --compile-only to compile without a GPU)", file=sys.stderr)
             return 1
+        targets = _device_targets()
         if not targets:
             print("no CUDA GPU visible; use --compile-only", file=sys.stderr)
             return 1
