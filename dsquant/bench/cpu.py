@@ -57,8 +57,8 @@ def fake_rows(n: int, reps: int, numpy_reps: int) -> list[dict]:
                 t = median_seconds(lambda: fake_quantize(x, groups, 8, stochastic=sr, seed=1, out=out), reps)
                 t_np = median_seconds(lambda: numpy_fake_quantize(x, groups, 8, sr, rng), numpy_reps)
                 rows.append({"op": "fake_quantize", "dtype": np.dtype(dtype).name, "bits": 8,
-                             "scheme": "symmetric", "group": group_name, "rounding": rounding, "ms": t * 1e3, "GB/s": moved / t / 1e9,
-                             "vs copy": copy_s / t, "vs NumPy": t_np / t})
+                             "scheme": "symmetric", "group": group_name, "rounding": rounding, "ms": t * 1e3,
+                             "GB/s": moved / t / 1e9, "vs copy": copy_s / t, "vs NumPy": t_np / t})
     return rows
 
 
