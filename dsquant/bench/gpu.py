@@ -24,6 +24,7 @@ import argparse
 import datetime
 import json
 import statistics
+import sys
 
 import numpy as np
 
@@ -81,7 +82,8 @@ def main(argv=None, prog: str = "python -m dsquant gpu-bench") -> int:
 
     from ..backends.cuda import launch as _launch
     if _cuda.device_count() == 0:
-        print("no CUDA GPU visible")
+        print(f"{prog}: no CUDA GPU visible (CuPy sees no device; nvidia-smi lists what the driver sees)",
+              file=sys.stderr)
         return 1
     n = 1 << args.log2_size
     device = cupy.cuda.Device()
