@@ -67,3 +67,12 @@ def test_readme_main_command_in_a_fresh_clone(tmp_path):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "CPU benchmark (--quick)" in result.stdout
     assert "| fake_quantize | float32 | 8 | symmetric | 128 | nearest |" in result.stdout
+    # what the README says about `python -m dsquant` with that install: it runs from any other
+    # directory, and in the checkout's root says why it cannot
+    python = str(clone / ".venv" / "bin" / "python")
+    elsewhere = subprocess.run([python, "-m", "dsquant", "bench", "--quick"], capture_output=True, text=True,
+                               cwd=tmp_path, env=env, timeout=600)
+    assert elsewhere.returncode == 0 and "CPU benchmark (--quick)" in elsewhere.stdout, elsewhere.stderr
+    in_root = subprocess.run([python, "-m", "dsquant", "info"], capture_output=True, text=True, cwd=clone, env=env)
+    assert in_root.returncode == 1
+    assert in_root.stderr.strip().splitlines()[-1].startswith("ImportError: dsquant is being imported from its source")
