@@ -28,6 +28,7 @@ import argparse
 import datetime
 import json
 import statistics
+import sys
 
 import numpy as np
 
@@ -41,8 +42,8 @@ INT_GROUP_SIZES = (128, 4096)
 ZEROPP = dict(bits=4, group=2048, nodes=2, devices_per_node=4)   # DeepSpeed's qgZ defaults, 8 GPUs
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m dsquant gpu-bench", description=__doc__.split("\n\n")[0])
+def _parser(prog: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
     p.add_argument("--log2-size", type=int, default=28, help="elements per array, as a power of two (28)")
     p.add_argument("--bits", type=int, default=8)
     p.add_argument("--batches", type=int, default=10, help="timed batches per row (median taken)")
@@ -108,18 +109,15 @@ class _Table:
                 json.dump(self.report, f, indent=1)
 
 
-def main(argv=None) -> int:
-    args = _parser().parse_args(argv)
-    try:
-        from ..backends.cuda import device as _cuda  # imports CuPy, or says what to install
-    except ImportError as exc:
-        print(exc)
-        return 1
+def main(argv=None, prog: str = "python -m dsquant gpu-bench") -> int:
+    args = _parser(prog).parse_args(argv)
+    from ..backends.cuda import device as _cuda  # imports CuPy, or raises MissingDependency saying what to install
     import cupy
 
     from ..backends.cuda import launch as _launch
     if _cuda.device_count() == 0:
-        print("no CUDA GPU visible")
+        print(f"{prog}: no CUDA GPU visible (CuPy sees no device; nvidia-smi lists what the driver sees)",
+              file=sys.stderr)
         return 1
     n = 1 << args.log2_size
     device = cupy.cuda.Device()
@@ -198,7 +196,8 @@ def _fake_table(cupy, _cuda, _launch, n, name, args, stream, ds_quantizer, ds_re
 
 def _int_table(cupy, _cuda, _launch, n, args, stream, report):
     head = ["op", "dtype", "bits", "group", "ms", "GB/s", "copy GB/s", "vs copy", "API vs copy"]
-    table = _Table("Integer codes, symmetric (bytes moved: input + codes + params)", head, "int_rows", report,
+    table = _Table("Integer codes, symmetric, round to nearest (bytes moved: input + codes + params); vs copy: copy "
+                   "time of the same bytes / kernel time; API vs copy: the same for the public call", head, "int_rows", report,
                    args.json)
     for dtype in DTYPES:
         x, y = _arrays(cupy, n, dtype)
@@ -210,7 +209,8 @@ def _int_table(cupy, _cuda, _launch, n, args, stream, report):
 
 def _zeropp_table(cupy, n, args, stream, report):
     title = (f"ZeRO++ ops, float16, {ZEROPP['bits']} bits, groups of {ZEROPP['group']}, {ZEROPP['nodes']} nodes x "
-             f"{ZEROPP['devices_per_node']} devices; public calls (bytes moved: codes and params in and out)")
+             f"{ZEROPP['devices_per_node']} devices, symmetric, round to nearest; public calls (bytes moved: codes and "
+             f"params in and out); vs copy: copy time of the same bytes / call time")
     table = _Table(title, ["op", "elements", "ms", "GB/s", "copy GB/s", "vs copy"], "zeropp_rows", report, args.json)
     for size in (n >> 2, n >> 1, n):
         _zeropp_rows(cupy, size, args, stream, table)

@@ -15,6 +15,27 @@ import numpy as np
 
 from ..core import dtypes
 
+# NumPy before 2.1 cannot export a read-only array through DLPack, and NumPy before 2.3 marks
+# every array it imports through DLPack read-only (even dsquant's fresh results).
+_NUMPY_EXPORTS_READ_ONLY = tuple(int(p) for p in np.__version__.split(".")[:2]) >= (2, 1)
+
+
+class _WritableAlias:
+    """Presents `arr`'s memory as writable through the array interface, keeping `arr` alive.
+    For results, which dsquant owns, that is the truth; for read-only inputs on old NumPy it only
+    lets them be exported: dsquant never writes into inputs it has judged immutable, and
+    immutability is judged on the caller's object, not on this alias."""
+    __slots__ = ("base", "__array_interface__")
+
+    def __init__(self, arr: np.ndarray):
+        self.base = arr
+        interface = arr.__array_interface__
+        self.__array_interface__ = {**interface, "data": (interface["data"][0], False)}
+
+
+def _writable(arr: np.ndarray) -> np.ndarray:
+    return arr if arr.flags.writeable else np.asarray(_WritableAlias(arr))
+
 
 class Adapter:
     name = "dlpack"          # any other __dlpack__ producer: results come back as NumPy / CuPy arrays
@@ -67,15 +88,18 @@ class NumpyAdapter(Adapter):
         return isinstance(obj, np.ndarray)   # numpy scalars and other numpy objects are not arrays
 
     def exportable(self, obj):
+        code = -1
         if obj.dtype.name == "bfloat16":     # NumPy cannot export ml_dtypes bfloat16 itself
-            return obj.view(np.uint16), dtypes.BFLOAT16.code
-        return obj, -1
+            obj, code = obj.view(np.uint16), dtypes.BFLOAT16.code
+        if not _NUMPY_EXPORTS_READ_ONLY:
+            obj = _writable(obj)
+        return obj, code
 
     def immutable(self, obj) -> bool:
         return not obj.flags.writeable
 
     def from_host(self, buffer, dtype_name: str):
-        arr = np.from_dlpack(buffer)
+        arr = _writable(np.from_dlpack(buffer))
         if dtype_name == "bfloat16":
             import ml_dtypes  # present: the input was an ml_dtypes array
             arr = arr.view(ml_dtypes.bfloat16)

@@ -161,9 +161,9 @@ class _ClaimsCuda:
 
 @pytest.mark.skipif(HAVE_CUPY, reason="CuPy is installed here")
 def test_gpu_array_without_cupy_says_what_to_install():
-    with pytest.raises(ImportError, match=r"pip install dsquant\[cuda13\]"):
+    with pytest.raises(ImportError, match=r'pip install "\.\[cuda13\]"'):
         dsquant.fake_quantize(_ClaimsCuda(np.ones(8, np.float32)), 2, 8)
-    with pytest.raises(ImportError, match=r"dsquant\[cuda12\]"):
+    with pytest.raises(ImportError, match=r'"\.\[cuda12\]"'):
         dsquant.ds_quantizer(_ClaimsCuda(np.ones(8, np.float32)), 2, 8)
 
 
@@ -172,7 +172,7 @@ def test_cuda_backend_import_error_names_the_extras():
     code = "import dsquant.backends.cuda.device"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode != 0
-    assert "pip install dsquant[cuda13]" in result.stderr and "dsquant[cuda12]" in result.stderr
+    assert 'pip install ".[cuda13]"' in result.stderr and '".[cuda12]"' in result.stderr
 
 
 def test_info_reports_no_cuda_without_a_gpu():

@@ -32,6 +32,18 @@ def num_threads() -> int:
     return threads.requested() or max(1, _cpu.max_threads())
 
 
+@registry.implements("openmp_threads", "cpu")
+def openmp_threads() -> int:
+    """OpenMP's default thread count (OMP_NUM_THREADS, else the cores)."""
+    return _cpu.max_threads()
+
+
+@registry.implements("cpu_isa", "cpu")
+def cpu_isa() -> str:
+    """The kernels in use: "avx2" (AVX2 + FMA + F16C) or "baseline" (DSQUANT_CPU_BASELINE=1 forces it)."""
+    return _cpu.isa()
+
+
 def _run_fake(src_ptr, dst_ptr, t: _array.Tensor, groups, bits, symmetric, stochastic, seed, offset):
     sig.FAKE_QUANTIZE(t.dtype, in_=src_ptr, out=dst_ptr, n=t.numel, groups=groups, bits=bits, symmetric=symmetric,
                       stochastic=stochastic, seed=seed, offset=offset, threads=num_threads())

@@ -12,11 +12,12 @@ import collections
 import contextlib
 import threading
 
+from ...core import missing
+
 try:
     import cupy
 except ImportError as exc:   # the message is the whole fix
-    raise ImportError("dsquant needs CuPy for arrays on CUDA GPUs: pip install dsquant[cuda13] "
-                      "(CUDA 13 driver) or pip install dsquant[cuda12] (CUDA 12 driver)") from exc
+    raise missing.MissingDependency(f"dsquant needs CuPy for arrays on CUDA GPUs: {missing.CUDA}") from exc
 
 import numpy as np
 

@@ -16,7 +16,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from ...core import dtypes
+from ...core import dtypes, missing
 
 # Options every kernel is compiled with (docs/numerics.md): they are part of the numerics contract.
 PINNED_OPTIONS = ("-ftz=false", "--fmad=false", "-prec-div=true", "-prec-sqrt=true", "-std=c++17",
@@ -165,9 +165,9 @@ def _nvrtc():
         try:
             from cuda import nvrtc   # cuda-python before cuda.bindings existed
         except ImportError:
-            raise ImportError("compiling dsquant's CUDA kernels needs NVRTC through cuda-bindings: "
-                              "pip install dsquant[cuda13] (or dsquant[cuda12]; dsquant[compile] for "
-                              "the compile check on a machine without a GPU)") from None
+            raise missing.MissingDependency(f"compiling dsquant's CUDA kernels needs NVRTC through cuda-bindings: "
+                                            f"{missing.CUDA}; or, for the compile check on a machine without a "
+                                            f"GPU, {missing.COMPILE}") from None
     return nvrtc
 
 
