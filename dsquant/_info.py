@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 # Kept equal to pyproject.toml's version by a test; a constant because importlib.metadata costs
 # tens of milliseconds at import.
@@ -10,11 +11,11 @@ __version__ = "0.1.0"
 _FRAMEWORKS = ("numpy", "ml_dtypes", "torch", "jax", "cupy")
 
 
-def _framework_version(name: str):
+def _framework_version(name: str) -> str | None:
     import importlib.metadata
     import importlib.util
     if name in sys.modules:
-        return getattr(sys.modules[name], "__version__", "unknown")
+        return str(getattr(sys.modules[name], "__version__", "unknown"))
     if importlib.util.find_spec(name) is None:
         return None
     try:
@@ -34,7 +35,7 @@ def _cupy_dist() -> str:
     return "cupy"
 
 
-def info() -> dict:
+def info() -> dict[str, Any]:
     """What this dsquant can use: version, CPU threads and instruction set, frameworks, backends.
 
     ``cpu_threads`` is what a CPU call uses (``DSQUANT_NUM_THREADS``, else OpenMP's default),
@@ -43,7 +44,7 @@ def info() -> dict:
     without being imported. The CUDA backend is reported usable when CuPy is installed and sees
     at least one device (this call imports CuPy to ask).
 
-    Example:
+    Examples:
         >>> import dsquant
         >>> sorted(dsquant.info())
         ['backends', 'cpu_isa', 'cpu_threads', 'frameworks', 'openmp_threads', 'version']
@@ -60,7 +61,7 @@ def info() -> dict:
     }
 
 
-def _cuda_usable(have_cupy: bool):
+def _cuda_usable(have_cupy: bool) -> bool:
     if not have_cupy:
         return False
     try:
@@ -70,7 +71,7 @@ def _cuda_usable(have_cupy: bool):
         return False
 
 
-def main(argv=None, prog: str = "python -m dsquant info") -> int:
+def main(argv: list[str] | None = None, prog: str = "python -m dsquant info") -> int:
     """``python -m dsquant info``: print :func:`info` as JSON."""
     import argparse
     import json

@@ -8,6 +8,7 @@ the two differ.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 DL_INT, DL_UINT, DL_FLOAT, DL_BFLOAT = 0, 1, 2, 4    # DLPack type codes (dlpack.h DLDataTypeCode)
 
@@ -17,7 +18,7 @@ class FloatDType:
     name: str            # NumPy / ml_dtypes / torch / JAX name
     code: int            # dsquant's code (dsq::DType): index into FLOAT_DTYPES
     itemsize: int
-    dlpack: tuple        # (DLPack type code, bits)
+    dlpack: tuple[int, int]   # (DLPack type code, bits)
     cxx_format: str      # format struct of cuda/dsq_math.cuh
     unit_elements: int   # elements per 16-byte thread unit of the CUDA kernels
     key_bytes: int       # bytes of the format's order key (Fmt::key)
@@ -36,7 +37,7 @@ BY_NAME = {d.name: d for d in FLOAT_DTYPES}
 BY_DLPACK = {d.dlpack: d for d in FLOAT_DTYPES}
 
 
-def parse(dtype, name: str = "dtype") -> FloatDType:
+def parse(dtype: Any, name: str = "dtype") -> FloatDType:
     """The table entry of a float dtype given by name (``'float16'``), by a NumPy/CuPy/JAX dtype or
     scalar type, or by a torch dtype (``torch.float16``); a ``TypeError`` for anything else."""
     key = None
