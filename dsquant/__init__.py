@@ -12,10 +12,11 @@ try:
     from .ops.integer import dequantize, quantize
     from .ops.zeropp import loco_quantized_reduction, loco_swizzle_quantize, quantized_reduction, swizzle_quantize
 except ImportError:
-    from ._unbuilt import unbuilt_error   # None when the extensions are there: then the error is real
-    if unbuilt_error() is None:
+    from ._unbuilt import unbuilt_error
+    error = unbuilt_error()               # None when the extensions are there: then the error is real
+    if error is None:
         raise
-    raise unbuilt_error() from None
+    raise error from None
 
 __all__ = ["__version__", "dequantize", "ds_quantizer", "fake_quantize", "info", "loco_quantized_reduction",
            "loco_swizzle_quantize", "manual_seed", "quantize", "quantized_reduction", "swizzle_quantize"]
