@@ -61,11 +61,10 @@ def external_stream(ptr: int, device_id: int):
     warnings-as-errors) for ``Stream.from_external``; CuPy 13 has only the former."""
     if not ptr:
         return cupy.cuda.Stream.null
-    from_external = getattr(cupy.cuda.Stream, "from_external", None)
-    if from_external is None:
+    if not hasattr(cupy.cuda.Stream, "from_external"):
         return cupy.cuda.ExternalStream(ptr, device_id)
     with cupy.cuda.Device(device_id):   # from_external takes the current device as the stream's
-        return from_external(_ForeignStream(ptr))
+        return cupy.cuda.Stream.from_external(_ForeignStream(ptr))
 
 
 def _cupy_stream(device_id: int):
