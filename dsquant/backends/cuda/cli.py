@@ -48,7 +48,8 @@ def _cache(fresh: bool):
 def _device_targets() -> list[str]:
     from . import device   # needs CuPy and a GPU
     import cupy
-    return sorted({_kernels.target_for(int(cupy.cuda.Device(i).compute_capability))
+    driver = cupy.cuda.runtime.driverGetVersion()   # a GPU newer than NVRTC: can the driver take PTX?
+    return sorted({_kernels.target_for(int(cupy.cuda.Device(i).compute_capability), driver)
                    for i in range(device.device_count())})
 
 
@@ -97,6 +98,9 @@ def main(argv=None) -> int:
             targets = _device_targets()
         except ImportError as exc:
             print(f"{exc}\n(use --compile-only to compile without a GPU)", file=sys.stderr)
+            return 1
+        except RuntimeError as exc:   # no target this NVRTC and driver can run on the GPU
+            print(exc, file=sys.stderr)
             return 1
         if not targets:
             print("no CUDA GPU visible; use --compile-only", file=sys.stderr)
