@@ -100,6 +100,11 @@ EOF
 }
 
 build() {
+  # without build isolation (no network) the image's setuptools reads pyproject.toml, whose
+  # license = "Apache-2.0" (PEP 639) needs setuptools 77 or newer
+  "$PY" -c 'import setuptools, sys; sys.exit(int(setuptools.__version__.split(".")[0]) < 77)' || {
+    echo "setuptools $("$PY" -c 'import setuptools; print(setuptools.__version__)' 2>&1) is older than 77:" \
+         "carry a newer setuptools wheel (docs/gpu.md)"; return 1; }
   "$PY" -m pip install --no-build-isolation --no-deps -e . > "$LOGS/build-pip.txt" 2>&1 || { cat "$LOGS/build-pip.txt"; return 1; }
   rm -f "$LOGS/build-pip.txt"
   "$PY" -m dsquant info
