@@ -12,7 +12,12 @@ GPU_CHECK = os.environ.get("DSQUANT_GPU_CHECK") == "1"
 
 
 def require(name: str):
-    """The module `name`: imported, or (only under DSQUANT_GPU_CHECK=1) the calling module skipped."""
-    if GPU_CHECK:
-        return pytest.importorskip(name, reason=f"{name} is not installed here (DSQUANT_GPU_CHECK=1: skip, not fail)")
-    return importlib.import_module(name)
+    """The module `name`: imported, or (only under DSQUANT_GPU_CHECK=1) the calling module skipped
+    when it cannot be imported, missing or broken."""
+    try:
+        return importlib.import_module(name)
+    except ImportError as exc:
+        if not GPU_CHECK:
+            raise
+        pytest.skip(f"{name} cannot be imported here ({exc}); DSQUANT_GPU_CHECK=1: skipped, not failed",
+                    allow_module_level=True)

@@ -156,6 +156,16 @@ def test_ptx_the_driver_refuses_is_explained(cp, monkeypatch):
     assert "pip install -U nvidia-cuda-nvrtc" in text and f"driver for CUDA {major}.{minor} or newer" in text
 
 
+def test_kernels_cli_targets_the_visible_gpu_and_explains_unloadable_ptx(cp, monkeypatch, capsys):
+    from dsquant.backends.cuda import cli
+    assert cli._device_targets() == ["sm_90"]
+    newest = max(_kernels.supported_archs())
+    monkeypatch.setattr(_fake_cupy.Device, "compute_capability", str(newest + 10))
+    monkeypatch.setattr(cp.cuda.runtime, "driverGetVersion", lambda: 12080)    # older than any NVRTC 13
+    assert cli.main([]) == 1
+    assert f"sm_{newest + 10}" in capsys.readouterr().err
+
+
 def test_gpu_bench_runs(cp, capsys):
     from dsquant.bench import gpu as _gpu_bench
     assert _gpu_bench.main(["--log2-size", "16", "--batches", "2", "--batch", "2", "--no-deepspeed"]) == 0

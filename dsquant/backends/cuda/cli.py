@@ -50,7 +50,8 @@ def _device_targets() -> list[str]:
     from . import device   # needs CuPy and a GPU
     import cupy
     _supported_archs()     # NVRTC loads, or one line saying what to install
-    return sorted({_kernels.target_for(int(cupy.cuda.Device(i).compute_capability))
+    driver = cupy.cuda.runtime.driverGetVersion()   # a GPU newer than NVRTC: can the driver take PTX?
+    return sorted({_kernels.target_for(int(cupy.cuda.Device(i).compute_capability), driver)
                    for i in range(device.device_count())})
 
 
@@ -108,7 +109,11 @@ def main(argv=None, prog: str = "python -m dsquant kernels") -> int:
         except ImportError as exc:
             print(f"{prog}: {exc} (or use --compile-only to compile without a GPU)", file=sys.stderr)
             return 1
-        targets = _device_targets()
+        try:
+            targets = _device_targets()
+        except RuntimeError as exc:   # no target this NVRTC and driver can run on the GPU
+            print(exc, file=sys.stderr)
+            return 1
         if not targets:
             print("no CUDA GPU visible; use --compile-only", file=sys.stderr)
             return 1
