@@ -227,9 +227,10 @@ struct UnsignedHalf {
 
 // Work item i is chunk i % per_group of group i / per_group (chunk >= S: one item per group), held
 // by a team of `team` threads (a power of two; blockDim.x a multiple of team), R units per thread
-// and step.
+// and step. The explicit minimum of one block per SM lets ptxas go past 64 registers: otherwise, with
+// each unit's 16 bytes stored at once, it spills 4 bytes in the int8 UnsignedHalf instantiation (sm_90).
 template <class Dec, int Per, int R>
-__global__ void __launch_bounds__(DSQ_MAX_THREADS)
+__global__ void __launch_bounds__(DSQ_MAX_THREADS, 1)
 dequant_codes(const uint8_t* q, const typename Dec::Param* pa, const typename Dec::Param* pb,
               typename Dec::Out::storage* out, int64_t S, int64_t groups, int64_t chunk, int team) {
   typedef typename Dec::Out Fmt;

@@ -2,7 +2,6 @@
 give every op test the same backends (``backend``), the CUDA kernels' CPU emulation (``emu``), a
 private kernel cache (``kernel_cache``) and the CuPy stand-in (``fake_cupy``)."""
 import os
-import sys
 
 import numpy as np
 import pytest
@@ -13,9 +12,6 @@ settings.register_profile("ci", max_examples=60, deadline=None,
 settings.register_profile("dev", max_examples=25, deadline=None,
                           suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
-
-CUDA_DEVICE = "dsquant.backends.cuda.device"
-
 
 def _cuda_device_count() -> int:
     try:
@@ -30,7 +26,7 @@ def pytest_collection_modifyitems(config, items):
         return
     skip = pytest.mark.skip(reason="needs a CUDA device and CuPy (run scripts/gpu_check.sh on a GPU machine)")
     for item in items:
-        if "gpu" in item.keywords:
+        if item.get_closest_marker("gpu"):   # not `in item.keywords`: that also holds a folder named gpu
             item.add_marker(skip)
 
 
@@ -55,23 +51,12 @@ def kernel_cache(tmp_path_factory):
         os.environ["DSQUANT_CACHE_DIR"] = saved
 
 
-def forget_cuda_backend():
-    """Drop the imported CUDA backend so the next GPU array imports it against the CuPy in sys.modules."""
-    sys.modules.pop(CUDA_DEVICE, None)
-    package = sys.modules.get("dsquant.backends.cuda")
-    if package is not None and hasattr(package, "device"):
-        delattr(package, "device")
-
-
 @pytest.fixture
 def fake_cupy(monkeypatch, emu, kernel_cache):
-    """tests/_fake_cupy.py as ``cupy``: host memory that says it is on CUDA device 0, kernels compiled
-    by the real NVRTC and run by the emulation."""
+    """tests/_fake_cupy.py (as CuPy 14) as ``cupy``: host memory that says it is on CUDA device 0,
+    kernels compiled by the real NVRTC and run by the emulation."""
     import _fake_cupy
-    forget_cuda_backend()
-    monkeypatch.setitem(sys.modules, "cupy", _fake_cupy.module(emu))
-    yield sys.modules["cupy"]
-    forget_cuda_backend()
+    yield from _fake_cupy.installed(monkeypatch, emu, 14)
 
 
 class Backend:

@@ -23,10 +23,15 @@ def bool_arg(value: bool, name: str) -> bool:
     return bool(value)
 
 
+# Counts reach the kernels as int64: anything larger is refused here (a ValueError, not the
+# OverflowError of the conversion).
+MAX_COUNT = (1 << 63) - 1
+
+
 def positive(value: int, name: str) -> int:
     value = int_arg(value, name)
-    if value <= 0:
-        raise ValueError(f"{name} must be a positive integer, got {value}")
+    if not 0 < value <= MAX_COUNT:
+        raise ValueError(f"{name} must be a positive integer below 2**63, got {value}")
     return value
 
 
@@ -42,6 +47,11 @@ def groups(value: int, numel: int, name: str = "groups") -> int:
     value = int_arg(value, name)
     if value <= 0:
         raise ValueError(f"{name} must be a positive integer, got {value}")
+    if value > max(numel, 1):
+        # any count "divides" 0 elements, but groups of no elements are no groups (and their
+        # params would be allocated for nothing): an empty input is one group
+        raise ValueError(f"{name}={value} is more than the {numel} elements of the input; a group holds at "
+                         f"least one element (numel/groups >= 1), and an empty input has {name}=1")
     if numel % value:
         raise ValueError(f"{name}={value} does not divide the {numel} elements of the input "
                          f"(a group is numel/groups contiguous elements)")

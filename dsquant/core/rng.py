@@ -15,11 +15,13 @@ _MASK64 = (1 << 64) - 1
 
 
 def check_seed(seed: int, name: str = "seed") -> int:
+    if isinstance(seed, bool):
+        raise TypeError(f"{name} must be an integer, got bool {seed!r}")
     try:
         value = operator.index(seed)
     except TypeError:
-        raise TypeError(f"{name} must be an integer, got {type(seed).__name__}") from None
-    if isinstance(seed, bool) or not 0 <= value <= _MASK64:
+        raise TypeError(f"{name} must be an integer, got {type(seed).__name__} {seed!r}") from None
+    if not 0 <= value <= _MASK64:
         raise ValueError(f"{name} must be an integer in [0, 2**64), got {seed!r}")
     return value
 
@@ -46,10 +48,13 @@ GLOBAL = _GlobalStream()
 
 
 def resolve(seed: int | None, n: int, stochastic: bool) -> tuple[int, int]:
-    """(seed, offset) for a call drawing n uniforms."""
+    """(seed, offset) for a call drawing n uniforms. A seed without stochastic rounding is refused:
+    nearest rounding draws nothing, and a seed there usually means stochastic=True was forgotten."""
     if not stochastic:
         if seed is not None:
             check_seed(seed)
+            raise ValueError(f"seed={seed!r} is given but stochastic=False: a seed only affects stochastic "
+                             f"rounding; pass stochastic=True, or seed=None")
         return 0, 0
     if seed is None:
         return GLOBAL.reserve(n)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import threading
 
 
 def requested() -> int | None:
@@ -16,3 +17,23 @@ def requested() -> int | None:
         if value > 0:
             return value
     return None
+
+
+# The thread that called fork() in this process (None in a process that was not forked since
+# dsquant was imported). The CPU backend runs that thread's OpenMP kernels elsewhere, because its
+# inherited OpenMP thread pool is dead (dsquant/backends/cpu/forksafe.py). Registered at import
+# of dsquant, so a fork before the CPU backend's first use is seen too.
+_forked_thread = None
+
+
+def _after_fork_in_child() -> None:
+    global _forked_thread
+    _forked_thread = threading.get_ident()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def forked_thread() -> int | None:
+    """The ident of the thread that forked this process (since dsquant's import), or None."""
+    return _forked_thread

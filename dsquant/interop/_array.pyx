@@ -131,6 +131,8 @@ cdef class Tensor:
 
     @property
     def is_c_contiguous(self):
+        if self.numel == 0:
+            return True              # no element to misplace (producers report any strides, e.g. 0)
         expected = 1
         for extent, stride in zip(reversed(self.shape), reversed(self.strides)):
             if extent != 1 and stride != expected:

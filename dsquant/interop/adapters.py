@@ -16,11 +16,36 @@ import numpy as np
 
 from ..core import dtypes
 
+# NumPy before 2.1 cannot export a read-only array through DLPack, and NumPy before 2.3 marks
+# every array it imports through DLPack read-only (even dsquant's fresh results).
+_NUMPY_EXPORTS_READ_ONLY = tuple(int(p) for p in np.__version__.split(".")[:2]) >= (2, 1)
+
+
+class _WritableAlias:
+    """Presents `arr`'s memory as writable through the array interface, keeping `arr` alive.
+    For results, which dsquant owns, that is the truth; for read-only inputs on old NumPy it only
+    lets them be exported: dsquant never writes into inputs it has judged immutable, and
+    immutability is judged on the caller's object, not on this alias."""
+    __slots__ = ("base", "__array_interface__")
+
+    def __init__(self, arr: np.ndarray):
+        self.base = arr
+        interface = arr.__array_interface__
+        self.__array_interface__ = {**interface, "data": (interface["data"][0], False)}
+
+
+def _writable(arr: np.ndarray) -> np.ndarray:
+    return arr if arr.flags.writeable else np.asarray(_WritableAlias(arr))
+
 
 class Adapter:
     name = "dlpack"          # any other __dlpack__ producer: results come back as NumPy / CuPy arrays
     roots: tuple[str, ...] = ()
     bfloat16_as_bits = True  # host bfloat16 results are exported as uint16 (NumPy has no bfloat16 DLPack)
+    # GPU inputs must stay referenced until the kernels reading them are done (not only until the
+    # call returns): the framework may otherwise free and reuse their memory for work on a stream
+    # that is not ordered after those kernels.
+    hold_until_done = False
 
     def exportable(self, obj: Any) -> tuple[Any, int]:
         """(the object whose __dlpack__ to call, dsquant dtype code to relabel its elements with or -1)."""
@@ -64,15 +89,18 @@ class NumpyAdapter(Adapter):
         return isinstance(obj, np.ndarray)   # numpy scalars and other numpy objects are not arrays
 
     def exportable(self, obj: Any) -> tuple[Any, int]:
+        code = -1
         if obj.dtype.name == "bfloat16":     # NumPy cannot export ml_dtypes bfloat16 itself
-            return obj.view(np.uint16), dtypes.BFLOAT16.code
-        return obj, -1
+            obj, code = obj.view(np.uint16), dtypes.BFLOAT16.code
+        if not _NUMPY_EXPORTS_READ_ONLY:
+            obj = _writable(obj)
+        return obj, code
 
     def immutable(self, obj: Any) -> bool:
         return not obj.flags.writeable
 
     def from_host(self, buffer: Any, dtype_name: str) -> Any:
-        arr = np.from_dlpack(buffer)
+        arr = _writable(np.from_dlpack(buffer))
         if dtype_name == "bfloat16":
             import ml_dtypes  # present: the input was an ml_dtypes array
             arr = arr.view(ml_dtypes.bfloat16)
@@ -109,9 +137,26 @@ class JaxAdapter(Adapter):
     name = "jax"
     roots = ("jax", "jaxlib")
     bfloat16_as_bits = False
+    hold_until_done = True   # a temporary's buffer goes back to XLA when its last reference drops
 
     def immutable(self, obj: Any) -> bool:
         return True
+
+    def cuda_stream(self, obj: Any, device_id: int) -> int | None:
+        """The stream JAX gives consumers of its arrays on that GPU, as ``jax.dlpack.from_dlpack``
+        does (``Device.get_stream_for_external_ready_events``): JAX orders its pending work on the
+        input before it, and takes a result handed back on it as ready when that stream's work is
+        done. None (the CuPy stream) where JAX has no such stream."""
+        devices = obj.devices() if obj is not None and hasattr(obj, "devices") else ()
+        device = next(iter(devices), None)
+        if device is None or not hasattr(device, "get_stream_for_external_ready_events"):
+            return None
+        try:
+            return int(device.get_stream_for_external_ready_events())
+        except Exception as exc:   # noqa: BLE001 - JaxRuntimeError, whose class moves between jaxlib versions
+            if "UNIMPLEMENTED" in str(exc):
+                return None
+            raise
 
     def from_host(self, buffer: Any, dtype_name: str) -> Any:
         import jax.dlpack  # already imported by whoever made the input

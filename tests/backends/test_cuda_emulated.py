@@ -5,7 +5,6 @@ and in-place buffers, random-stream offsets and grid-stride loops give the CPU p
 
 What this cannot check is the device-only code of cuda/dsq_math.cuh (the DSQ_GPU_ISA paths):
 the emulation compiles the host branch. tests/test_gpu.py covers those on a GPU."""
-import ml_dtypes
 import numpy as np
 import pytest
 
@@ -15,7 +14,10 @@ from dsquant.core import dtypes
 from dsquant.backends.cpu import signatures
 from dsquant.backends.cuda import launch as _launch
 from _cuda_emu import Emulator
+from _optional import require
 from helpers import check_exact, sample
+
+ml_dtypes = require("ml_dtypes")
 
 DTYPE_CODES = {d.name: d.code for d in dtypes.FLOAT_DTYPES}
 SCHEMES = {"sym": True, "asym": False}

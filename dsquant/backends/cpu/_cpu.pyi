@@ -1,5 +1,4 @@
-"""Types of the CPU kernels' entry points (implemented in _cpu.pyx): kernels are called by name
-through ``run`` with their argument struct packed as bytes (signatures.py packs them)."""
+"""Types of the CPU kernels' entry points (implemented in _cpu.pyx)."""
 from collections.abc import Sequence
 
 def max_threads() -> int: ...

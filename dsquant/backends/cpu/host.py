@@ -18,8 +18,10 @@ from ...core import dtypes, registry, threads
 from ...core.formats import codes_per_byte, params_shape
 from ...interop import _array
 from ...interop.operand import Operand, host_result
-from . import _cpu
+from . import _cpu, forksafe
 from . import signatures as sig
+
+_strided_copy = forksafe.guard(_cpu.strided_copy)   # safe to call in a forked child (forksafe.py)
 
 _FLOAT16, _FLOAT32 = dtypes.FLOAT16.code, dtypes.FLOAT32.code
 
@@ -30,18 +32,30 @@ def num_threads() -> int:
     return threads.requested() or max(1, _cpu.max_threads())
 
 
+@registry.implements("openmp_threads", "cpu")
+def openmp_threads() -> int:
+    """OpenMP's default thread count (OMP_NUM_THREADS, else the cores)."""
+    return _cpu.max_threads()
+
+
+@registry.implements("cpu_isa", "cpu")
+def cpu_isa() -> str:
+    """The kernels in use: "avx2" (AVX2 + FMA + F16C) or "baseline" (DSQUANT_CPU_BASELINE=1 forces it)."""
+    return _cpu.isa()
+
+
 def _run_fake(src_ptr, dst_ptr, t: _array.Tensor, groups, bits, symmetric, stochastic, seed, offset):
     sig.FAKE_QUANTIZE(t.dtype, in_=src_ptr, out=dst_ptr, n=t.numel, groups=groups, bits=bits, symmetric=symmetric,
                       stochastic=stochastic, seed=seed, offset=offset, threads=num_threads())
 
 
 def _gather(t: _array.Tensor, dst_ptr: int) -> None:
-    _cpu.strided_copy(t.data, t.strides, dst_ptr, _array.contiguous_strides(t.shape), t.shape,
+    _strided_copy(t.data, t.strides, dst_ptr, _array.contiguous_strides(t.shape), t.shape,
                       t.itemsize, num_threads())
 
 
 def _scatter(src_ptr: int, t: _array.Tensor) -> None:
-    _cpu.strided_copy(src_ptr, _array.contiguous_strides(t.shape), t.data, t.strides, t.shape,
+    _strided_copy(src_ptr, _array.contiguous_strides(t.shape), t.data, t.strides, t.shape,
                       t.itemsize, num_threads())
 
 

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import struct
 
-from . import _cpu
+from . import _cpu, forksafe
+
+_run = forksafe.guard(_cpu.run)      # safe to call in a forked child (forksafe.py)
 
 # C type -> struct code: pointers are addresses (int), bool is C++ bool (one byte).
 _CODES = {"ptr": "P", "i64": "q", "u64": "Q", "int": "i", "float": "f", "bool": "?"}
@@ -37,7 +39,7 @@ class Signature:
             args = None
         if args is None or len(values) != len(self.fields):
             raise TypeError(f"{self.kernel} takes {', '.join(self.fields)}; got {', '.join(values)}")
-        _cpu.run(self.index, dtype, args)
+        _run(self.index, dtype, args)
 
 
 FAKE_QUANTIZE = Signature("fake_quantize", "in_:ptr out:ptr n:i64 groups:i64 bits:int symmetric:bool "
