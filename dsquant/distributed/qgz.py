@@ -26,16 +26,16 @@ module explicitly (``import dsquant.distributed``); importing it imports neither
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from typing import Any, Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
 from ..core import checks, formats
 from ..core.arrays import ArrayT
+from ..interop.operand import Operand
 from ..ops import integer, zeropp
 from ..ops._args import take
-from ..interop.operand import Operand
 from .mpi import MPIEngine
 from .nccl import NCCLEngine
 

@@ -48,7 +48,7 @@ def fake_quantize(x: ArrayT, groups: int = 1, bits: int = 8, *, symmetric: bool 
     return result
 
 
-def ds_quantizer(input: ArrayT, groups: int = 1, bit_num: int = 8, sr: bool = False, asym: bool = False) -> ArrayT:
+def ds_quantizer(input: ArrayT, groups: int = 1, bit_num: int = 8, sr: bool = False, asym: bool = False) -> ArrayT:  # noqa: A002 - DeepSpeed's name
     """DeepSpeed's ``ds_quantizer``: fake-quantize `input` in place and return it.
 
     Same meaning as ``deepspeed.ops.quantizer.ds_quantizer`` with its defects fixed (see
