@@ -111,9 +111,9 @@ class _Table:
 
 def main(argv=None, prog: str = "python -m dsquant gpu-bench") -> int:
     args = _parser(prog).parse_args(argv)
+    # first: without CuPy it raises MissingDependency saying what to install (isort would put cupy first)
+    from ..backends.cuda import device as _cuda  # noqa: I001
     import cupy
-
-    from ..backends.cuda import device as _cuda  # imports CuPy, or raises MissingDependency saying what to install
     from ..backends.cuda import launch as _launch
     if _cuda.device_count() == 0:
         print(f"{prog}: no CUDA GPU visible (CuPy sees no device; nvidia-smi lists what the driver sees)",

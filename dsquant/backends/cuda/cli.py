@@ -47,9 +47,9 @@ def _cache(fresh: bool):
 
 
 def _device_targets() -> list[str]:
+    # first: without CuPy it raises MissingDependency saying what to install (isort would put cupy first)
+    from . import device  # noqa: I001
     import cupy
-
-    from . import device  # needs CuPy and a GPU
     _supported_archs()     # NVRTC loads, or one line saying what to install
     driver = cupy.cuda.runtime.driverGetVersion()   # a GPU newer than NVRTC: can the driver take PTX?
     return sorted({_kernels.target_for(int(cupy.cuda.Device(i).compute_capability), driver)
