@@ -54,6 +54,12 @@ class Adapter:
         when the framework cannot write through such a view."""
         return values
 
+    def graph_device(self, obj, autograd: bool = True, in_place: bool = False):
+        """The registry device whose implementation records a call on `obj` in the framework's
+        own op graph (autograd, tracing, version counters of in-place writes), or None to run
+        the call on the array directly."""
+        return None
+
 
 class NumpyAdapter(Adapter):
     name = "numpy"
@@ -101,6 +107,17 @@ class TorchAdapter(Adapter):
 
     def shared_view(self, values):
         return sys.modules["torch"].from_dlpack(values)
+
+    def graph_device(self, obj, autograd: bool = True, in_place: bool = False):
+        # torch.library custom ops (dsquant/torch.py): in-place calls always (version counter),
+        # tensors that record autograd, and everything torch.compile traces
+        torch = sys.modules["torch"]
+        if in_place or torch.compiler.is_compiling() or (autograd and obj.requires_grad and torch.is_grad_enabled()):
+            return TORCH_OPS
+        return None
+
+
+TORCH_OPS = "torch.library"     # the registry device of dsquant's torch custom ops
 
 
 class JaxAdapter(Adapter):

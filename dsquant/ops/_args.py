@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ..core import dtypes, registry
 from ..interop import operand
+from ..interop.adapters import adapter_of
 from ..interop.operand import Operand
 
 
@@ -52,3 +53,10 @@ def take_out(out, src: Operand) -> Operand:
 def implementation(op_name: str, op: Operand):
     """The backend function for `op_name` on the device of `op`."""
     return registry.lookup(op_name, device_of(op))
+
+
+def graph_device(x, autograd=True, in_place=False):
+    """The registry device of the framework's own op that must record a call on `x` (for autograd,
+    tracing or version counters of in-place writes: torch's custom ops), or None to run on `x` directly."""
+    adapter = adapter_of(x)
+    return None if adapter is None else adapter.graph_device(x, autograd, in_place)

@@ -3,9 +3,9 @@ when 8 % bits == 0, float32 params per group) and DeepSpeed's experimental unsig
 dequantization. The byte layout is in docs/format.md."""
 from __future__ import annotations
 
-from ..core import checks, dtypes, formats
+from ..core import checks, dtypes, formats, registry
 from ..interop import operand
-from ._args import implementation, take, take_peer
+from ._args import graph_device, implementation, take, take_peer
 
 
 def quantize(x, groups=1, bits=8, *, symmetric=True):
@@ -41,6 +41,15 @@ def quantize(x, groups=1, bits=8, *, symmetric=True):
     """
     symmetric = checks.bool_arg(symmetric, "symmetric")
     bits = checks.bits(bits, formats.INT_BITS)
+    graph = graph_device(x, autograd=False)          # torch.compile: torch.ops.dsquant.quantize
+    if graph is not None:
+        return registry.lookup("quantize", graph)(x, groups, bits, symmetric)
+    return quantize_array(x, groups, bits, symmetric)
+
+
+def quantize_array(x, groups, bits, symmetric):
+    """:func:`quantize` on the array itself (never through a framework op); `bits` and
+    `symmetric` already checked."""
     src = take(x, "x")
     groups = checks.groups(groups, src.tensor.numel)
     q_shape = formats.code_shape(src.tensor.shape, bits)
@@ -75,6 +84,14 @@ def dequantize(q, params, bits=8, *, dtype=None, out=None):
         array([ 1.5, -1. ], dtype=float16)
     """
     bits = checks.bits(bits, formats.INT_BITS)
+    graph = graph_device(q, autograd=False) if out is None else None
+    if graph is not None:                            # torch.compile: torch.ops.dsquant.dequantize
+        return registry.lookup("dequantize", graph)(q, params, bits, dtype)
+    return dequantize_array(q, params, bits, dtype, out)
+
+
+def dequantize_array(q, params, bits, dtype=None, out=None):
+    """:func:`dequantize` on the arrays themselves (never through a framework op); `bits` already checked."""
     codes = take(q, "q", formats.CODE_DTYPES)
     prm = take_peer(params, "params", codes, "q", (formats.PARAMS_DTYPE,))
     if len(prm.tensor.shape) != 2 or prm.tensor.shape[1] not in (1, 2):
