@@ -166,3 +166,13 @@ def adapter_of(obj) -> Adapter | None:
             return None
         return adapter
     return DLPACK if hasattr(type(obj), "__dlpack__") else None
+
+
+def graph_device(obj, autograd: bool = True, in_place: bool = False):
+    """The registry device of the framework op that must record a call on `obj` (see
+    Adapter.graph_device), or None. Only torch has such ops; written so that torch.compile can
+    trace it (no string operations on type names)."""
+    torch = sys.modules.get("torch")
+    if torch is None or not isinstance(obj, torch.Tensor):
+        return None
+    return TORCH.graph_device(obj, autograd, in_place)

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from ..core import dtypes, registry
-from ..interop import operand
-from ..interop.adapters import adapter_of
+from ..interop import adapters, operand
 from ..interop.operand import Operand
 
 
@@ -58,5 +57,4 @@ def implementation(op_name: str, op: Operand):
 def graph_device(x, autograd=True, in_place=False):
     """The registry device of the framework's own op that must record a call on `x` (for autograd,
     tracing or version counters of in-place writes: torch's custom ops), or None to run on `x` directly."""
-    adapter = adapter_of(x)
-    return None if adapter is None else adapter.graph_device(x, autograd, in_place)
+    return adapters.graph_device(x, autograd, in_place)

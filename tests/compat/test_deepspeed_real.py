@@ -5,6 +5,8 @@ group, inference int4/int8 weight quantization of a small model. Expected values
 NumPy references in tests/ (never from the code under test)."""
 import os
 import socket
+import subprocess
+import sys
 
 os.environ.setdefault("DS_ACCELERATOR", "cpu")   # before deepspeed is imported: its accelerator is chosen then
 os.environ.setdefault("DS_BUILD_OPS", "0")
@@ -167,3 +169,20 @@ def test_qgz_all_to_all_quant_reduce_on_four_gloo_ranks(tmp_path):
         got = np.load(tmp_path / f"rank{r}.npy")
         check_exact(got, expected[r])
         assert np.abs(got.astype(np.float64) - exact[r]).max() <= bound
+
+
+@pytest.mark.parametrize("flag", ["1", ""])
+def test_install_from_env_waits_for_deepspeed(flag):
+    """What a sitecustomize runs on every rank: nothing is imported early; with DSQUANT_DEEPSPEED=1
+    importing deepspeed installs dsquant."""
+    code = ("import sys, dsquant.compat.deepspeed as d; asked = d.install_from_env();"
+            "assert 'deepspeed' not in sys.modules;"
+            "import deepspeed; from deepspeed.runtime.comm import coalesced_collectives as c;"
+            "from deepspeed.ops import op_builder;"
+            "print(asked, c.quantizer_module is d, op_builder.QuantizerBuilder.__module__)")
+    env = dict(os.environ, DSQUANT_DEEPSPEED=flag, DS_ACCELERATOR="cpu")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    asked, cached, builder = result.stdout.split()[-3:]
+    assert (asked, cached) == ((flag == "1") * "True" or "False", (flag == "1") * "True" or "False")
+    assert (builder == "dsquant.compat.deepspeed_plugin") == (flag == "1")
