@@ -14,8 +14,9 @@ os.environ.setdefault("DS_BUILD_OPS", "0")
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from _optional import require  # noqa: E402
 
-deepspeed = pytest.importorskip("deepspeed", reason="the test extra installs deepspeed")
+deepspeed = require("deepspeed")   # the test extra installs it: missing fails here (skips only under the GPU check)
 
 import deepspeed.ops.op_builder as op_builder  # noqa: E402
 from deepspeed.accelerator import get_accelerator  # noqa: E402
