@@ -92,13 +92,14 @@ def loco_reduction_ref(data, params, err, beta, in_groups, out_groups, bits, sym
     return loco_step(v, err.astype(np.float32), beta, out_groups, bits, symmetric)
 
 
-def qgz_ref(grads, groups, bits, symmetric, nodes, dpn, divisor, errors=None, beta=0.0):
+def qgz_ref(grads, groups, bits, symmetric, nodes, dpn, divisor, errors=None, beta=0.0, combine=None):
     """Every rank's float32 result of the quantized all-to-all reduce (docs/zeropp.md), with the
     exchanges done by indexing: rank n·dpn + d gets slab d of its node's swizzled codes, sums them,
     and gets piece n of the reduced codes of rank m·dpn + d of every node m.
 
     With `errors` (per rank: [float32 intra-node error in swizzled order, float32 inter-node
-    error]), the LoCo variant: the errors are replaced by their updated values."""
+    error]), the LoCo variant: the errors are replaced by their updated values. With `combine`, the
+    nodes' float32 parts are combined by ``combine(parts)`` instead (`divisor` unused)."""
     def swizzle(r):
         x = grads[r].reshape(-1)
         if errors is None:
@@ -129,6 +130,9 @@ def qgz_ref(grads, groups, bits, symmetric, nodes, dpn, divisor, errors=None, be
             q, p = reduced[m * dpn + d]
             parts.append(dequant_f32(np.asarray(q).reshape(-1).view(np.uint8).reshape(nodes, -1)[n],
                                      np.asarray(p).reshape(nodes, -1, k)[n], bits))
+        if combine is not None:
+            results.append(combine(parts))
+            continue
         total = parts[0]
         for part in parts[1:]:
             total = total + part

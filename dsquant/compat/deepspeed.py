@@ -21,11 +21,13 @@ from __future__ import annotations
 import enum
 import math
 import operator
+import sys
 from typing import Any, Protocol
 
 from ..core import checks, dtypes
 from ..core.arrays import ArrayT, DLPackArray
 from ..ops import fake, integer, zeropp
+from . import deepspeed_plugin
 
 __all__ = [
     "Asymmetric", "QuantizationType", "Symmetric",
@@ -61,13 +63,17 @@ def _is_symmetric(quant_type: int) -> bool:
 
 
 def _require_dtype(vals: Any, dtype: str, op: str) -> None:
+    # DeepSpeed's ds_quantizer sends float16 to the _fp16 names and every other dtype to the _fp32
+    # ones: those take float32, bfloat16 and float64 (each quantized in its own dtype)
     found = getattr(vals, "dtype", None)
     try:
-        ok = found is not None and dtypes.parse(found) == dtypes.parse(dtype)
+        name = dtypes.parse(found).name if found is not None else None
     except TypeError:   # not a float dtype dsquant knows
-        ok = False
+        name = None
+    ok = name == "float16" if dtype == "float16" else name not in (None, "float16")
     if not ok:
-        raise TypeError(f"{op} quantizes {dtype} tensors in place, got dtype {found}; use the matching "
+        wanted = dtype if dtype == "float16" else "float32, bfloat16 or float64"
+        raise TypeError(f"{op} quantizes {wanted} tensors in place, got dtype {found}; use the matching "
                         f"_fp16/_fp32 function, or dsquant.ds_quantizer for any float dtype")
 
 
@@ -84,7 +90,8 @@ def _fake(dtype: str, stochastic: bool, asymmetric: bool, name: str) -> InPlaceQ
         return fake.ds_quantizer(vals, groups, bits, sr=stochastic, asym=asymmetric)
     kind = ("stochastic-rounding " if stochastic else "") + ("asymmetric" if asymmetric else "symmetric")
     op.__name__ = op.__qualname__ = name
-    op.__doc__ = (f"{name}(vals, groups, bits): {kind} fake quantization of a {dtype} tensor in place; "
+    what = dtype if dtype == "float16" else "float32, bfloat16 or float64"
+    op.__doc__ = (f"{name}(vals, groups, bits): {kind} fake quantization of a {what} tensor in place; "
                   f"returns `vals`. See :func:`dsquant.ds_quantizer`.")
     return op
 
@@ -204,3 +211,17 @@ def loco_quantized_reduction(q_in: ArrayT, scales_in: ArrayT, error_feedback: DL
         out_groups, num_bits, symmetric=_is_symmetric(quant_type), devices_per_node=devices_per_node,
         half_accumulate=fp16_accumulation)
     return [q, scales]
+
+
+# ------------------------------------------------------------------------------ plugging into DeepSpeed
+def install() -> list[str]:
+    """Make the imported DeepSpeed use this module: every cached quantizer module global and the
+    quantizer's own op builder (docs/deepspeed.md). Idempotent; call it on every rank before
+    ``deepspeed.initialize``. Returns the names it set (those this DeepSpeed version has)."""
+    return deepspeed_plugin.install(sys.modules[__name__])
+
+
+def install_from_env() -> bool:
+    """:func:`install` when ``DSQUANT_DEEPSPEED=1`` is set: now if deepspeed is imported, else as
+    soon as it is (for a ``sitecustomize.py``, so that ranks started by DeepSpeed's launcher get it)."""
+    return deepspeed_plugin.install_from_env(sys.modules[__name__])

@@ -13,7 +13,10 @@ from collections.abc import Callable
 from typing import Any
 
 # The module that registers each device's implementations when imported.
-BACKENDS = {"cpu": "dsquant.backends.cpu.host", "cuda": "dsquant.backends.cuda.device"}
+# "torch.library": dsquant's torch custom ops, which record calls in torch's graphs (autograd,
+# torch.compile) and run the "cpu"/"cuda" implementations; imported for torch tensors that need them.
+BACKENDS = {"cpu": "dsquant.backends.cpu.host", "cuda": "dsquant.backends.cuda.device",
+            "torch.library": "dsquant.torch"}
 
 _TABLE: dict[tuple[str, str], Callable[..., Any]] = {}
 

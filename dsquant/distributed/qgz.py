@@ -1,5 +1,5 @@
 """ZeRO++ qgZ: a quantized, hierarchical all-to-all reduce of gradients over MPI (mpi4py, host
-arrays) or NCCL (``cupy.cuda.nccl``, GPU arrays).
+arrays), NCCL (``cupy.cuda.nccl``, GPU arrays) or torch.distributed (torch tensors).
 
 ``all_to_all_quant_reduce`` is DeepSpeed's ``all_to_all_quant_reduce``
 (``deepspeed/runtime/comm/coalesced_collectives.py``) on an existing communicator: every rank
@@ -20,14 +20,16 @@ devices and the MEAN over nodes, i.e. the sum over all ranks divided by ``nodes`
 (the sum over all ranks) or ``"mean"`` (divided by the number of ranks).
 
 Only the all-to-all depends on where the arrays live: an *engine* (:class:`MPIEngine` for host
-arrays, :class:`NCCLEngine` for GPU arrays) provides it, everything else is shared. Import this
+arrays, :class:`NCCLEngine` for GPU arrays, :class:`TorchEngine` for torch tensors on either)
+provides it, everything else is shared. Import this
 module explicitly (``import dsquant.distributed``); importing it imports neither MPI nor CuPy.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -38,8 +40,22 @@ from ..ops import integer, zeropp
 from ..ops._args import take
 from .mpi import MPIEngine
 from .nccl import NCCLEngine
+from .torch_distributed import TorchEngine
 
-Engine = MPIEngine | NCCLEngine     # what moves the bytes (comm= may also be a plain mpi4py communicator)
+
+class Engine(Protocol):
+    """What moves the bytes (MPIEngine, NCCLEngine, TorchEngine; comm= may also be a plain mpi4py
+    communicator): the hierarchy, its two sub-groups, and an equal-chunk all-to-all among one."""
+    nodes: int
+    devices_per_node: int
+    device: Any
+    intra: Any
+    inter: Any
+
+    def alltoall(self, sub: Any, send: Any) -> Any: ...
+    def native(self, array: Any) -> Any: ...
+    def zeros(self, numel: int) -> Any: ...
+    def ordered(self, like: Operand) -> contextlib.AbstractContextManager[Any]: ...
 
 REDUCTIONS: dict[str, Callable[[int, int], int]] = {
     "deepspeed": lambda nodes, world: nodes, "sum": lambda nodes, world: 1, "mean": lambda nodes, world: world}
@@ -69,7 +85,7 @@ class LocoState:
         """The (intra-node, inter-node) buffers of tensor `index` with `numel` elements, made
         (zeros, in `engine`'s memory) on first use or when the size changed."""
         pair = self.buffers.get(index)
-        if pair is None or pair[0].size != numel:
+        if pair is None or pair[0].shape[0] != numel:     # 1-D: NumPy, CuPy or torch
             pair = (engine.zeros(numel), engine.zeros(numel // engine.devices_per_node))
             self.buffers[index] = pair
         return pair
@@ -95,10 +111,12 @@ def default_groups(numel: int, world: int) -> int:
 # build one from a plain mpi4py communicator.
 _ENGINES: dict[bool, tuple[type[Engine], Callable[[Any, int, int], Engine]]] = {
     True: (MPIEngine, MPIEngine), False: (NCCLEngine, NCCLEngine.from_mpi)}
+ENGINES = (MPIEngine, NCCLEngine, TorchEngine)
 
 
-def all_to_all_quant_reduce(tensors: Sequence[ArrayT], *, comm: Any, nodes: int, devices_per_node: int, bits: int = 4,
-                            groups: int | None = None, symmetric: bool = True, reduce: str = "deepspeed",
+def all_to_all_quant_reduce(tensors: Sequence[ArrayT], *, comm: Any, nodes: int | None = None,
+                            devices_per_node: int | None = None, bits: int = 4, groups: int | None = None,
+                            symmetric: bool = True, reduce: str = "deepspeed",
                             loco: LocoState | None = None) -> list[ArrayT]:
     """Quantized hierarchical all-to-all reduce (ZeRO++ qgZ); every rank gets its own partition.
 
@@ -108,12 +126,13 @@ def all_to_all_quant_reduce(tensors: Sequence[ArrayT], *, comm: Any, nodes: int,
             float32, float64. Each tensor's ``numel`` must be a multiple of
             ``nodes * devices_per_node * 8 / bits``.
         comm: an mpi4py communicator of ``nodes * devices_per_node`` ranks, or an engine:
-            :class:`MPIEngine` (host arrays) or :class:`NCCLEngine` (GPU arrays). A plain
+            :class:`MPIEngine` (host arrays), :class:`NCCLEngine` (GPU arrays) or
+            :class:`TorchEngine` (torch tensors, over a torch.distributed process group). A plain
             communicator builds the engine the arrays need on every call (for GPU arrays, NCCL
             communicators through :meth:`NCCLEngine.from_mpi`): build it once instead.
-        nodes: nodes of the hierarchy; rank ``r`` is local device ``r % devices_per_node`` of node
-            ``r // devices_per_node``.
-        devices_per_node: devices on each node.
+        nodes, devices_per_node: the hierarchy; rank ``r`` is local device ``r % devices_per_node``
+            of node ``r // devices_per_node``. Taken from the engine when `comm` is one (given
+            anyway, they must match it); required with a plain communicator.
         bits: code width of both quantization stages (DeepSpeed: 4).
         groups: groups per tensor (a multiple of the rank count dividing ``numel``); default
             :func:`default_groups` (groups of at most 2048 elements).
@@ -138,12 +157,21 @@ def all_to_all_quant_reduce(tensors: Sequence[ArrayT], *, comm: Any, nodes: int,
     if any(op.on_cpu != on_cpu for op in ops):
         raise BufferError("tensors must be all in host memory or all on the GPU")
     kind, build = _ENGINES[on_cpu]
-    engine = comm if isinstance(comm, (MPIEngine, NCCLEngine)) else build(comm, nodes, devices_per_node)
-    if not isinstance(engine, kind):
+    engine: Engine
+    if isinstance(comm, ENGINES):
+        engine = comm
+        nodes = engine.nodes if nodes is None else nodes
+        devices_per_node = engine.devices_per_node if devices_per_node is None else devices_per_node
+    elif nodes is None or devices_per_node is None:
+        raise TypeError("nodes and devices_per_node are needed with a plain communicator (an engine knows them)")
+    else:
+        engine = build(comm, nodes, devices_per_node)
+    if not isinstance(engine, (kind, TorchEngine)):
         where = "host memory" if on_cpu else "a GPU"
         raise BufferError(f"the tensors are in {where}: pass a {kind.__name__} (or a plain communicator), "
                           f"not a {type(engine).__name__}")
-    elsewhere = [i for i, op in enumerate(ops) if not on_cpu and op.tensor.device_id != engine.device]
+    elsewhere = [i for i, op in enumerate(ops)
+                 if not on_cpu and engine.device is not None and op.tensor.device_id != engine.device]
     if elsewhere:
         raise BufferError(f"tensors[{elsewhere[0]}] is on GPU {ops[elsewhere[0]].tensor.device_id}, the engine's "
                           f"communicator on GPU {engine.device}")
@@ -196,9 +224,9 @@ def _pipeline(t: Any, op: Operand, index: int, engine: Engine, bits: int, g: int
     q = engine.alltoall(engine.inter, q)
     p = engine.alltoall(engine.inter, p)
     partial = integer.dequantize(q, p, bits).reshape(nodes, -1)
-    total = partial[0].copy()
+    total = partial[0]                             # our own buffer: summed into in place
     for m in range(1, nodes):                      # node order: the same bits on every rank
-        total += partial[m]
+        total += partial[m]                        # NumPy, CuPy or torch arrays: float32, IEEE
     divisor = REDUCTIONS[reduce](nodes, nodes * dpn)
     if divisor != 1:
         total /= np.float32(divisor)

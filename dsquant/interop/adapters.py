@@ -80,6 +80,12 @@ class Adapter:
         when the framework cannot write through such a view."""
         return values
 
+    def graph_device(self, obj: Any, autograd: bool = True, in_place: bool = False) -> str | None:
+        """The registry device whose implementation records a call on `obj` in the framework's
+        own op graph (autograd, tracing, version counters of in-place writes), or None to run
+        the call on the array directly."""
+        return None
+
 
 class NumpyAdapter(Adapter):
     name = "numpy"
@@ -131,6 +137,17 @@ class TorchAdapter(Adapter):
 
     def shared_view(self, values: Any) -> Any:
         return sys.modules["torch"].from_dlpack(values)
+
+    def graph_device(self, obj: Any, autograd: bool = True, in_place: bool = False) -> str | None:
+        # torch.library custom ops (dsquant/torch.py): in-place calls always (version counter),
+        # tensors that record autograd, and everything torch.compile traces
+        torch = sys.modules["torch"]
+        if in_place or torch.compiler.is_compiling() or (autograd and obj.requires_grad and torch.is_grad_enabled()):
+            return TORCH_OPS
+        return None
+
+
+TORCH_OPS = "torch.library"     # the registry device of dsquant's torch custom ops
 
 
 class JaxAdapter(Adapter):
@@ -196,3 +213,13 @@ def adapter_of(obj: Any) -> Adapter | None:
             return None
         return adapter
     return DLPACK if hasattr(type(obj), "__dlpack__") else None
+
+
+def graph_device(obj: Any, autograd: bool = True, in_place: bool = False) -> str | None:
+    """The registry device of the framework op that must record a call on `obj` (see
+    Adapter.graph_device), or None. Only torch has such ops; written so that torch.compile can
+    trace it (no string operations on type names)."""
+    torch = sys.modules.get("torch")
+    if torch is None or not isinstance(obj, torch.Tensor):
+        return None
+    return TORCH.graph_device(obj, autograd, in_place)

@@ -2,9 +2,11 @@
 in-place ``ds_quantizer``, and the seed of the library-global stochastic-rounding stream."""
 from __future__ import annotations
 
-from ..core import checks, rng
+from typing import Any
+
+from ..core import checks, registry, rng
 from ..core.arrays import ArrayT
-from ._args import implementation, take, take_out
+from ._args import graph_device, implementation, take, take_out
 
 
 def fake_quantize(x: ArrayT, groups: int = 1, bits: int = 8, *, symmetric: bool = True, stochastic: bool = False,
@@ -28,7 +30,10 @@ def fake_quantize(x: ArrayT, groups: int = 1, bits: int = 8, *, symmetric: bool 
         out: optional array of the same framework, device, dtype and shape to write into.
 
     Returns:
-        A new array (or `out`) of the same framework, device, dtype and shape as `x`.
+        A new array (or `out`) of the same framework, device, dtype and shape as `x`. A torch
+        tensor that requires grad (with grad mode on), or any torch tensor under ``torch.compile``,
+        goes through the custom op ``torch.ops.dsquant.fake_quantize`` (see :mod:`dsquant.torch`):
+        the result then has a straight-through-estimator gradient.
 
     Examples:
         4 bits give codes -8..7 in steps of absmax/8 (the peak 1.0 is clipped to code 7):
@@ -40,6 +45,17 @@ def fake_quantize(x: ArrayT, groups: int = 1, bits: int = 8, *, symmetric: bool 
     symmetric = checks.bool_arg(symmetric, "symmetric")
     stochastic = checks.bool_arg(stochastic, "stochastic")
     bits = checks.bits(bits)
+    graph = graph_device(x) if out is None else None
+    if graph is not None:
+        result: ArrayT = registry.lookup("fake_quantize", graph)(x, groups, bits, symmetric, stochastic, seed)
+        return result
+    return fake_quantize_array(x, groups, bits, symmetric, stochastic, seed, out)
+
+
+def fake_quantize_array(x: ArrayT, groups: int, bits: int, symmetric: bool, stochastic: bool, seed: int | None = None,
+                        out: ArrayT | None = None) -> ArrayT:
+    """:func:`fake_quantize` on the array itself (never through a framework op); `bits`,
+    `symmetric` and `stochastic` already checked."""
     src = take(x, "x")
     groups = checks.groups(groups, src.tensor.numel)
     seed, offset = rng.resolve(seed, src.tensor.numel, stochastic)
@@ -65,6 +81,17 @@ def ds_quantizer(input: ArrayT, groups: int = 1, bit_num: int = 8, sr: bool = Fa
     sr = checks.bool_arg(sr, "sr")
     asym = checks.bool_arg(asym, "asym")
     bits = checks.bits(bit_num, name="bit_num")
+    graph = graph_device(input, in_place=True)
+    if graph is not None:
+        registry.lookup("ds_quantizer", graph)(input, groups, bits, sr, asym)
+        return input
+    fake_quantize_in_place(input, groups, bits, sr, asym)
+    return input
+
+
+def fake_quantize_in_place(input: Any, groups: int, bits: int, sr: bool, asym: bool) -> None:  # noqa: A002 - as ds_quantizer
+    """:func:`ds_quantizer` on the array itself (never through a framework op); `bits`, `sr` and
+    `asym` already checked."""
     op = take(input, "input")
     groups = checks.groups(groups, op.tensor.numel)
     if op.immutable:
@@ -75,7 +102,6 @@ def ds_quantizer(input: ArrayT, groups: int = 1, bit_num: int = 8, sr: bool = Fa
                           f"{op.tensor.strides} (elements alias or run backwards); use dsquant.fake_quantize(x, ...)")
     seed, offset = rng.resolve(None, op.tensor.numel, sr)
     implementation("fake_quantize_inplace", op)(op, groups, bits, not asym, sr, seed, offset)
-    return input
 
 
 def manual_seed(seed: int) -> None:

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, overload
 
-from ..core import checks, dtypes, formats
+from ..core import checks, dtypes, formats, registry
 from ..interop import operand
-from ._args import implementation, take, take_peer
+from ._args import graph_device, implementation, take, take_peer
 
 if TYPE_CHECKING:
     import numpy as np
@@ -54,10 +54,20 @@ def quantize(x: Any, groups: int = 1, bits: int = 8, *, symmetric: bool = True) 
     """
     symmetric = checks.bool_arg(symmetric, "symmetric")
     bits = checks.bits(bits, formats.INT_BITS)
+    graph = graph_device(x, autograd=False)          # torch.compile: torch.ops.dsquant.quantize
+    if graph is not None:
+        return registry.lookup("quantize", graph)(x, groups, bits, symmetric)
+    return quantize_array(x, groups, bits, symmetric)
+
+
+def quantize_array(x: Any, groups: int, bits: int, symmetric: bool) -> tuple[Any, Any]:
+    """:func:`quantize` on the array itself (never through a framework op); `bits` and
+    `symmetric` already checked."""
     src = take(x, "x")
     groups = checks.groups(groups, src.tensor.numel)
     q_shape = formats.code_shape(src.tensor.shape, bits)
-    return implementation("quantize", src)(src, groups, bits, symmetric, q_shape)
+    result: tuple[Any, Any] = implementation("quantize", src)(src, groups, bits, symmetric, q_shape)
+    return result
 
 
 @overload
@@ -94,6 +104,14 @@ def dequantize(q: Any, params: Any, bits: int = 8, *, dtype: Any = None, out: An
         array([ 1.5, -1. ], dtype=float16)
     """
     bits = checks.bits(bits, formats.INT_BITS)
+    graph = graph_device(q, autograd=False) if out is None else None
+    if graph is not None:                            # torch.compile: torch.ops.dsquant.dequantize
+        return registry.lookup("dequantize", graph)(q, params, bits, dtype)
+    return dequantize_array(q, params, bits, dtype, out)
+
+
+def dequantize_array(q: Any, params: Any, bits: int, dtype: Any = None, out: Any = None) -> Any:
+    """:func:`dequantize` on the arrays themselves (never through a framework op); `bits` already checked."""
     codes = take(q, "q", formats.CODE_DTYPES)
     prm = take_peer(params, "params", codes, "q", (formats.PARAMS_DTYPE,))
     if len(prm.tensor.shape) != 2 or prm.tensor.shape[1] not in (1, 2):

@@ -49,9 +49,16 @@ def test_quantization_type():
 
 
 # ------------------------------------------------------------------------------ fake quantization
-@pytest.mark.parametrize("name", FAKE)
-def test_fake_quantization_in_place(name):
-    dtype, stochastic, asymmetric = FAKE[name]
+# what each name takes: DeepSpeed's ds_quantizer sends float16 to _fp16, every other dtype to _fp32
+TAKES = {torch.float16: (torch.float16,), torch.float32: (torch.float32, torch.bfloat16, torch.float64)}
+BITS_VIEW = {torch.float16: torch.int16, torch.bfloat16: torch.int16, torch.float32: torch.int32,
+             torch.float64: torch.int64}
+
+
+@pytest.mark.parametrize("name,dtype", [pytest.param(name, dtype, id=f"{name}-{str(dtype)[6:]}")
+                                        for name in FAKE for dtype in TAKES[FAKE[name][0]]])
+def test_fake_quantization_in_place(name, dtype):
+    _, stochastic, asymmetric = FAKE[name]
     x = torch.randn(8, 64, generator=torch.Generator().manual_seed(1)).to(dtype)
     expected = x.clone()
     dsquant.manual_seed(7)
@@ -59,14 +66,14 @@ def test_fake_quantization_in_place(name):
     dsquant.manual_seed(7)
     out = getattr(ds, name)(x, 4, 6)
     assert out is x
-    assert torch.equal(x.view(torch.int16 if dtype == torch.float16 else torch.int32),
-                       expected.view(torch.int16 if dtype == torch.float16 else torch.int32))
+    assert torch.equal(x.view(BITS_VIEW[dtype]), expected.view(BITS_VIEW[dtype]))
     assert not torch.equal(x, torch.randn(8, 64, generator=torch.Generator().manual_seed(1)).to(dtype))
 
 
 @pytest.mark.parametrize("name,wrong", [
     pytest.param(name, wrong, id=f"{name}-{str(wrong)[6:]}") for name in FAKE
-    for wrong in (torch.float16, torch.float32, torch.bfloat16, torch.float64) if wrong != FAKE[name][0]])
+    for wrong in (torch.float16, torch.float32, torch.bfloat16, torch.float64, torch.int32, torch.int8)
+    if wrong not in TAKES[FAKE[name][0]]])
 def test_fake_quantization_wrong_dtype_is_type_error(name, wrong):
     x = torch.zeros(8, dtype=wrong)
     with pytest.raises(TypeError, match=f"{name} quantizes"):

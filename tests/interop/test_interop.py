@@ -146,10 +146,15 @@ def test_torch_in_place_modifies_tensor_and_parameters():
     expected = ref.fake_quantize(t.numpy().copy(), 4, 8)
     assert dsquant.ds_quantizer(t, 4, 8) is t
     check_exact(t.numpy(), expected)
-    # a parameter that requires grad is quantized in place like DeepSpeed's p.data
+    # a parameter that requires grad: its .data, or under no_grad (torch's in-place rule;
+    # tests/interop/test_torch_ops.py checks the refusal)
     p = torch.nn.Parameter(torch.randn(32))
     expected = ref.fake_quantize(p.detach().numpy().copy(), 2, 4)
-    dsquant.ds_quantizer(p, 2, 4)
+    dsquant.ds_quantizer(p.data, 2, 4)
+    check_exact(p.detach().numpy(), expected)
+    expected = ref.fake_quantize(p.detach().numpy().copy(), 4, 4)
+    with torch.no_grad():
+        dsquant.ds_quantizer(p, 4, 4)
     check_exact(p.detach().numpy(), expected)
     # non-contiguous tensor view, in place
     base = torch.randn(6, 8)

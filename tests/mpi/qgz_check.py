@@ -22,6 +22,7 @@ import numpy as np
 from mpi4py import MPI
 
 import dsquant
+import reference_zeropp as rz
 from dsquant import distributed
 
 NODES, DPN = 2, 2
@@ -70,6 +71,9 @@ def check(engine, rank, world):
         allowed = limit[mine] + dtype_slack[mine]
         assert (err <= allowed).all(), f"case {case}: error {err.max()} over the bound at {np.argmax(err - allowed)}"
         assert err.max() > 0, f"case {case}: no quantization error at all?"
+        # bit for bit the pipeline's reference (which the torch.distributed and NCCL engines match too)
+        expected = rz.qgz_ref(grads, g, bits, symmetric, NODES, DPN, NODES)[rank].astype(dtype)
+        assert np.array_equal(got.view(np.uint8), expected.view(np.uint8)), f"case {case}: not the reference's bits"
         for other in range(world):        # and it is MY partition, not another one
             if other != rank:
                 theirs = slice(other * part, (other + 1) * part)
