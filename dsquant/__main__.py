@@ -10,7 +10,8 @@ import sys
 COMMANDS = {
     "info": ("dsquant._info", "print what this installation can use (JSON)"),
     "bench": ("dsquant.bench.cpu", "CPU benchmark table: throughput vs numpy.copyto and NumPy (--quick: seconds)"),
-    "kernels": ("dsquant.backends.cuda.cli", "compile every CUDA kernel (--compile-only: no GPU), report registers/spills"),
+    "kernels": ("dsquant.backends.cuda.cli",
+                "compile every CUDA kernel (--compile-only: no GPU), report registers/spills"),
     "qgz-bench": ("dsquant.bench.zeropp", "qgZ all-to-all reduce on MPI vs Allreduce (run under mpiexec)"),
     "gpu-bench": ("dsquant.bench.gpu", "GPU benchmark table: throughput vs a CuPy device-to-device copy"),
 }
@@ -24,7 +25,8 @@ def _parser(prog: str) -> argparse.ArgumentParser:
         description="dsquant: DeepSpeed's quantizer rebuilt without torch.",
         epilog=f"commands:\n{listing}\n\n`{prog} <command> --help` describes a command's options.")
     parser.add_argument("--version", action="version", version=f"dsquant {__version__}")
-    parser.add_argument("command", nargs="?", choices=COMMANDS, metavar="command", help="one of: " + ", ".join(COMMANDS))
+    parser.add_argument("command", nargs="?", choices=COMMANDS, metavar="command",
+                        help="one of: " + ", ".join(COMMANDS))
     parser.add_argument("args", nargs=argparse.REMAINDER, help="the command's options")
     return parser
 

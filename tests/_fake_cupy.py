@@ -107,7 +107,7 @@ class ndarray:   # noqa: N801 - CuPy's name
         self._np[key] = value._np if isinstance(value, ndarray) else value
 
     @property
-    def T(self):
+    def T(self):  # noqa: N802 - CuPy's name
         return ndarray._of(self._np.T, self)
 
     def __iadd__(self, other):
@@ -297,11 +297,11 @@ class _Runtime(types.SimpleNamespace):
     CUDARuntimeError = RuntimeError
 
     @staticmethod
-    def getDeviceCount():
+    def getDeviceCount():  # noqa: N802 - CuPy's name
         return 1
 
     @staticmethod
-    def getDeviceProperties(device_id):
+    def getDeviceProperties(device_id):  # noqa: N802 - CuPy's name
         return {"name": b"emulated GPU"}
 
 

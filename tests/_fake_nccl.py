@@ -11,7 +11,7 @@ from collections import defaultdict, deque
 
 NCCL_INT8 = 0
 _ids = itertools.count()
-_worlds: dict[int, "_World"] = {}
+_worlds: dict[int, _World] = {}
 _group = threading.local()
 
 
@@ -56,7 +56,8 @@ def groupEnd():  # noqa: N802 - NCCL's name
         if kind == "recv":
             box = comm.world.mail[peer, comm.rank]
             with comm.world.cond:
-                assert comm.world.cond.wait_for(lambda: box, timeout=60), f"rank {comm.rank}: nothing from {peer}"
+                got = comm.world.cond.wait_for(lambda box=box: box, timeout=60)
+                assert got, f"rank {comm.rank}: nothing from {peer}"
                 data = box.popleft()
             assert len(data) == count, f"rank {comm.rank} expected {count} bytes from {peer}, got {len(data)}"
             ctypes.memmove(ptr, data, count)

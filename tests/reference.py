@@ -11,6 +11,7 @@ from __future__ import annotations
 from fractions import Fraction
 
 import numpy as np
+
 from _optional import require
 
 ml_dtypes = require("ml_dtypes")

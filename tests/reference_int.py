@@ -8,6 +8,7 @@ and the experimental float16 dequantization uses NumPy's float16 arithmetic.
 from __future__ import annotations
 
 import numpy as np
+
 from _optional import require
 
 ml_dtypes = require("ml_dtypes")

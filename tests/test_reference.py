@@ -75,7 +75,7 @@ def test_symmetric_hand_computed():
 def test_asymmetric_hand_computed():
     x = np.array([0.0, 1.0, 0.5, 0.2], dtype=np.float32)
     s = np.float32((1.0 - 0.0 + 1e-5) / 4)        # 2 bits: 4 levels 0..3
-    r = np.float32(1) / s
+    r = np.float32(1) / s   # noqa: F841 - the reciprocal the codes below are worked out with
     codes = [0, 3, 2, 1]   # 1*r = 3.99996 -> 4 -> clipped to 3; 0.5*r = 1.99998 -> 2; 0.2*r = 0.79999 -> 1
     expected = np.array([float(np.float32(Fraction(c) * Fraction(float(s)))) for c in codes], dtype=np.float32)
     assert np.array_equal(ref.fake_quantize(x, 1, 2, symmetric=False), expected)

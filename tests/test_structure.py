@@ -103,8 +103,8 @@ def test_no_private_names_across_modules():
     for module, path in SOURCES.items():
         tree = ast.parse(path.read_text())
         aliases = {a.asname or a.name for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom))
-                   for a in n.names if f"{_resolve(module, n) if isinstance(n, ast.ImportFrom) else ''}.{a.name}".lstrip(".")
-                   in MODULES}
+                   for a in n.names
+                   if f"{_resolve(module, n) if isinstance(n, ast.ImportFrom) else ''}.{a.name}".lstrip(".") in MODULES}
         for node in ast.walk(tree):
             if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in aliases
                     and node.attr.startswith("_") and not node.attr.startswith("__")):

@@ -111,9 +111,9 @@ class _Table:
 
 def main(argv=None, prog: str = "python -m dsquant gpu-bench") -> int:
     args = _parser(prog).parse_args(argv)
-    from ..backends.cuda import device as _cuda  # imports CuPy, or raises MissingDependency saying what to install
+    # first: without CuPy it raises MissingDependency saying what to install (isort would put cupy first)
+    from ..backends.cuda import device as _cuda  # noqa: I001
     import cupy
-
     from ..backends.cuda import launch as _launch
     if _cuda.device_count() == 0:
         print(f"{prog}: no CUDA GPU visible (CuPy sees no device; nvidia-smi lists what the driver sees)",
@@ -179,7 +179,8 @@ def _fake_table(cupy, _cuda, _launch, n, name, args, stream, ds_quantizer, ds_re
                                                    stream)
                     ms = _median_ms(cupy, kernels, args.batches, args.batch, stream)
                     api_ms = _median_ms(cupy, lambda: fake_quantize(x, groups, args.bits, stochastic=sr,
-                                                                    seed=1 if sr else None, out=out), args.batches, args.batch, stream)
+                                                                    seed=1 if sr else None, out=out),
+                                        args.batches, args.batch, stream)
                     row = {"dtype": dtype, "group": group_name, "rounding": rounding, "ms": ms,
                            "GB/s": moved / ms / 1e6, "copy GB/s": moved / copy_ms / 1e6, "vs copy": copy_ms / ms,
                            "API vs copy": copy_ms / api_ms, "passes": passes,
@@ -189,7 +190,7 @@ def _fake_table(cupy, _cuda, _launch, n, name, args, stream, ds_quantizer, ds_re
                                                                 moved)
                     return row
                 table.row([dtype, group_name, rounding], measure, cells)
-        del x, out
+        x = out = None   # freed before the next dtype's arrays (not del: the closures above use the names)
         _free(cupy)
     return table
 
@@ -197,8 +198,8 @@ def _fake_table(cupy, _cuda, _launch, n, name, args, stream, ds_quantizer, ds_re
 def _int_table(cupy, _cuda, _launch, n, args, stream, report):
     head = ["op", "dtype", "bits", "group", "ms", "GB/s", "copy GB/s", "vs copy", "API vs copy"]
     table = _Table("Integer codes, symmetric, round to nearest (bytes moved: input + codes + params); vs copy: copy "
-                   "time of the same bytes / kernel time; API vs copy: the same for the public call", head, "int_rows", report,
-                   args.json)
+                   "time of the same bytes / kernel time; API vs copy: the same for the public call", head, "int_rows",
+                   report, args.json)
     for dtype in DTYPES:
         x, y = _arrays(cupy, n, dtype)
         _int_rows(cupy, _cuda, _launch, x, y, dtype, args, stream, table)
@@ -249,15 +250,16 @@ def _int_rows(cupy, _cuda, _launch, x, y, dtype: str, args, stream, table: _Tabl
                     if op == "quantize":   # symmetric codes: no statistics scratch for these group sizes
                         plan = _launch.quantize(dtype_code, x.data.ptr, q.data.ptr, params.data.ptr, x.size, groups,
                                                 bits, True)
-                        api = lambda: quantize(x, groups, bits)                          # noqa: E731
+                        api = lambda: quantize(x, groups, bits)                          # noqa: E731 - the branches bind the call to time
                     else:
                         plan = _launch.dequantize(dtype_code, q.data.ptr, params.data.ptr, y.data.ptr, x.size,
                                                   groups, bits, True)
-                        api = lambda: dequantize(q, params, bits, out=y)                 # noqa: E731
+                        api = lambda: dequantize(q, params, bits, out=y)                 # noqa: E731 - the branches bind the call to time
                     ms = _median_ms(cupy, lambda: _cuda.run(plan, device, stream), args.batches, args.batch, stream)
                     api_ms = _median_ms(cupy, api, args.batches, args.batch, stream)
-                    return {"op": op, "dtype": dtype, "bits": bits, "group": size, "ms": ms, "GB/s": moved / ms / 1e6,
-                            "copy GB/s": moved / copy_ms / 1e6, "vs copy": copy_ms / ms, "API vs copy": copy_ms / api_ms}
+                    return {"op": op, "dtype": dtype, "bits": bits, "group": size, "ms": ms,
+                            "GB/s": moved / ms / 1e6, "copy GB/s": moved / copy_ms / 1e6, "vs copy": copy_ms / ms,
+                            "API vs copy": copy_ms / api_ms}
                 table.row([op, dtype, str(bits), str(size)], measure, cells)
             state.clear()
 

@@ -28,7 +28,7 @@ def timed_against_copy(fn, nbytes: int, reps: int) -> tuple[float, float]:
     written), timed alternately so that both see the same machine (other load, clock)."""
     src = np.ones(nbytes // 2, dtype=np.uint8)
     dst = np.empty_like(src)
-    copy = lambda: np.copyto(dst, src)        # noqa: E731
+    copy = lambda: np.copyto(dst, src)        # noqa: E731 - timed like fn
     fn(), copy()                               # warm up: page faults, thread pool
     op_times, copy_times = [], []
     for _ in range(reps):

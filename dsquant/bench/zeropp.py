@@ -37,7 +37,6 @@ def zeropp_rows(numel: int = 1 << 24, reps: int = 7, dtype: str = "float16") -> 
     q, params = swizzle_quantize(x, groups, bits, **layout)
     err = np.zeros(numel, np.float32)
     quant_bytes = x.nbytes + q.nbytes + params.nbytes
-    reduced = numel // DPN
     ops = {
         "swizzle_quantize": (lambda: swizzle_quantize(x, groups, bits, **layout), quant_bytes),
         "loco_swizzle_quantize": (lambda: loco_swizzle_quantize(x, err, 0.8, groups, bits, **layout),
@@ -134,7 +133,8 @@ def main(argv=None, prog: str = "python -m dsquant qgz-bench") -> int:
         print(f"\n# {world} ranks ({args.nodes} nodes x {dpn}), {args.numel} elements per rank, median of {args.reps}; "
               f"qgZ: 4 bits, symmetric, round to nearest, default groups; bytes sent per rank by qgZ and by "
               f"ring reduce-scatter / all-reduce of the same data (computed, not measured); wall ms measured")
-        print("| dtype | qgZ bytes sent/rank | ring reduce-scatter | ring all-reduce | qgZ wall ms | MPI Allreduce wall ms |")
+        print("| dtype | qgZ bytes sent/rank | ring reduce-scatter | ring all-reduce | qgZ wall ms "
+              "| MPI Allreduce wall ms |")
         print("|---|---|---|---|---|---|")
         for dtype, sent, rs, ar, tq, ta in rows:
             print(f"| {dtype} | {sent:,} | {rs:,} | {ar:,} | {tq * 1e3:.1f} | {ta * 1e3:.1f} |")

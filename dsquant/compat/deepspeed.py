@@ -145,7 +145,7 @@ def dequantize_fp32(q: ArrayT, params: Any, groups: int, num_bits: int, quant_ty
 
 
 def dequantize_int4_to_half_experimental(data: DLPackArray, scale: DLPackArray,
-                                         min: DLPackArray,  # noqa: A002 - DeepSpeed's name
+                                         min: DLPackArray,
                                          num_group: int, group_size: int) -> Any:
     """float16 ``[num_group, group_size]`` from unsigned 4-bit codes (high nibble first):
     ``f16(f16(q) / scale[g]) + min[g]`` in half precision, for any group count and size."""
@@ -153,7 +153,7 @@ def dequantize_int4_to_half_experimental(data: DLPackArray, scale: DLPackArray,
 
 
 def dequantize_int8_to_half_experimental(data: DLPackArray, scale: DLPackArray,
-                                         min: DLPackArray,  # noqa: A002 - DeepSpeed's name
+                                         min: DLPackArray,
                                          num_group: int, group_size: int) -> Any:
     """float16 ``[num_group, group_size]`` from unsigned 8-bit codes:
     ``f16(f16(q) / scale[g]) + min[g]`` in half precision, for any group count and size."""

@@ -9,6 +9,6 @@ COMPILE = 'pip install ".[compile]" in a dsquant checkout (cuda-bindings and NVR
 MPI = 'pip install ".[mpi]" in a dsquant checkout (mpi4py and Open MPI)'
 
 
-class MissingDependency(ImportError):
+class MissingDependency(ImportError):  # noqa: N818 - named for what is missing; an ImportError
     """An optional dependency or launcher is missing; the message is one line saying what to
     install or run (the command line prints it instead of a traceback)."""

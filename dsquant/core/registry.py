@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import importlib
 import sys
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 # The module that registers each device's implementations when imported.
 # "torch.library": dsquant's torch custom ops, which record calls in torch's graphs (autograd,

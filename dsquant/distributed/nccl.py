@@ -74,6 +74,7 @@ class NCCLEngine:
         CuPy arrays after the first exchange), the exchanges and the final sum all queue on the
         stream the caller's framework expects its work on."""
         import cupy
+
         from ..backends.cuda import device as cuda_backend
         with cupy.cuda.Device(self.device), cuda_backend.stream_of(like.adapter, self.device, like.obj):
             yield

@@ -28,19 +28,20 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Sequence
-from typing import Any, Callable, Protocol
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 
 from ..core import checks, formats
 from ..core.arrays import ArrayT
+from ..interop.operand import Operand
 from ..ops import integer, zeropp
 from ..ops._args import take
-from ..interop.operand import Operand
 from .mpi import MPIEngine
 from .nccl import NCCLEngine
 from .torch_distributed import TorchEngine
+
 
 class Engine(Protocol):
     """What moves the bytes (MPIEngine, NCCLEngine, TorchEngine; comm= may also be a plain mpi4py
@@ -129,9 +130,10 @@ def all_to_all_quant_reduce(tensors: Sequence[ArrayT], *, comm: Any, nodes: int 
             :class:`TorchEngine` (torch tensors, over a torch.distributed process group). A plain
             communicator builds the engine the arrays need on every call (for GPU arrays, NCCL
             communicators through :meth:`NCCLEngine.from_mpi`): build it once instead.
-        nodes, devices_per_node: the hierarchy; rank ``r`` is local device ``r % devices_per_node``
-            of node ``r // devices_per_node``. Taken from the engine when `comm` is one (given
-            anyway, they must match it); required with a plain communicator.
+        nodes: nodes of the hierarchy; rank ``r`` is local device ``r % devices_per_node`` of node
+            ``r // devices_per_node``. Taken from the engine when `comm` is one (given anyway, it
+            must match it); required with a plain communicator.
+        devices_per_node: devices on each node; taken from the engine or required, as `nodes`.
         bits: code width of both quantization stages (DeepSpeed: 4).
         groups: groups per tensor (a multiple of the rank count dividing ``numel``); default
             :func:`default_groups` (groups of at most 2048 elements).

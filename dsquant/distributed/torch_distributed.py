@@ -47,10 +47,12 @@ class TorchEngine:
 
     @staticmethod
     def native(a):
+        """A torch view of an int8/float32 array returned by the ops."""
         import torch
         return a if isinstance(a, torch.Tensor) else torch.from_dlpack(a)
 
     def zeros(self, numel: int):
+        """A float32 zero buffer on the engine's device (LoCo error feedback)."""
         import torch
         return torch.zeros(numel, dtype=torch.float32, device=self._zeros_device)
 

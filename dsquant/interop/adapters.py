@@ -170,7 +170,7 @@ class JaxAdapter(Adapter):
             return None
         try:
             return int(device.get_stream_for_external_ready_events())
-        except Exception as exc:   # noqa: BLE001 - JaxRuntimeError, whose class moves between jaxlib versions
+        except Exception as exc:   # JaxRuntimeError, whose class moves between jaxlib versions
             if "UNIMPLEMENTED" in str(exc):
                 return None
             raise

@@ -3,8 +3,9 @@ adapter and an owning view of its memory. Checks that concern any array argument
 outputs) live here too."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from . import _array
 from .adapters import Adapter, adapter_of

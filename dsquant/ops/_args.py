@@ -2,7 +2,8 @@
 (with the consumer stream the backend gives), check dtypes, peers and outputs."""
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from ..core import dtypes, registry
 from ..interop import adapters, operand

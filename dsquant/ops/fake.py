@@ -64,7 +64,7 @@ def fake_quantize_array(x: ArrayT, groups: int, bits: int, symmetric: bool, stoc
     return result
 
 
-def ds_quantizer(input: ArrayT, groups: int = 1, bit_num: int = 8, sr: bool = False, asym: bool = False) -> ArrayT:
+def ds_quantizer(input: ArrayT, groups: int = 1, bit_num: int = 8, sr: bool = False, asym: bool = False) -> ArrayT:  # noqa: A002 - DeepSpeed's name
     """DeepSpeed's ``ds_quantizer``: fake-quantize `input` in place and return it.
 
     Same meaning as ``deepspeed.ops.quantizer.ds_quantizer`` with its defects fixed (see
@@ -89,7 +89,7 @@ def ds_quantizer(input: ArrayT, groups: int = 1, bit_num: int = 8, sr: bool = Fa
     return input
 
 
-def fake_quantize_in_place(input: Any, groups: int, bits: int, sr: bool, asym: bool) -> None:
+def fake_quantize_in_place(input: Any, groups: int, bits: int, sr: bool, asym: bool) -> None:  # noqa: A002 - as ds_quantizer
     """:func:`ds_quantizer` on the array itself (never through a framework op); `bits`, `sr` and
     `asym` already checked."""
     op = take(input, "input")

@@ -9,11 +9,11 @@ import pytest
 import torch
 
 import dsquant
+from _fake_cupy import claim_cuda
+from _optional import require
 from dsquant.backends.cuda import kernels as _kernels
 from dsquant.backends.cuda import launch as _launch
 from dsquant.interop import _array
-from _fake_cupy import claim_cuda
-from _optional import require
 
 jax = require("jax")
 

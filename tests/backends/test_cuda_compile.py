@@ -13,11 +13,11 @@ import subprocess
 import numpy as np
 import pytest
 
+from _optional import require
 from dsquant.backends.cuda import cli as _kernels_cli
 from dsquant.backends.cuda import kernels as _kernels
 from dsquant.backends.cuda import launch as _launch
 from dsquant.core import dtypes
-from _optional import require
 
 require("cuda.bindings.nvrtc")   # missing: fail here, loudly (skip under gpu_check.sh)
 
@@ -203,7 +203,7 @@ def test_integer_launch_arguments_match_the_kernel_signatures(kernel_cache):
 def _nvdisasm() -> str:
     """nvdisasm: on PATH, in a CUDA toolkit, or from the nvidia-cuda-nvdisasm wheel that the
     compile extra installs. Missing: fail (the store check must run in CI)."""
-    import nvidia   # namespace package of NVIDIA's wheels (nvrtc, runtime, nvdisasm)
+    import nvidia  # namespace package of NVIDIA's wheels (nvrtc, runtime, nvdisasm)
     found = shutil.which("nvdisasm") or next(
         (p for root in nvidia.__path__ for p in sorted(glob.glob(f"{root}/*/bin/nvdisasm"))), None) or next(
         iter(sorted(glob.glob("/usr/local/cuda*/bin/nvdisasm"))), None)

@@ -10,11 +10,11 @@ import pytest
 
 import dsquant
 import reference as ref
-from dsquant.core import dtypes
-from dsquant.backends.cpu import signatures
-from dsquant.backends.cuda import launch as _launch
 from _cuda_emu import Emulator
 from _optional import require
+from dsquant.backends.cpu import signatures
+from dsquant.backends.cuda import launch as _launch
+from dsquant.core import dtypes
 from helpers import check_exact, sample
 
 ml_dtypes = require("ml_dtypes")

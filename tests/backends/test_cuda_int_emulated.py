@@ -11,10 +11,10 @@ import pytest
 
 import dsquant
 import reference as ref
-from dsquant.core import dtypes
-from dsquant.backends.cuda import launch as _launch
-from dsquant.ops.integer import dequantize_unsigned_half
 from _optional import require
+from dsquant.backends.cuda import launch as _launch
+from dsquant.core import dtypes
+from dsquant.ops.integer import dequantize_unsigned_half
 from helpers import check_exact
 
 ml_dtypes = require("ml_dtypes")

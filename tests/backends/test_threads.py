@@ -40,6 +40,7 @@ def test_results_independent_of_thread_count(tmp_path, env_name):
 def _wide_outputs() -> bytes:
     """Every float op over special values, group sizes around the chunking threshold, all dtypes."""
     import ml_dtypes
+
     import dsquant
     rng = np.random.default_rng(1)
     base = rng.standard_normal(3 * 40009) * np.exp(rng.uniform(-6, 6, 3 * 40009))
@@ -51,7 +52,8 @@ def _wide_outputs() -> bytes:
         for groups in (3, 40009, 120027):
             for sym in (True, False):
                 for sr in (False, True):
-                    outs.append(dsquant.fake_quantize(x, groups, 5, symmetric=sym, stochastic=sr, seed=4 if sr else None))
+                    outs.append(dsquant.fake_quantize(x, groups, 5, symmetric=sym, stochastic=sr,
+                                                      seed=4 if sr else None))
                 for bits in (2, 3, 4, 8):
                     q, p = dsquant.quantize(x[:3 * 40008], groups if groups == 3 else 3 * 13336, bits, symmetric=sym)
                     outs += [q, p] + [dsquant.dequantize(q, p, bits, dtype=out) for out in ("float16", "bfloat16",

@@ -11,8 +11,8 @@ import dsquant
 import reference as bits_ref
 import reference_int as ref
 import reference_zeropp as zref
-from dsquant.core import dtypes
 from dsquant.backends.cuda import launch as _launch
+from dsquant.core import dtypes
 
 DTYPE_CODES = {d.name: d.code for d in dtypes.FLOAT_DTYPES}
 LAYOUT = dict(pipeline=1, nodes=2, devices_per_node=2)

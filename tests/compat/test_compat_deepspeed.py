@@ -131,7 +131,8 @@ def _criterion_grid():
             for scheme in ("sym", "asym"):
                 for bits in (4, 8):
                     for case in ("randn", "all_zeros"):
-                        yield pytest.param(groups, elems, scheme, bits, case, id=f"{groups}x{elems}-{scheme}-{bits}b-{case}")
+                        yield pytest.param(groups, elems, scheme, bits, case,
+                                           id=f"{groups}x{elems}-{scheme}-{bits}b-{case}")
 
 
 @pytest.mark.parametrize("groups,elems,scheme,bits,case", list(_criterion_grid()))
@@ -256,7 +257,8 @@ def test_experimental_special_scales():
 
 @pytest.mark.parametrize("args,exc,match", [
     ((np.zeros(3, np.uint8), np.ones(1, np.float16), np.ones(1, np.float16), 1, 8), ValueError, "4 bytes|8 4-bit"),
-    ((np.zeros(4, np.uint8), np.ones(1, np.float32), np.ones(1, np.float16), 1, 8), TypeError, "scale has dtype float32"),
+    ((np.zeros(4, np.uint8), np.ones(1, np.float32), np.ones(1, np.float16), 1, 8), TypeError,
+     "scale has dtype float32"),
     ((np.zeros(4, np.uint8), np.ones(2, np.float16), np.ones(1, np.float16), 1, 8), ValueError, "scale must have"),
     ((np.zeros(4, np.float16), np.ones(1, np.float16), np.ones(1, np.float16), 1, 8), TypeError, "data has dtype"),
     ((np.zeros(4, np.uint8), np.ones(1, np.float16), np.ones(1, np.float16), 0, 8), ValueError, "positive"),

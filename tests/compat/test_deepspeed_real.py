@@ -11,10 +11,11 @@ import sys
 os.environ.setdefault("DS_ACCELERATOR", "cpu")   # before deepspeed is imported: its accelerator is chosen then
 os.environ.setdefault("DS_BUILD_OPS", "0")
 
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import torch  # noqa: E402
-from _optional import require  # noqa: E402
+import numpy as np
+import pytest
+import torch
+
+from _optional import require
 
 deepspeed = require("deepspeed")   # the test extra installs it: missing fails here (skips only under the GPU check)
 

@@ -13,8 +13,6 @@ import reference_zeropp as rz
 from dsquant import distributed
 
 
-
-
 @pytest.fixture
 def cp(fake_cupy, monkeypatch):
     """The CuPy stand-in with the NCCL stand-in as cupy.cuda.nccl."""

@@ -22,7 +22,8 @@ def check_exact(got, expected):
 
 def test_import_loads_no_framework():
     code = ("import sys, dsquant, numpy as np; dsquant.fake_quantize(np.ones(4, np.float32)); dsquant.info();"
-            "bad = [m for m in ('torch', 'jax', 'jaxlib', 'cupy') if m in sys.modules]; print(bad); sys.exit(bool(bad))")
+            "bad = [m for m in ('torch', 'jax', 'jaxlib', 'cupy') if m in sys.modules]; print(bad); "
+            "sys.exit(bool(bad))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
 
@@ -125,7 +126,8 @@ def test_numpy_read_only_input(dtype):
         dsquant.ds_quantizer(x, 8, 4)
 
 # ------------------------------------------------------------------------------------- torch
-TORCH_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32, "float64": torch.float64}
+TORCH_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32,
+                "float64": torch.float64}
 
 
 @pytest.mark.parametrize("dtype", list(TORCH_DTYPES))

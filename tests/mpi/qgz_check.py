@@ -54,7 +54,7 @@ def bound(grads, groups, bits, symmetric, nodes):
 
 
 def check(engine, rank, world):
-    for case, (shape, dtype, bits, groups, symmetric) in enumerate(CASES):
+    for case, (_shape, dtype, bits, groups, symmetric) in enumerate(CASES):
         grads = [gradient(r, case) for r in range(world)]
         (got,) = distributed.all_to_all_quant_reduce([grads[rank]], comm=engine, nodes=NODES, devices_per_node=DPN,
                                                      bits=bits, groups=groups, symmetric=symmetric)

@@ -12,9 +12,9 @@ from hypothesis import strategies as st
 
 import dsquant
 import helpers
-from helpers import SPECIALS, same_bits
 import reference_int as ref
 from _optional import require
+from helpers import SPECIALS, same_bits
 
 jnp = require("jax.numpy")
 ml_dtypes = require("ml_dtypes")
@@ -488,7 +488,7 @@ def test_gpu_matches_cpu(layout, bits, scheme, dtype):
     x = sample(dtype, shape, seed=zlib.crc32(f"gpu{dtype}{scheme}{bits}{layout}".encode()))
     if dtype == "bfloat16":
         device = torch.from_numpy(x.view(np.uint16)).view(torch.bfloat16).cuda()
-        to_host = lambda a: a.cpu().numpy()                                     # noqa: E731
+        to_host = lambda a: a.cpu().numpy()                                     # noqa: E731 - the other branch binds a function
     else:
         device, to_host = cupy.asarray(x), cupy.asnumpy
     q, params = dsquant.quantize(device, groups, bits, symmetric=SCHEMES[scheme])

@@ -266,7 +266,8 @@ REDUCTION_ERRORS = [
     (dict(in_groups=8, out_groups=4, devices_per_node=3), "not a multiple of 3"),
     (dict(in_groups=6, out_groups=4, devices_per_node=4), "in_groups=6 must be a multiple of devices_per_node"),
     (dict(in_groups=8, out_groups=3, devices_per_node=2), "out_groups=3 does not divide"),
-    (dict(in_groups=20, out_groups=4, devices_per_node=2), "in_groups / devices_per_node = 10 groups per slab do not divide"),
+    (dict(in_groups=20, out_groups=4, devices_per_node=2),
+     "in_groups / devices_per_node = 10 groups per slab do not divide"),
     (dict(in_groups=4, out_groups=4, devices_per_node=2, symmetric=False), "asymmetric params must have shape"),
 ]
 

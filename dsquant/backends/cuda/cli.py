@@ -47,7 +47,8 @@ def _cache(fresh: bool):
 
 
 def _device_targets() -> list[str]:
-    from . import device   # needs CuPy and a GPU
+    # first: without CuPy it raises MissingDependency saying what to install (isort would put cupy first)
+    from . import device  # noqa: I001
     import cupy
     _supported_archs()     # NVRTC loads, or one line saying what to install
     driver = cupy.cuda.runtime.driverGetVersion()   # a GPU newer than NVRTC: can the driver take PTX?
@@ -105,7 +106,7 @@ def main(argv=None, prog: str = "python -m dsquant kernels") -> int:
         targets = list(_kernels.CHECK_ARCHS)
     else:
         try:
-            from . import device   # noqa: F401 - CuPy, or the line saying what to install
+            from . import device  # noqa: F401 - CuPy, or the line saying what to install
         except ImportError as exc:
             print(f"{prog}: {exc} (or use --compile-only to compile without a GPU)", file=sys.stderr)
             return 1

@@ -120,7 +120,7 @@ class _Device:
             raw, lowered = self._modules[module]
             try:
                 fn = self._functions[name] = raw.get_function(lowered[name])   # loads the module
-            except Exception as exc:   # noqa: BLE001 - CUDADriverError; only PTX gets the explanation
+            except Exception as exc:   # CUDADriverError; only PTX gets the explanation
                 if self.target.startswith("sm_"):
                     raise
                 raise RuntimeError(_kernels.ptx_unloadable(self.capability, self.driver,

@@ -163,7 +163,7 @@ def _nvrtc():
         from cuda.bindings import nvrtc
     except ImportError:
         try:
-            from cuda import nvrtc   # cuda-python before cuda.bindings existed
+            from cuda import nvrtc  # cuda-python before cuda.bindings existed
         except ImportError:
             raise missing.MissingDependency(f"compiling dsquant's CUDA kernels needs NVRTC through cuda-bindings: "
                                             f"{missing.CUDA}; or, for the compile check on a machine without a "

@@ -129,7 +129,8 @@ def quantize(dtype: int, src: int, q: int, params: int, numel: int, groups: int,
         plan = [
             Launch(K.stats_clear(dtype), min(_cdiv(groups, MAX_THREADS), max_grid), MAX_THREADS,
                    (_ptr(keys), np.int64(groups))),
-            Launch(K.stats_chunks(dtype, symmetric), min(items, max_grid), MAX_THREADS, (_ptr(src), _ptr(keys)) + common),
+            Launch(K.stats_chunks(dtype, symmetric), min(items, max_grid), MAX_THREADS,
+                   (_ptr(src), _ptr(keys)) + common),
             Launch(K.int_quant_chunks(dtype, symmetric, per), min(items, max_grid), MAX_THREADS,
                    (_ptr(src), _ptr(q), _ptr(params), _ptr(keys)) + common + (np.int32(bits),)),
         ]
