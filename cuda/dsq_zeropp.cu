@@ -89,7 +89,7 @@ template <class EFmt, bool Loco> struct ReduceSrc {
     for (int64_t d = 0; d < D; ++d) {
       const int32_t code = field_signed(q[d * (Vt >> shift) + byte], per, field);
       const float* p = params + (d * gpt + h) * stride;
-      sum = reduce_add(sum, int_dequant_for<F32>(code, p[0], symmetric ? 0.0f : p[1], symmetric), half);
+      sum = reduce_add(sum, int_dequant(code, p[0], symmetric ? 0.0f : p[1], symmetric), half);
     }
     return Loco ? sum + err.load(i) : sum;
   }

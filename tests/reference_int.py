@@ -135,8 +135,9 @@ def quantize_ref(x: np.ndarray, groups: int, bits: int, symmetric: bool):
     return pack_ref(codes, bits), params
 
 
-def dequantize_ref(data: np.ndarray, params: np.ndarray, bits: int, dtype) -> np.ndarray:
-    """Flat values of dsquant.dequantize: float32 q·p0 or fma(q, p0, p1), rounded once to dtype."""
+def dequantize_ref(data: np.ndarray, params: np.ndarray, bits: int, dtype, saturate: bool = True) -> np.ndarray:
+    """Flat values of dsquant.dequantize: float32 q·p0 or fma(q, p0, p1), rounded once to dtype
+    (``saturate=False``: without the saturation, as quantized_reduction's terms)."""
     codes = unpack_ref(data, bits).astype(np.float32)
     groups = params.shape[0]
     q = codes.reshape(groups, -1)
@@ -149,7 +150,7 @@ def dequantize_ref(data: np.ndarray, params: np.ndarray, bits: int, dtype) -> np
     # with finite params, the value saturates at the output dtype's largest finite value (float32's
     # for float64, whose values are computed in float32)
     top = np.float32(min(float(np.finfo(dtype).max), float(np.finfo(np.float32).max)))
-    finite = np.isfinite(params).all(axis=1, keepdims=True)
+    finite = np.isfinite(params).all(axis=1, keepdims=True) & saturate
     with np.errstate(invalid="ignore"):
         y = np.where(finite, np.clip(y, -top, top), y)
     with np.errstate(over="ignore"):
