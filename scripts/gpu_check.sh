@@ -36,6 +36,26 @@ tests_rc=${PIPESTATUS[0]}
 set -e
 echo "pytest exit code: $tests_rc"
 
+# --- compute-sanitizer (issue 13): memcheck and racecheck over a representative subset of the gpu
+# tests (fake quantization of every dtype/scheme/rounding at small shapes, special values, the
+# integer and ZeRO++ ops). Self-contained: skipped without compute-sanitizer; a report fails the run.
+say "compute-sanitizer"
+SAN_TESTS=(tests/backends/test_gpu.py -m gpu -p no:cacheprovider -q -x
+           -k "special_values or every_16_bit_pattern or integer_ops_cupy_views or unsigned_half or zeropp_ops_torch_cuda or (fake_quantize_matches_cpu and b4)")
+if command -v compute-sanitizer > /dev/null; then
+  for tool in memcheck racecheck; do
+    set +e
+    timeout 600 compute-sanitizer --tool "$tool" --error-exitcode 99 --target-processes all \
+      $PY -m pytest "${SAN_TESTS[@]}" 2>&1 | tee ${OUT:+"$OUT/sanitizer-$tool.log"} | tail -n 15
+    san_rc=${PIPESTATUS[0]}
+    set -e
+    echo "compute-sanitizer $tool exit code: $san_rc"
+    [ "$san_rc" -eq 0 ] || [ "$tests_rc" -ne 0 ] || tests_rc=$san_rc
+  done
+else
+  echo "compute-sanitizer not found (CUDA toolkit, or pip install nvidia-cuda-sanitizer-api): skipped"
+fi
+
 say "benchmark"
 $PY -m dsquant gpu-bench ${OUT:+--json "$OUT/gpu-bench.json"}
 exit "$tests_rc"
