@@ -7,7 +7,8 @@
 #   scripts/sanitize.sh [pytest arguments]   default: the fast subset below; PYTHON=python3
 #
 # Python itself is not instrumented, so libasan is preloaded; leak detection is off (CPython and
-# the frameworks keep allocations alive until exit by design).
+# the frameworks keep allocations alive until exit by design). JAX is left out: jaxlib aborts under
+# a preloaded ASan runtime (a CHECK in ASan's __cxa_throw interceptor on jaxlib's exceptions).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -24,12 +25,12 @@ if [ $# -eq 0 ]; then
   # every CPU op, layout, dtype and error path; hypothesis on its short profile; the fuzz test's
   # default calls; fork safety
   set -- tests/ops tests/compat tests/interop tests/backends/test_threads.py tests/backends/test_fork.py \
-    tests/test_fuzz.py -m "not gpu and not slow"
+    tests/test_fuzz.py -m "not gpu and not slow" -k "not jax"
 fi
 echo "== pytest $*"
 cd "$DIR"
 LD_PRELOAD="$($PY -c 'import subprocess; print(subprocess.check_output(["gcc", "-print-file-name=libasan.so"], text=True).strip())')" \
 ASAN_OPTIONS="detect_leaks=0:abort_on_error=1:allocator_may_return_null=1" \
 UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1" \
-HYPOTHESIS_PROFILE=dev PYTHONPATH="$PWD" \
+DSQUANT_FUZZ_FRAMEWORKS=numpy,torch HYPOTHESIS_PROFILE=dev PYTHONPATH="$PWD" \
   $PY -m pytest -q -p no:cacheprovider "$@"
