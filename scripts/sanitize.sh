@@ -8,8 +8,8 @@
 #
 # Python itself is not instrumented, so libasan is preloaded; leak detection is off (CPython and
 # the frameworks keep allocations alive until exit by design). JAX is left out: jaxlib aborts under
-# a preloaded ASan runtime (a CHECK in ASan's __cxa_throw interceptor on jaxlib's exceptions), and
-# so do the NVRTC compile checks (NVRTC cannot load its builtins library under ASan); the normal
+# a preloaded ASan runtime (a CHECK in ASan's __cxa_throw interceptor on jaxlib's exceptions); so
+# are the NVRTC compile checks (NVRTC cannot load its builtins library under ASan). The normal
 # suite runs both.
 set -euo pipefail
 cd "$(dirname "$0")/.."
