@@ -321,7 +321,11 @@ def child(seed: int, count: int) -> None:
 
 
 def test_fuzz():
-    env = dict(os.environ, DSQUANT_NUM_THREADS=os.environ.get("DSQUANT_NUM_THREADS", "2"))
+    import dsquant
+    # the child imports the dsquant this test imported (not whatever its own sys.path finds first)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(dsquant.__file__)))
+    env = dict(os.environ, DSQUANT_NUM_THREADS=os.environ.get("DSQUANT_NUM_THREADS", "2"),
+               PYTHONPATH=os.pathsep.join([root] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
     proc = subprocess.run([sys.executable, __file__, "--child", str(SEED), str(CALLS)], capture_output=True,
                           text=True, env=env, timeout=max(600, CALLS // 10))
     lines = proc.stdout.splitlines()
