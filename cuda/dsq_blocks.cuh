@@ -43,11 +43,24 @@ DSQ_DEV void load_unit(Unit<Fmt>& u, const typename Fmt::storage* p, int64_t ava
   }
 }
 
+// One 16-byte store to global memory (p 16-byte aligned). On the GPU it is written in PTX, as the
+// CUDA headers' own __stcg/__stwb are: the unit's elements are written into the union one by
+// one, and from there the compiler splits a plain uint4 assignment into 4- or 8-byte stores
+// (seen in the SASS of fake_chunks, fake_resident and dequant_codes). Host and emulator: a plain store.
+DSQ_DEV void store16(uint4* p, const uint4& v) {
+#ifdef DSQ_GPU_ISA
+  asm volatile("st.global.v4.b32 [%0], {%1, %2, %3, %4};" ::"l"(p), "r"(v.x), "r"(v.y), "r"(v.z), "r"(v.w)
+               : "memory");
+#else
+  *p = v;
+#endif
+}
+
 template <class Fmt>
 DSQ_DEV void store_unit(const Unit<Fmt>& u, typename Fmt::storage* p, int64_t avail, bool vec) {
   if (vec && avail >= Unit<Fmt>::N) {
 #pragma unroll
-    for (int i = 0; i < Unit<Fmt>::Q; ++i) reinterpret_cast<uint4*>(p)[i] = u.q[i];
+    for (int i = 0; i < Unit<Fmt>::Q; ++i) store16(reinterpret_cast<uint4*>(p) + i, u.q[i]);
   } else {
 #pragma unroll
     for (int k = 0; k < Unit<Fmt>::N; ++k)

@@ -63,15 +63,6 @@ template <int N> struct Span {
 };
 
 // ------------------------------------------------------------------------------ quantization
-template <class C> DSQ_DEV void store_params(float* params, int64_t g, const IntParams<C>& p, bool symmetric) {
-  if (symmetric) {
-    params[g] = p.p0;
-  } else {
-    params[2 * g] = p.p0;
-    params[2 * g + 1] = p.p1;
-  }
-}
-
 // The N / Per code bytes of a unit's elements, as the little-endian integer that stores them.
 template <class Fmt, int Per>
 DSQ_DEV uint64_t unit_codes(const Unit<Fmt>& x, const IntParams<typename Fmt::compute>& p) {
@@ -134,7 +125,7 @@ int_quant_resident(const typename Fmt::storage* in, uint8_t* q, float* params, t
     team_reduce<Fmt, Sym>(st, team, partial);
     const IntParams<C> p = int_params(st, bits, Sym);
     if (live && rank == 0) {
-      store_params(params, g, p, Sym);
+      store_int_params(params, g, p, Sym);
       if (keys) store_stats(keys, g, st);
     }
 #pragma unroll
@@ -163,7 +154,7 @@ int_quant_chunks(const typename Fmt::storage* in, uint8_t* q, float* params, con
     const int64_t begin = g * S + k * chunk, stop = g * S + S;
     const Span<N> s(begin, begin + chunk < stop ? begin + chunk : stop, vec);
     const IntParams<C> p = int_params(load_stats<Fmt>(keys, g), bits, Sym);
-    if (k == 0 && threadIdx.x == 0) store_params(params, g, p, Sym);
+    if (k == 0 && threadIdx.x == 0) store_int_params(params, g, p, Sym);
     for (int64_t u0 = threadIdx.x; u0 < s.units; u0 += (int64_t)blockDim.x * R) {
       Unit<Fmt> x[R];
 #pragma unroll
@@ -236,9 +227,10 @@ struct UnsignedHalf {
 
 // Work item i is chunk i % per_group of group i / per_group (chunk >= S: one item per group), held
 // by a team of `team` threads (a power of two; blockDim.x a multiple of team), R units per thread
-// and step.
+// and step. The explicit minimum of one block per SM lets ptxas go past 64 registers: otherwise, with
+// each unit's 16 bytes stored at once, it spills 4 bytes in the int8 UnsignedHalf instantiation (sm_90).
 template <class Dec, int Per, int R>
-__global__ void __launch_bounds__(DSQ_MAX_THREADS)
+__global__ void __launch_bounds__(DSQ_MAX_THREADS, 1)
 dequant_codes(const uint8_t* q, const typename Dec::Param* pa, const typename Dec::Param* pb,
               typename Dec::Out::storage* out, int64_t S, int64_t groups, int64_t chunk, int team) {
   typedef typename Dec::Out Fmt;

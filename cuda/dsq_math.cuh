@@ -415,6 +415,16 @@ template <class C> struct IntParams {
   C lo, hi;
 };
 
+// Stores group g's params in DeepSpeed's layout: [groups, 1] (1/scale) or [groups, 2] (1/scale, offset).
+template <class C> DSQ_HD void store_int_params(float* params, int64_t g, const IntParams<C>& p, bool symmetric) {
+  if (symmetric) {
+    params[g] = p.p0;
+  } else {
+    params[2 * g] = p.p0;
+    params[2 * g + 1] = p.p1;
+  }
+}
+
 // num / den (den >= 0) rounded once to C; 1 for an empty range. Saturates at the largest finite C
 // instead of overflowing: only a group whose span is below 2^b / max_finite (float32/bfloat16
 // values near the subnormal range) gets there, and an infinite scale would turn 0·scale into NaN.

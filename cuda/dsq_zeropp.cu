@@ -119,12 +119,7 @@ DSQ_DEV void quantize_source(const Src& src, uint8_t* q, float* params, int64_t 
       if (threadIdx.x == 0) {
         const IntParams<C> p = int_params<SFmt>(st, bits, sym);
         prm[k] = p;
-        if (sym) {
-          params[g] = p.p0;
-        } else {
-          params[2 * g] = p.p0;
-          params[2 * g + 1] = p.p1;
-        }
+        store_int_params(params, g, p, sym);
       }
     }
     __syncthreads();   // prm is complete

@@ -1,16 +1,20 @@
-"""A stand-in for the few CuPy APIs dsquant/_cuda.py and _gpu_bench.py use, backed by host memory,
-with RawModule kernels run by the CPU emulation of tests/emu. Lets a machine without a GPU run
-the CUDA backend's Python code end to end (views, copies, out=, in place, launch plans, the
-benchmark's control flow) against the CPU path.
+"""A stand-in for the few CuPy APIs dsquant/backends/cuda/device.py and dsquant/bench/gpu.py use,
+backed by host memory, with RawModule kernels run by the CPU emulation of tests/emu. Lets a
+machine without a GPU run the CUDA backend's Python code end to end (views, copies, out=, in
+place, launch plans, streams, the benchmark's control flow) against the CPU path.
 
-It models CuPy as dsquant relies on it (the calls and signatures of CuPy 13/14); it cannot find a
-misunderstanding of CuPy itself — tests/test_gpu.py on a GPU does that."""
+It models CuPy as dsquant relies on it (the calls and signatures of CuPy 13/14, and CuPy 14's
+DeprecationWarning for ExternalStream, word for word); it cannot find a misunderstanding of CuPy
+itself — tests/backends/test_gpu.py on a GPU does that."""
 from __future__ import annotations
 
 import ctypes
+import itertools
 import json
+import sys
 import threading
 import types
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -117,9 +121,12 @@ class ndarray:   # noqa: N801 - CuPy's name
     def __dlpack_device__(self):
         return (KDL_CUDA, 0)
 
+    exports: list = []   # the stream= of every __dlpack__ call, in order
+
     def __dlpack__(self, *, stream=None, max_version=None, dl_device=None, copy=None):
         if stream == 0:
             raise BufferError("stream 0 is not allowed (DLPack)")
+        ndarray.exports.append(stream)
         versioned = max_version is not None and max_version[0] >= 1
         capsule = self._np.__dlpack__(max_version=max_version) if versioned else self._np.__dlpack__()
         return claim_cuda(capsule, versioned)
@@ -145,51 +152,121 @@ def ascontiguousarray(a):
 
 
 class Device:
-    def __init__(self, device_id=0):
-        self.id = device_id
-        self.compute_capability = "90"
+    _current = 0
+    compute_capability = "90"
+
+    def __init__(self, device_id=None):
+        self.id = Device._current if device_id is None else device_id
         self.attributes = {"MultiProcessorCount": 132}
 
     def __enter__(self):
+        self._saved, Device._current = Device._current, self.id
         return self
 
     def __exit__(self, *exc):
+        Device._current = self._saved
         return False
 
 
-class Stream:
-    _current = None
+# CuPy 14's words when ExternalStream is constructed (cupy/cuda/stream.pyx), warned the same way here
+# so that CI sees what warnings-as-errors makes of it on a GPU.
+EXTERNAL_STREAM_DEPRECATION = ("ExternalStream is deprecated. Use Stream.from_external() instead to interoperate "
+                               "with external streams that implement the CUDA stream protocol.")
 
-    def __init__(self, ptr=0, non_blocking=False):
-        self.ptr = ptr
+
+class _BaseStream:
+    _current = None
+    _handles = itertools.count(0x5000, 0x10)   # cudaStream_t values of the streams "created" here
+
+    def __init__(self, ptr, device_id):
+        self.ptr, self.device_id = ptr, device_id
 
     def __enter__(self):
-        self._saved, Stream._current = Stream._current, self
+        self._saved, _BaseStream._current = _BaseStream._current, self
         return self
 
     def __exit__(self, *exc):
-        Stream._current = self._saved
+        _BaseStream._current = self._saved
         return False
+
+    def __eq__(self, other):
+        return isinstance(other, _BaseStream) and self.ptr == other.ptr
+
+    def __hash__(self):
+        return self.ptr
+
+    def __cuda_stream__(self):
+        return (0, self.ptr)
+
+    def record(self, event=None):
+        event = event or Event()
+        event.record(self)
+        return event
 
     def synchronize(self):
         pass
 
 
-class ExternalStream(Stream):
+class Stream13(_BaseStream):
+    """CuPy 13's Stream (CuPy's signature: a new stream unless null or ptds)."""
+
+    def __init__(self, null=False, non_blocking=False, ptds=False, priority=None):
+        ptr = 0 if null else 2 if ptds else next(_BaseStream._handles)
+        super().__init__(ptr, -1 if null or ptds else Device._current)
+
+
+class Stream(Stream13):
+    """CuPy 14's Stream: from_external as cupy/cuda/stream.pyx has it (the device is the current one)."""
+
+    @classmethod
+    def from_external(cls, obj):
+        try:
+            result = obj.__cuda_stream__()
+        except AttributeError:
+            raise AttributeError(f"Object of type {type(obj).__name__} does not implement the CUDA stream "
+                                 "protocol (__cuda_stream__ method)") from None
+        if not isinstance(result, tuple) or len(result) != 2:
+            raise TypeError(f"__cuda_stream__() must return a 2-tuple of (version, stream_ptr), "
+                            f"got {type(result).__name__}")
+        version, ptr = result
+        if not isinstance(version, int) or not isinstance(ptr, int):
+            raise TypeError("__cuda_stream__() must return (int, int)")
+        if version != 0:
+            raise ValueError(f"__cuda_stream__() returned unsupported version {version}, only version 0 is supported")
+        stream = cls.__new__(cls)
+        _BaseStream.__init__(stream, ptr, Device._current)
+        stream._foreign_stream_ref = obj
+        return stream
+
+
+class ExternalStream13(_BaseStream):
     def __init__(self, ptr, device_id=-1):
-        super().__init__(ptr)
+        super().__init__(ptr, device_id)
 
 
-Stream.null = Stream(0)
+class ExternalStream(ExternalStream13):
+    def __init__(self, ptr, device_id=-1):
+        warnings.warn(EXTERNAL_STREAM_DEPRECATION, DeprecationWarning, stacklevel=2)
+        super().__init__(ptr, device_id)
 
 
-def get_current_stream():
-    return Stream._current or Stream.null
+Stream13.null = Stream13(null=True)
+Stream.null = Stream(null=True)
+
+
+def get_current_stream(device_id=-1):
+    return _BaseStream._current or Stream.null
 
 
 class Event:
+    pending = False   # set by a test: recorded events are not done until it is cleared
+
     def record(self, stream=None):
         pass
+
+    @property
+    def done(self):
+        return not Event.pending
 
     def synchronize(self):
         pass
@@ -199,6 +276,7 @@ class RawModule:
     """Loads the json beside a cubin written by dsquant.backends.cuda.kernels and runs its kernels emulated."""
     emulator = None   # set by the fixture: tests/_cuda_emu.Emulator
     lock = threading.Lock()   # one launch at a time: ranks run as threads (tests/_fake_nccl.py)
+    streams: list = []        # the stream (its cudaStream_t) of every launch, in order
 
     def __init__(self, *, path):
         meta = json.loads(Path(path).with_suffix(".json").read_text())
@@ -210,6 +288,7 @@ class RawModule:
         def launch(grid, block, args, stream=None, shared_mem=0):
             assert len(grid) == 1 and len(block) == 1
             with RawModule.lock:
+                RawModule.streams.append(stream.ptr if stream is not None else None)
                 RawModule.emulator.launch(name, grid[0], block[0], args)
         return launch
 
@@ -226,16 +305,18 @@ class _Runtime(types.SimpleNamespace):
         return {"name": b"emulated GPU"}
 
 
-def module(emulator) -> types.ModuleType:
-    """The stand-in as a module object for sys.modules['cupy']."""
+def module(emulator, version: int = 14) -> types.ModuleType:
+    """The stand-in as a module object for sys.modules['cupy']: CuPy 14's streams (ExternalStream
+    deprecated, Stream.from_external), or CuPy 13's with `version` 13."""
     RawModule.emulator = emulator
     cupy = types.ModuleType("cupy")
-    cupy.__version__ = "stand-in"
+    cupy.__version__ = f"{version}.0.0 stand-in"
+    streams = (Stream, ExternalStream) if version >= 14 else (Stream13, ExternalStream13)
     cuda = types.SimpleNamespace(
-        Device=Device, Stream=Stream, ExternalStream=ExternalStream, get_current_stream=get_current_stream,
+        Device=Device, Stream=streams[0], ExternalStream=streams[1], get_current_stream=get_current_stream,
         UnownedMemory=UnownedMemory, MemoryPointer=MemoryPointer, Event=Event, runtime=_Runtime(),
         get_elapsed_time=lambda start, end: 1.0)
-    cuda.runtime.runtimeGetVersion = lambda: 13000
+    cuda.runtime.runtimeGetVersion = cuda.runtime.driverGetVersion = lambda: 13000
     cupy.cuda = cuda
     cupy.ndarray, cupy.empty, cupy.empty_like = ndarray, empty, empty_like
     cupy.asarray, cupy.ascontiguousarray, cupy.RawModule = asarray, ascontiguousarray, RawModule
@@ -246,3 +327,22 @@ def module(emulator) -> types.ModuleType:
         standard_normal=lambda n, dtype=np.float64: asarray(np.random.default_rng(0).standard_normal(n).astype(dtype)))
     cupy.get_default_memory_pool = lambda: types.SimpleNamespace(free_all_blocks=lambda: None)
     return cupy
+
+
+def forget_cuda_backend():
+    """Drop the imported CUDA backend so the next GPU array imports it against the CuPy in sys.modules."""
+    sys.modules.pop("dsquant.backends.cuda.device", None)
+    package = sys.modules.get("dsquant.backends.cuda")
+    if package is not None and hasattr(package, "device"):
+        delattr(package, "device")
+
+
+def installed(monkeypatch, emulator, version: int = 14):
+    """Generator for fixtures: the stand-in as sys.modules['cupy'] (launch streams and exports
+    recorded afresh) and a CUDA backend imported against it; both undone afterwards."""
+    forget_cuda_backend()
+    monkeypatch.setitem(sys.modules, "cupy", module(emulator, version))
+    monkeypatch.setattr(RawModule, "streams", [])
+    monkeypatch.setattr(ndarray, "exports", [])
+    yield sys.modules["cupy"]
+    forget_cuda_backend()

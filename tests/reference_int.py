@@ -7,8 +7,10 @@ and the experimental float16 dequantization uses NumPy's float16 arithmetic.
 """
 from __future__ import annotations
 
-import ml_dtypes
 import numpy as np
+from _optional import require
+
+ml_dtypes = require("ml_dtypes")
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
 DTYPES = {"float16": np.dtype(np.float16), "bfloat16": BF16,

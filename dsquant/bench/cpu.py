@@ -1,14 +1,15 @@
-"""``python -m dsquant bench``: CPU throughput of fake quantization (and of integer quantize /
-dequantize when available), as GB/s, as a ratio to ``numpy.copyto`` of the same bytes measured in
-the same run, and as a speed-up over a vectorised NumPy implementation of the same operation.
+"""``python -m dsquant bench``: CPU throughput of fake quantization, integer quantize / dequantize
+and the ZeRO++ ops, as GB/s, as a ratio to ``numpy.copyto`` of the same bytes measured in the same
+run, and (fake quantization) as a speed-up over a vectorised NumPy implementation of the same
+operation.
 
 Times are medians over repetitions; run on an otherwise idle machine and compare ratios, not
-absolute times.
+absolute times. ``--quick`` runs small arrays and few repetitions (seconds; a smoke test, not a
+measurement).
 """
 from __future__ import annotations
 
 import argparse
-import importlib
 import platform
 import statistics
 import time
@@ -55,22 +56,16 @@ def fake_rows(n: int, reps: int, numpy_reps: int) -> list[dict]:
                 seed = 1 if sr else None
                 t = median_seconds(lambda: fake_quantize(x, groups, 8, stochastic=sr, seed=seed, out=out), reps)
                 t_np = median_seconds(lambda: numpy_fake_quantize(x, groups, 8, sr, rng), numpy_reps)
-                rows.append({"op": "fake_quantize", "dtype": np.dtype(dtype).name, "group": group_name,
-                             "rounding": rounding, "ms": t * 1e3, "GB/s": moved / t / 1e9,
-                             "vs copy": copy_s / t, "vs NumPy": t_np / t})
+                rows.append({"op": "fake_quantize", "dtype": np.dtype(dtype).name, "bits": 8,
+                             "scheme": "symmetric", "group": group_name, "rounding": rounding, "ms": t * 1e3,
+                             "GB/s": moved / t / 1e9, "vs copy": copy_s / t, "vs NumPy": t_np / t})
     return rows
 
 
 def extra_rows(n: int, reps: int) -> list[dict]:
-    """Rows contributed by other ops' benchmark modules, when present."""
-    rows = []
-    for module, func in (("dsquant.bench.integer", "int_rows"), ("dsquant.bench.zeropp", "zeropp_rows")):
-        try:
-            mod = importlib.import_module(module)
-        except ImportError:
-            continue
-        rows.extend(getattr(mod, func)(n, reps))
-    return rows
+    """Rows of the other op families' benchmark modules."""
+    from . import integer, zeropp
+    return integer.int_rows(n, reps) + zeropp.zeropp_rows(n, reps)
 
 
 def format_table(rows: list[dict]) -> str:
@@ -82,21 +77,36 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def main(argv) -> int:
-    parser = argparse.ArgumentParser(prog="python -m dsquant bench", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--log2-size", type=int, default=24, help="elements per array, as a power of two (24)")
-    parser.add_argument("--reps", type=int, default=7, help="timed repetitions per row (median reported)")
-    parser.add_argument("--numpy-reps", type=int, default=3, help="repetitions for the NumPy baseline")
+LEGEND = ("# GB/s: bytes the op reads + writes per second (1e9). vs copy: time of numpy.copyto moving the "
+          "same bytes / the op's time (1.00 = as fast as a memory copy). vs NumPy: time of a vectorised NumPy "
+          "implementation of the same op / the op's time. group: elements per group (all: one group).")
+
+
+def main(argv=None, prog: str = "python -m dsquant bench") -> int:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
+    parser.add_argument("--log2-size", type=int, default=None, help="elements per array, as a power of two "
+                        "(24; 16 with --quick)")
+    parser.add_argument("--reps", type=int, default=None, help="timed repetitions per row, median reported "
+                        "(7; 2 with --quick)")
+    parser.add_argument("--numpy-reps", type=int, default=None, help="repetitions for the NumPy baseline "
+                        "(3; 1 with --quick)")
+    parser.add_argument("--quick", action="store_true", help="small arrays, few repetitions: a few seconds, "
+                        "to see that everything runs (the numbers mean little)")
     args = parser.parse_args(argv)
-    n = 1 << args.log2_size
+    quick = args.quick
+    log2_size = args.log2_size if args.log2_size is not None else (16 if quick else 24)
+    reps = args.reps if args.reps is not None else (2 if quick else 7)
+    numpy_reps = args.numpy_reps if args.numpy_reps is not None else (1 if quick else 3)
+    n = 1 << log2_size
     about = info()
-    print(f"# dsquant {about['version']} CPU benchmark: {n} elements, {about['cpu_threads']} threads, "
-          f"{platform.processor() or platform.machine()}, NumPy {np.__version__}")
-    print(f"# GB/s counts bytes read + written; 'vs copy' = time of numpy.copyto of the same array / time;"
-          f" 'vs NumPy' = time of a vectorised NumPy implementation / time\n")
-    print(format_table(fake_rows(n, args.reps, args.numpy_reps)))
-    more = extra_rows(n, args.reps)
+    print(f"# dsquant {about['version']} CPU benchmark{' (--quick)' if quick else ''}: {n} elements "
+          f"(2^{log2_size}), {about['cpu_threads']} threads, {about['cpu_isa']} kernels, "
+          f"{platform.processor() or platform.machine()}, NumPy {np.__version__}; median of {reps} repetitions")
+    print(LEGEND)
+    print("\n## fake quantization (fake_quantize into a preallocated out)\n")
+    print(format_table(fake_rows(n, reps, numpy_reps)))
+    more = extra_rows(n, reps)
     if more:
-        print()
+        print("\n## integer codes (quantize, dequantize) and the ZeRO++ ops (2 nodes x 4 devices)\n")
         print(format_table(more))
     return 0

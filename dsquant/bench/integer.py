@@ -46,13 +46,14 @@ def int_rows(numel: int = 1 << 24, reps: int = 7, dtype: str = "float32") -> lis
         dtype: the float dtype quantized from and dequantized to.
 
     Returns:
-        One dict per row: ``op``, ``dtype``, ``bits``, ``group``, ``GB/s`` (bytes moved per second,
-        1e9), ``ratio`` (copy time of the same bytes / op time; 1.0 = as fast as a memory copy).
+        One dict per row: ``op``, ``dtype``, ``bits``, ``scheme``, ``group``, ``rounding``, ``GB/s``
+        (bytes moved per second, 1e9), ``vs copy`` (copy time of the same bytes / op time; 1.0 = as
+        fast as a memory copy).
 
     Example:
         >>> rows = int_rows(numel=1 << 12, reps=1)
         >>> sorted(rows[0])
-        ['GB/s', 'bits', 'dtype', 'group', 'op', 'ratio']
+        ['GB/s', 'bits', 'dtype', 'group', 'op', 'rounding', 'scheme', 'vs copy']
     """
     x = np.random.default_rng(0).standard_normal(numel).astype(dtype)
     rows = []
@@ -68,8 +69,9 @@ def int_rows(numel: int = 1 << 24, reps: int = 7, dtype: str = "float32") -> lis
             }
             for op, fn in ops.items():
                 seconds, copy = timed_against_copy(fn, moved, reps)
-                rows.append({"op": op, "dtype": dtype, "bits": bits, "group": group,
-                             "GB/s": round(moved / seconds / 1e9, 2), "ratio": round(copy / seconds, 2)})
+                rows.append({"op": op, "dtype": dtype, "bits": bits, "scheme": "symmetric", "group": group,
+                             "rounding": "nearest", "GB/s": round(moved / seconds / 1e9, 2),
+                             "vs copy": round(copy / seconds, 2)})
     return rows
 
 

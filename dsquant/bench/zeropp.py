@@ -14,6 +14,8 @@ import time
 import numpy as np
 
 from .. import loco_swizzle_quantize, quantized_reduction, swizzle_quantize
+from ..core import missing
+from ..core.missing import MissingDependency
 from .integer import timed_against_copy
 
 NODES, DPN = 2, 4
@@ -47,23 +49,34 @@ def zeropp_rows(numel: int = 1 << 24, reps: int = 7, dtype: str = "float16") -> 
     rows = []
     for op, (fn, moved) in ops.items():
         seconds, copy = timed_against_copy(fn, moved, reps)
-        rows.append({"op": op, "dtype": dtype, "bits": bits, "group": group,
-                     "GB/s": round(moved / seconds / 1e9, 2), "ratio": round(copy / seconds, 2)})
+        rows.append({"op": op, "dtype": dtype, "bits": bits, "scheme": "symmetric", "group": group,
+                     "rounding": "nearest", "GB/s": round(moved / seconds / 1e9, 2),
+                     "vs copy": round(copy / seconds, 2)})
     return rows
 
 
-def main(argv) -> int:
+def main(argv=None, prog: str = "python -m dsquant qgz-bench") -> int:
     """The collective on MPI: bytes each rank sends and wall time, quantized vs Allreduce."""
-    from mpi4py import MPI
+    parser = argparse.ArgumentParser(prog=prog, description="The qgZ quantized all-to-all reduce on MPI against "
+                                     "MPI Allreduce of the same data: its error, the bytes each rank sends and the "
+                                     f"wall time. Run it under MPI, e.g. mpiexec -n 4 {prog}.")
+    parser.add_argument("--nodes", type=int, default=2, help="nodes the ranks are split into (2)")
+    parser.add_argument("--numel", type=int, default=1 << 22, help="float elements per rank (4194304)")
+    parser.add_argument("--reps", type=int, default=5, help="timed repetitions, median reported (5)")
+    args = parser.parse_args(argv)
+    if args.nodes < 1:
+        parser.error(f"--nodes must be a positive integer, got {args.nodes}")
+    try:
+        from mpi4py import MPI
+    except (ImportError, RuntimeError) as exc:   # not installed, or no MPI library it can load
+        raise MissingDependency(f"needs mpi4py and an MPI ({exc}): {missing.MPI}") from None
 
     from .. import distributed
-    parser = argparse.ArgumentParser(prog="python -m dsquant qgz-bench")
-    parser.add_argument("--nodes", type=int, default=2)
-    parser.add_argument("--numel", type=int, default=1 << 22)
-    parser.add_argument("--reps", type=int, default=5)
-    args = parser.parse_args(argv)
     comm = MPI.COMM_WORLD
     world = comm.Get_size()
+    if world % args.nodes:
+        raise MissingDependency(f"needs a multiple of --nodes={args.nodes} ranks, this run has {world}: "
+                                f"start it under MPI, e.g. mpiexec -n 4 {prog}")
     dpn = world // args.nodes
     engine = distributed.MPIEngine(comm, args.nodes, dpn)
     rng = np.random.default_rng(comm.Get_rank())
@@ -111,11 +124,16 @@ def main(argv) -> int:
             worst = comm.allreduce(float(sums[2]), op=MPI.MAX)
             errors.append((bits, group, np.sqrt(total[0] / total[1]), worst / np.sqrt(total[1] / args.numel)))
     if comm.Get_rank() == 0:
+        print("# qgZ error on float32 standard-normal input, symmetric, round to nearest, against the exact "
+              "sum over ranks / nodes: relative RMS error = RMS(result - exact) / RMS(exact); max error / RMS of "
+              "the result = max |result - exact| / RMS(exact)")
         print("| bits | group | relative RMS error | max error / RMS of the result |")
         print("|---|---|---|---|")
         for bits, group, rel, worst in errors:
             print(f"| {bits} | {group} | {rel:.2e} | {worst:.3f} |")
-        print(f"{world} ranks ({args.nodes} nodes x {dpn}), {args.numel} elements per rank, median of {args.reps}")
+        print(f"\n# {world} ranks ({args.nodes} nodes x {dpn}), {args.numel} elements per rank, median of {args.reps}; "
+              f"qgZ: 4 bits, symmetric, round to nearest, default groups; bytes sent per rank by qgZ and by "
+              f"ring reduce-scatter / all-reduce of the same data (computed, not measured); wall ms measured")
         print("| dtype | qgZ bytes sent/rank | ring reduce-scatter | ring all-reduce | qgZ wall ms | MPI Allreduce wall ms |")
         print("|---|---|---|---|---|---|")
         for dtype, sent, rs, ar, tq, ta in rows:

@@ -8,7 +8,7 @@ docs/deepspeed.md.
 The ZeRO++ qgZ ops (``swizzle_quant``, ``quantized_reduction`` and their LoCo variants) are here
 too, summing in float32 unless ``fp16_accumulation=True`` asks for DeepSpeed's float16 sums.
 
-Example:
+Examples:
     >>> import torch
     >>> from dsquant.compat import deepspeed as ds_ops
     >>> x = torch.tensor([[0.5, -1.0, 0.25, 2.0]], dtype=torch.float16)
@@ -21,8 +21,10 @@ from __future__ import annotations
 import enum
 import math
 import operator
+from typing import Any, Protocol
 
 from ..core import checks, dtypes
+from ..core.arrays import ArrayT, DLPackArray
 from ..ops import fake, integer, zeropp
 
 __all__ = [
@@ -45,7 +47,7 @@ Symmetric = QuantizationType.Symmetric
 Asymmetric = QuantizationType.Asymmetric
 
 
-def _is_symmetric(quant_type) -> bool:
+def _is_symmetric(quant_type: int) -> bool:
     try:
         value = operator.index(quant_type)
     except TypeError:
@@ -58,7 +60,7 @@ def _is_symmetric(quant_type) -> bool:
                          f"got {quant_type!r}") from None
 
 
-def _require_dtype(vals, dtype: str, op: str) -> None:
+def _require_dtype(vals: Any, dtype: str, op: str) -> None:
     found = getattr(vals, "dtype", None)
     try:
         ok = found is not None and dtypes.parse(found) == dtypes.parse(dtype)
@@ -70,8 +72,14 @@ def _require_dtype(vals, dtype: str, op: str) -> None:
 
 
 # ------------------------------------------------------------------------------ fake quantization
-def _fake(dtype: str, stochastic: bool, asymmetric: bool, name: str):
-    def op(vals, groups, bits):
+class InPlaceQuantizer(Protocol):
+    """The type of the ``ds_*quantize*`` functions: ``(vals, groups, bits) -> vals``."""
+
+    def __call__(self, vals: ArrayT, groups: int, bits: int) -> ArrayT: ...
+
+
+def _fake(dtype: str, stochastic: bool, asymmetric: bool, name: str) -> InPlaceQuantizer:
+    def op(vals: ArrayT, groups: int, bits: int) -> ArrayT:
         _require_dtype(vals, dtype, name)
         return fake.ds_quantizer(vals, groups, bits, sr=stochastic, asym=asymmetric)
     kind = ("stochastic-rounding " if stochastic else "") + ("asymmetric" if asymmetric else "symmetric")
@@ -92,7 +100,7 @@ ds_sr_quantize_asym_fp16 = _fake("float16", True, True, "ds_sr_quantize_asym_fp1
 
 
 # ------------------------------------------------------------------------------ integer codes
-def quantize(input, groups, num_bits, quant_type):
+def quantize(input: ArrayT, groups: int, num_bits: int, quant_type: int) -> list[ArrayT]:
     """Integer codes and params of `input` in `groups` groups: ``[q, params]``.
 
     `q` is int8 (last dimension halved for 4 bits), `params` float32 ``[groups, 1]`` (symmetric)
@@ -102,7 +110,7 @@ def quantize(input, groups, num_bits, quant_type):
     return [q, params]
 
 
-def _dequantize(q, params, groups, num_bits, quant_type, dtype: str):
+def _dequantize(q: ArrayT, params: Any, groups: int, num_bits: int, quant_type: int, dtype: str) -> ArrayT:
     # DeepSpeed reads params as a flat array, 1 (symmetric) or 2 (asymmetric) floats per group, and
     # takes the group size as N / groups. Its callers pass groups = params.numel(), which is the
     # group count only for symmetric params; the group count here comes from params, and `groups`
@@ -119,30 +127,34 @@ def _dequantize(q, params, groups, num_bits, quant_type, dtype: str):
     return integer.dequantize(q, params.reshape(count, per_group), num_bits, dtype=dtype)
 
 
-def dequantize(q, params, groups, num_bits, quant_type):
+def dequantize(q: ArrayT, params: Any, groups: int, num_bits: int, quant_type: int) -> ArrayT:
     """float16 values of DeepSpeed-format codes (see :func:`dsquant.dequantize`)."""
     return _dequantize(q, params, groups, num_bits, quant_type, "float16")
 
 
-def dequantize_fp32(q, params, groups, num_bits, quant_type):
+def dequantize_fp32(q: ArrayT, params: Any, groups: int, num_bits: int, quant_type: int) -> ArrayT:
     """float32 values of DeepSpeed-format codes (see :func:`dsquant.dequantize`)."""
     return _dequantize(q, params, groups, num_bits, quant_type, "float32")
 
 
-def dequantize_int4_to_half_experimental(data, scale, min, num_group, group_size):  # noqa: A002 - DeepSpeed's name
+def dequantize_int4_to_half_experimental(data: DLPackArray, scale: DLPackArray,
+                                         min: DLPackArray,  # noqa: A002 - DeepSpeed's name
+                                         num_group: int, group_size: int) -> Any:
     """float16 ``[num_group, group_size]`` from unsigned 4-bit codes (high nibble first):
     ``f16(f16(q) / scale[g]) + min[g]`` in half precision, for any group count and size."""
     return integer.dequantize_unsigned_half(data, scale, min, num_group, group_size, 4)
 
 
-def dequantize_int8_to_half_experimental(data, scale, min, num_group, group_size):  # noqa: A002 - DeepSpeed's name
+def dequantize_int8_to_half_experimental(data: DLPackArray, scale: DLPackArray,
+                                         min: DLPackArray,  # noqa: A002 - DeepSpeed's name
+                                         num_group: int, group_size: int) -> Any:
     """float16 ``[num_group, group_size]`` from unsigned 8-bit codes:
     ``f16(f16(q) / scale[g]) + min[g]`` in half precision, for any group count and size."""
     return integer.dequantize_unsigned_half(data, scale, min, num_group, group_size, 8)
 
 
 # ------------------------------------------------------------------------------ ZeRO++ (qgZ)
-def _scales(scales, groups, quant_type, name: str):
+def _scales(scales: Any, groups: int, quant_type: int, name: str) -> Any:
     """DeepSpeed's scales as [groups, 1|2] (it reads them as a flat float array)."""
     per_group = 1 if _is_symmetric(quant_type) else 2
     groups = checks.int_arg(groups, name)
@@ -152,7 +164,8 @@ def _scales(scales, groups, quant_type, name: str):
     return scales.reshape(groups, per_group)
 
 
-def swizzle_quant(input, groups, num_bits, quant_type, pipeline_size, nodes, devices_per_node):
+def swizzle_quant(input: ArrayT, groups: int, num_bits: int, quant_type: int, pipeline_size: int, nodes: int,
+                  devices_per_node: int) -> list[ArrayT]:
     """``[q, scales]``: the groups of `input` quantized in ZeRO++'s swizzled order, `q` 1-D int8.
     See :func:`dsquant.swizzle_quantize` (any float dtype, any group size)."""
     q, scales = zeropp.swizzle_quantize(input, groups, num_bits, symmetric=_is_symmetric(quant_type),
@@ -160,8 +173,8 @@ def swizzle_quant(input, groups, num_bits, quant_type, pipeline_size, nodes, dev
     return [q, scales]
 
 
-def quantized_reduction(q_in, scales_in, in_groups, out_groups, num_bits, quant_type, devices_per_node, *,
-                        fp16_accumulation=False):
+def quantized_reduction(q_in: ArrayT, scales_in: ArrayT, in_groups: int, out_groups: int, num_bits: int,
+                        quant_type: int, devices_per_node: int, *, fp16_accumulation: bool = False) -> list[ArrayT]:
     """``[q_out, scales_out]``: the SUM of the ``devices_per_node`` quantized slabs of `q_in`,
     requantized in `out_groups` groups (correct asymmetric params indexing). ``fp16_accumulation``
     sums in float16 as DeepSpeed does. See :func:`dsquant.quantized_reduction`."""
@@ -171,8 +184,8 @@ def quantized_reduction(q_in, scales_in, in_groups, out_groups, num_bits, quant_
     return [q, scales]
 
 
-def loco_swizzle_quant(input, error_feedback, err_beta, groups, num_bits, quant_type, pipeline_size, nodes,
-                       devices_per_node):
+def loco_swizzle_quant(input: ArrayT, error_feedback: DLPackArray, err_beta: float, groups: int, num_bits: int,
+                       quant_type: int, pipeline_size: int, nodes: int, devices_per_node: int) -> list[ArrayT]:
     """:func:`swizzle_quant` with LoCo error feedback; `error_feedback` (float16 as DeepSpeed's, or
     float32/bfloat16; ``input.numel()`` elements in swizzled order) is updated in place."""
     q, scales = zeropp.loco_swizzle_quantize(
@@ -181,8 +194,9 @@ def loco_swizzle_quant(input, error_feedback, err_beta, groups, num_bits, quant_
     return [q, scales]
 
 
-def loco_quantized_reduction(q_in, scales_in, error_feedback, err_beta, in_groups, out_groups, num_bits, quant_type,
-                             devices_per_node, *, fp16_accumulation=False):
+def loco_quantized_reduction(q_in: ArrayT, scales_in: ArrayT, error_feedback: DLPackArray, err_beta: float,
+                             in_groups: int, out_groups: int, num_bits: int, quant_type: int, devices_per_node: int,
+                             *, fp16_accumulation: bool = False) -> list[ArrayT]:
     """:func:`quantized_reduction` with LoCo error feedback; `error_feedback` (one element per output
     value) is updated in place."""
     q, scales = zeropp.loco_quantized_reduction(

@@ -8,7 +8,7 @@ import operator
 from .formats import FAKE_BITS
 
 
-def int_arg(value, name: str) -> int:
+def int_arg(value: int, name: str) -> int:
     if isinstance(value, bool):
         raise TypeError(f"{name} must be an integer, got bool {value!r}")
     try:
@@ -17,7 +17,7 @@ def int_arg(value, name: str) -> int:
         raise TypeError(f"{name} must be an integer, got {type(value).__name__} {value!r}") from None
 
 
-def bool_arg(value, name: str) -> bool:
+def bool_arg(value: bool, name: str) -> bool:
     if not isinstance(value, bool) and type(value).__name__ != "bool_":
         raise TypeError(f"{name} must be True or False, got {type(value).__name__} {value!r}")
     return bool(value)
@@ -28,14 +28,14 @@ def bool_arg(value, name: str) -> bool:
 MAX_COUNT = (1 << 63) - 1
 
 
-def positive(value, name: str) -> int:
+def positive(value: int, name: str) -> int:
     value = int_arg(value, name)
     if not 0 < value <= MAX_COUNT:
         raise ValueError(f"{name} must be a positive integer below 2**63, got {value}")
     return value
 
 
-def bits(value, bounds: tuple = FAKE_BITS, name: str = "bits") -> int:
+def bits(value: int, bounds: tuple[int, int] = FAKE_BITS, name: str = "bits") -> int:
     value = int_arg(value, name)
     lo, hi = bounds
     if not lo <= value <= hi:
@@ -43,7 +43,7 @@ def bits(value, bounds: tuple = FAKE_BITS, name: str = "bits") -> int:
     return value
 
 
-def groups(value, numel: int, name: str = "groups") -> int:
+def groups(value: int, numel: int, name: str = "groups") -> int:
     value = int_arg(value, name)
     if value <= 0:
         raise ValueError(f"{name} must be a positive integer, got {value}")
@@ -58,7 +58,7 @@ def groups(value, numel: int, name: str = "groups") -> int:
     return value
 
 
-def unit_float(value, name: str) -> float:
+def unit_float(value: float, name: str) -> float:
     """A Python or NumPy float (or int) in [0, 1]."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) and type(value).__name__ not in (
             "float16", "float32", "float64"):

@@ -8,6 +8,7 @@ the two differ.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 DL_INT, DL_UINT, DL_FLOAT, DL_BFLOAT = 0, 1, 2, 4    # DLPack type codes (dlpack.h DLDataTypeCode)
 
@@ -17,7 +18,7 @@ class FloatDType:
     name: str            # NumPy / ml_dtypes / torch / JAX name
     code: int            # dsquant's code (dsq::DType): index into FLOAT_DTYPES
     itemsize: int
-    dlpack: tuple        # (DLPack type code, bits)
+    dlpack: tuple[int, int]   # (DLPack type code, bits)
     cxx_format: str      # format struct of cuda/dsq_math.cuh
     unit_elements: int   # elements per 16-byte thread unit of the CUDA kernels
     key_bytes: int       # bytes of the format's order key (Fmt::key)
@@ -36,21 +37,18 @@ BY_NAME = {d.name: d for d in FLOAT_DTYPES}
 BY_DLPACK = {d.dlpack: d for d in FLOAT_DTYPES}
 
 
-def parse(dtype, name: str = "dtype") -> FloatDType:
+def parse(dtype: Any, name: str = "dtype") -> FloatDType:
     """The table entry of a float dtype given by name (``'float16'``), by a NumPy/CuPy/JAX dtype or
     scalar type, or by a torch dtype (``torch.float16``); a ``TypeError`` for anything else."""
     key = None
     if isinstance(dtype, str):
         key = dtype
     elif dtype is not None:
-        if type(dtype).__module__.partition(".")[0] == "torch":
+        import numpy as np
+        try:
+            key = np.dtype(dtype).name                    # NumPy, CuPy, JAX dtypes and scalar types
+        except TypeError:
             key = str(dtype).rpartition(".")[2]           # torch.float16 -> 'float16'
-        else:
-            import numpy as np
-            try:
-                key = np.dtype(dtype).name
-            except TypeError:
-                key = None
     if key not in BY_NAME:
         raise TypeError(f"{name} must be one of {', '.join(NAMES)} (a name, NumPy or torch dtype), got {dtype!r}")
     return BY_NAME[key]

@@ -12,12 +12,12 @@ def codes_per_byte(bits: int) -> int:
     return 8 // bits if 8 % bits == 0 else 1
 
 
-def params_shape(groups: int, symmetric: bool) -> tuple:
+def params_shape(groups: int, symmetric: bool) -> tuple[int, int]:
     """DeepSpeed's params: float32 [groups, 1] (1/scale) or [groups, 2] (1/scale, offset)."""
     return (groups, 1 if symmetric else 2)
 
 
-def code_shape(shape: tuple, bits: int, name: str = "x") -> tuple:
+def code_shape(shape: tuple[int, ...], bits: int, name: str = "x") -> tuple[int, ...]:
     """Shape of the codes of an array of `shape`: the last dimension times bits/8 when packed.
     A 0-d array counts as one element in its last dimension (so it packs only at 8 bits or when
     codes are not packed) and its codes are 0-d too."""
@@ -29,7 +29,7 @@ def code_shape(shape: tuple, bits: int, name: str = "x") -> tuple:
     return shape[:-1] + (last // per,) if shape else shape
 
 
-def value_shape(shape: tuple, bits: int) -> tuple:
+def value_shape(shape: tuple[int, ...], bits: int) -> tuple[int, ...]:
     """Shape of the values encoded by codes of `shape` (inverse of :func:`code_shape`)."""
     per = codes_per_byte(bits)
     if per > 1 and not shape:

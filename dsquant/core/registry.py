@@ -9,20 +9,20 @@ from __future__ import annotations
 
 import importlib
 import sys
-from typing import Callable
+from typing import Any, Callable
 
 # The module that registers each device's implementations when imported.
 BACKENDS = {"cpu": "dsquant.backends.cpu.host", "cuda": "dsquant.backends.cuda.device"}
 
-_TABLE: dict[tuple[str, str], Callable] = {}
+_TABLE: dict[tuple[str, str], Callable[..., Any]] = {}
 
 
-def implements(op: str, device: str):
+def implements(op: str, device: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Decorator: register the decorated function as `op`'s implementation on `device`."""
     if device not in BACKENDS:
         raise ValueError(f"unknown device {device!r}; devices: {', '.join(BACKENDS)}")
 
-    def register(fn: Callable) -> Callable:
+    def register(fn: Callable[..., Any]) -> Callable[..., Any]:
         key = (op, device)
         old = _TABLE.get(key)
         if old is not None and (old.__module__, old.__qualname__) != (fn.__module__, fn.__qualname__):
@@ -32,7 +32,7 @@ def implements(op: str, device: str):
     return register
 
 
-def lookup(op: str, device: str) -> Callable:
+def lookup(op: str, device: str) -> Callable[..., Any]:
     """`op`'s implementation on `device`; NotImplementedError listing where `op` is available."""
     module = BACKENDS.get(device)
     if module is not None and (module not in sys.modules or (op, device) not in _TABLE):

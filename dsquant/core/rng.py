@@ -14,7 +14,7 @@ DEFAULT_SEED = 42        # DeepSpeed's fixed seed; reproducible until the user s
 _MASK64 = (1 << 64) - 1
 
 
-def check_seed(seed, name: str = "seed") -> int:
+def check_seed(seed: int, name: str = "seed") -> int:
     if isinstance(seed, bool):
         raise TypeError(f"{name} must be an integer, got bool {seed!r}")
     try:
@@ -32,7 +32,7 @@ class _GlobalStream:
         self.seed = DEFAULT_SEED
         self.offset = 0
 
-    def manual_seed(self, seed) -> None:
+    def manual_seed(self, seed: int) -> None:
         value = check_seed(seed)
         with self._lock:
             self.seed, self.offset = value, 0
@@ -47,7 +47,7 @@ class _GlobalStream:
 GLOBAL = _GlobalStream()
 
 
-def resolve(seed, n: int, stochastic: bool) -> tuple[int, int]:
+def resolve(seed: int | None, n: int, stochastic: bool) -> tuple[int, int]:
     """(seed, offset) for a call drawing n uniforms. A seed without stochastic rounding is refused:
     nearest rounding draws nothing, and a seed there usually means stochastic=True was forgotten."""
     if not stochastic:

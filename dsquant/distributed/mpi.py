@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+from typing import Any
 
 import numpy as np
 
@@ -15,7 +16,9 @@ class MPIEngine:
     Build it once and pass it as ``comm`` to avoid splitting the communicator on every call.
     """
 
-    def __init__(self, comm, nodes: int, devices_per_node: int):
+    device: int | None = None         # the GPU of the arrays: none, they are in host memory
+
+    def __init__(self, comm: Any, nodes: int, devices_per_node: int) -> None:
         nodes = checks.positive(nodes, "nodes")
         dpn = checks.positive(devices_per_node, "devices_per_node")
         size = comm.Get_size()
@@ -29,19 +32,21 @@ class MPIEngine:
         self.inter = comm.Split(color=local, key=node)    # my peers (same local index) on every node
 
     @staticmethod
-    def native(a) -> np.ndarray:
+    def native(a: Any) -> np.ndarray[Any, Any]:
         """A NumPy view of an int8/float32 host array returned by the ops."""
         return a if isinstance(a, np.ndarray) else np.from_dlpack(a)
 
     @staticmethod
-    def zeros(numel: int) -> np.ndarray:
+    def zeros(numel: int) -> np.ndarray[Any, Any]:
+        """A float32 zero buffer in host memory (LoCo error feedback)."""
         return np.zeros(numel, np.float32)
 
     @staticmethod
-    def ordered(like: Operand):
+    def ordered(like: Operand) -> contextlib.AbstractContextManager[None]:
+        """Nothing to arrange: host work is ordered by program order."""
         return contextlib.nullcontext()          # host work is ordered by program order
 
-    def alltoall(self, sub, send: np.ndarray) -> np.ndarray:
+    def alltoall(self, sub: Any, send: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
         """Equal-chunk all-to-all of a contiguous array over sub-communicator `sub`."""
         recv = np.empty_like(send)
         sub.Alltoall(send, recv)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 
@@ -19,14 +21,15 @@ class NCCLEngine:
     not synchronize the host.
 
     Args:
-        nodes, devices_per_node: the hierarchy, as for :func:`all_to_all_quant_reduce`.
+        nodes: nodes of the hierarchy, as for :func:`all_to_all_quant_reduce`.
+        devices_per_node: devices on each node.
         unique_id: ``cupy.cuda.nccl.get_unique_id()`` of rank 0, the same on every rank (send it
             with your launcher, or use :meth:`from_mpi`).
         rank: this rank, ``0 <= rank < nodes * devices_per_node``.
         device: the GPU of this rank's arrays (default: CuPy's current device).
     """
 
-    def __init__(self, nodes: int, devices_per_node: int, unique_id, rank: int, device: int | None = None):
+    def __init__(self, nodes: int, devices_per_node: int, unique_id: Any, rank: int, device: int | None = None) -> None:
         from cupy.cuda import Device, nccl
         self.nodes = checks.positive(nodes, "nodes")
         self.devices_per_node = dpn = checks.positive(devices_per_node, "devices_per_node")
@@ -43,7 +46,7 @@ class NCCLEngine:
         self.inter = [m * dpn + local for m in range(self.nodes)]
 
     @classmethod
-    def from_mpi(cls, comm, nodes: int, devices_per_node: int, device: int | None = None) -> "NCCLEngine":
+    def from_mpi(cls, comm: Any, nodes: int, devices_per_node: int, device: int | None = None) -> NCCLEngine:
         """Build the engine on every rank of an mpi4py communicator (rank 0's unique id broadcast)."""
         from cupy.cuda import nccl
         world = comm.Get_size()
@@ -54,17 +57,19 @@ class NCCLEngine:
         return cls(nodes, devices_per_node, uid, comm.Get_rank(), device)
 
     @staticmethod
-    def native(a):
+    def native(a: Any) -> Any:
+        """A CuPy view of an int8/float32 GPU array returned by the ops."""
         import cupy
         return a if isinstance(a, cupy.ndarray) else cupy.from_dlpack(a)
 
-    def zeros(self, numel: int):
+    def zeros(self, numel: int) -> Any:
+        """A float32 zero buffer on this rank's GPU (LoCo error feedback)."""
         import cupy
         with cupy.cuda.Device(self.device):
             return cupy.zeros(numel, np.float32)
 
     @contextlib.contextmanager
-    def ordered(self, like: Operand):
+    def ordered(self, like: Operand) -> Iterator[None]:
         """The caller's device and current stream made CuPy's current ones, so that the ops (on
         CuPy arrays after the first exchange), the exchanges and the final sum all queue on the
         stream the caller's framework expects its work on."""
@@ -73,7 +78,7 @@ class NCCLEngine:
         with cupy.cuda.Device(self.device), cuda_backend.stream_of(like.adapter, self.device, like.obj):
             yield
 
-    def alltoall(self, sub, send):
+    def alltoall(self, sub: list[int], send: Any) -> Any:
         """Equal-chunk all-to-all of a contiguous CuPy array among world ranks `sub`, as bytes, on
         CuPy's current stream (inside :meth:`ordered`)."""
         import cupy

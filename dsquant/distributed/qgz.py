@@ -26,17 +26,23 @@ module explicitly (``import dsquant.distributed``); importing it imports neither
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from typing import Any, Callable
 
 import numpy as np
 
 from ..core import checks, formats
+from ..core.arrays import ArrayT
 from ..ops import integer, zeropp
 from ..ops._args import take
+from ..interop.operand import Operand
 from .mpi import MPIEngine
 from .nccl import NCCLEngine
 
-REDUCTIONS = {"deepspeed": lambda nodes, world: nodes, "sum": lambda nodes, world: 1,
-              "mean": lambda nodes, world: world}
+Engine = MPIEngine | NCCLEngine     # what moves the bytes (comm= may also be a plain mpi4py communicator)
+
+REDUCTIONS: dict[str, Callable[[int, int], int]] = {
+    "deepspeed": lambda nodes, world: nodes, "sum": lambda nodes, world: 1, "mean": lambda nodes, world: world}
 DEFAULT_GROUP_SIZE = 2048      # largest group size the default group count aims for
 MIN_GROUP_SIZE = 64            # ... unless groups would be smaller (params would cost more than codes)
 
@@ -51,14 +57,17 @@ class LocoState:
     they stay float32 until :meth:`reset`.
     """
 
-    def __init__(self, beta: float = 0.8):
+    def __init__(self, beta: float = 0.8) -> None:
         self.beta = checks.unit_float(beta, "beta (the error feedback's decay)")
-        self.buffers: dict[int, tuple] = {}
+        self.buffers: dict[int, tuple[Any, Any]] = {}
 
     def reset(self) -> None:
+        """Forget every buffer (the next call starts from zero error)."""
         self.buffers.clear()
 
-    def pair(self, index: int, numel: int, engine):
+    def pair(self, index: int, numel: int, engine: Engine) -> tuple[Any, Any]:
+        """The (intra-node, inter-node) buffers of tensor `index` with `numel` elements, made
+        (zeros, in `engine`'s memory) on first use or when the size changed."""
         pair = self.buffers.get(index)
         if pair is None or pair[0].size != numel:
             pair = (engine.zeros(numel), engine.zeros(numel // engine.devices_per_node))
@@ -72,7 +81,7 @@ def default_groups(numel: int, world: int) -> int:
     (then the smallest groups above DEFAULT_GROUP_SIZE)."""
     m = numel // world
     target = -(-m // DEFAULT_GROUP_SIZE)                 # fewest groups per partition
-    divisors = set()
+    divisors: set[int] = set()
     for i in range(1, math.isqrt(m) + 1):
         if m % i == 0:
             divisors.update((i, m // i))
@@ -84,11 +93,13 @@ def default_groups(numel: int, world: int) -> int:
 
 # By where the arrays are (in host memory: True, on a GPU: False): the engine type, and how to
 # build one from a plain mpi4py communicator.
-_ENGINES = {True: (MPIEngine, MPIEngine), False: (NCCLEngine, NCCLEngine.from_mpi)}
+_ENGINES: dict[bool, tuple[type[Engine], Callable[[Any, int, int], Engine]]] = {
+    True: (MPIEngine, MPIEngine), False: (NCCLEngine, NCCLEngine.from_mpi)}
 
 
-def all_to_all_quant_reduce(tensors, *, comm, nodes, devices_per_node, bits=4, groups=None, symmetric=True,
-                            reduce="deepspeed", loco=None):
+def all_to_all_quant_reduce(tensors: Sequence[ArrayT], *, comm: Any, nodes: int, devices_per_node: int, bits: int = 4,
+                            groups: int | None = None, symmetric: bool = True, reduce: str = "deepspeed",
+                            loco: LocoState | None = None) -> list[ArrayT]:
     """Quantized hierarchical all-to-all reduce (ZeRO++ qgZ); every rank gets its own partition.
 
     Args:
@@ -100,8 +111,9 @@ def all_to_all_quant_reduce(tensors, *, comm, nodes, devices_per_node, bits=4, g
             :class:`MPIEngine` (host arrays) or :class:`NCCLEngine` (GPU arrays). A plain
             communicator builds the engine the arrays need on every call (for GPU arrays, NCCL
             communicators through :meth:`NCCLEngine.from_mpi`): build it once instead.
-        nodes, devices_per_node: the hierarchy; rank ``r`` is local device ``r % devices_per_node``
-            of node ``r // devices_per_node``.
+        nodes: nodes of the hierarchy; rank ``r`` is local device ``r % devices_per_node`` of node
+            ``r // devices_per_node``.
+        devices_per_node: devices on each node.
         bits: code width of both quantization stages (DeepSpeed: 4).
         groups: groups per tensor (a multiple of the rank count dividing ``numel``); default
             :func:`default_groups` (groups of at most 2048 elements).
@@ -142,7 +154,8 @@ def all_to_all_quant_reduce(tensors, *, comm, nodes, devices_per_node, bits=4, g
             for i, (t, op) in enumerate(zip(tensors, ops))]
 
 
-def _reduce_one(t, op, index, engine, bits, groups, symmetric, reduce, loco):
+def _reduce_one(t: Any, op: Operand, index: int, engine: Engine, bits: int, groups: int | None,
+                symmetric: bool, reduce: str, loco: LocoState | None) -> Any:
     """One tensor through the qgZ pipeline; `engine` only moves the bytes."""
     nodes, dpn = engine.nodes, engine.devices_per_node
     world = nodes * dpn
@@ -158,9 +171,10 @@ def _reduce_one(t, op, index, engine, bits, groups, symmetric, reduce, loco):
         return _pipeline(t, op, index, engine, bits, g, symmetric, reduce, loco)
 
 
-def _pipeline(t, op, index, engine, bits, g, symmetric, reduce, loco):
+def _pipeline(t: Any, op: Operand, index: int, engine: Engine, bits: int, g: int, symmetric: bool,
+              reduce: str, loco: LocoState | None) -> Any:
     nodes, dpn = engine.nodes, engine.devices_per_node
-    layout = dict(symmetric=symmetric, nodes=nodes, devices_per_node=dpn)
+    layout: dict[str, Any] = dict(symmetric=symmetric, nodes=nodes, devices_per_node=dpn)
     if loco is None:
         q, p = zeropp.swizzle_quantize(t, g, bits, **layout)
     else:
@@ -173,7 +187,7 @@ def _pipeline(t, op, index, engine, bits, g, symmetric, reduce, loco):
     # intra-node: local device d gets slab d of every local peer
     q = engine.alltoall(engine.intra, engine.native(q))
     p = engine.alltoall(engine.intra, engine.native(p))
-    reduction = dict(symmetric=symmetric, devices_per_node=dpn)
+    reduction: dict[str, Any] = dict(symmetric=symmetric, devices_per_node=dpn)
     if loco is None:
         q, p = zeropp.quantized_reduction(q, p, g, g // dpn, bits, **reduction)
     else:

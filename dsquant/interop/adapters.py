@@ -10,38 +10,64 @@ and how a result becomes an array of the framework again (``from_dlpack``).
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 import numpy as np
 
 from ..core import dtypes
 
+# NumPy before 2.1 cannot export a read-only array through DLPack, and NumPy before 2.3 marks
+# every array it imports through DLPack read-only (even dsquant's fresh results).
+_NUMPY_EXPORTS_READ_ONLY = tuple(int(p) for p in np.__version__.split(".")[:2]) >= (2, 1)
+
+
+class _WritableAlias:
+    """Presents `arr`'s memory as writable through the array interface, keeping `arr` alive.
+    For results, which dsquant owns, that is the truth; for read-only inputs on old NumPy it only
+    lets them be exported: dsquant never writes into inputs it has judged immutable, and
+    immutability is judged on the caller's object, not on this alias."""
+    __slots__ = ("base", "__array_interface__")
+
+    def __init__(self, arr: np.ndarray):
+        self.base = arr
+        interface = arr.__array_interface__
+        self.__array_interface__ = {**interface, "data": (interface["data"][0], False)}
+
+
+def _writable(arr: np.ndarray) -> np.ndarray:
+    return arr if arr.flags.writeable else np.asarray(_WritableAlias(arr))
+
 
 class Adapter:
     name = "dlpack"          # any other __dlpack__ producer: results come back as NumPy / CuPy arrays
-    roots: tuple = ()
+    roots: tuple[str, ...] = ()
     bfloat16_as_bits = True  # host bfloat16 results are exported as uint16 (NumPy has no bfloat16 DLPack)
+    # GPU inputs must stay referenced until the kernels reading them are done (not only until the
+    # call returns): the framework may otherwise free and reuse their memory for work on a stream
+    # that is not ordered after those kernels.
+    hold_until_done = False
 
-    def exportable(self, obj):
+    def exportable(self, obj: Any) -> tuple[Any, int]:
         """(the object whose __dlpack__ to call, dsquant dtype code to relabel its elements with or -1)."""
         return obj, -1
 
-    def immutable(self, obj) -> bool:
+    def immutable(self, obj: Any) -> bool:
         return False
 
-    def cuda_stream(self, obj_or_none, device_id: int):
+    def cuda_stream(self, obj_or_none: Any, device_id: int) -> int | None:
         """The cudaStream_t the caller's work runs on, or None for the CUDA backend's current stream."""
         return None
 
-    def from_host(self, buffer, dtype_name: str):
+    def from_host(self, buffer: Any, dtype_name: str) -> Any:
         """A dsquant host buffer as an array of this framework (zero-copy)."""
         return NUMPY.from_host(buffer, dtype_name)
 
-    def from_device(self, result, relabel):
+    def from_device(self, result: Any, relabel: Any) -> Any:
         """A CUDA result (a CuPy array; `relabel`: a DLPack producer that relabels its bits as
         bfloat16, or None) as an array of this framework (zero-copy)."""
         return result
 
-    def cast_float32(self, values, dtype_name: str):
+    def cast_float32(self, values: Any, dtype_name: str) -> Any:
         """A float32 NumPy/CuPy array as an array of this framework in `dtype_name` (rounded to
         nearest even), on the same device."""
         if dtype_name == "bfloat16":
@@ -49,7 +75,7 @@ class Adapter:
             return values.astype(ml_dtypes.bfloat16)
         return values.astype(np.dtype(dtype_name))
 
-    def shared_view(self, values):
+    def shared_view(self, values: Any) -> Any:
         """An array of this framework sharing `values`' memory (a NumPy or CuPy array), or None
         when the framework cannot write through such a view."""
         return values
@@ -59,19 +85,22 @@ class NumpyAdapter(Adapter):
     name = "numpy"
     roots = ("numpy",)
 
-    def is_array(self, obj) -> bool:
+    def is_array(self, obj: Any) -> bool:
         return isinstance(obj, np.ndarray)   # numpy scalars and other numpy objects are not arrays
 
-    def exportable(self, obj):
+    def exportable(self, obj: Any) -> tuple[Any, int]:
+        code = -1
         if obj.dtype.name == "bfloat16":     # NumPy cannot export ml_dtypes bfloat16 itself
-            return obj.view(np.uint16), dtypes.BFLOAT16.code
-        return obj, -1
+            obj, code = obj.view(np.uint16), dtypes.BFLOAT16.code
+        if not _NUMPY_EXPORTS_READ_ONLY:
+            obj = _writable(obj)
+        return obj, code
 
-    def immutable(self, obj) -> bool:
+    def immutable(self, obj: Any) -> bool:
         return not obj.flags.writeable
 
-    def from_host(self, buffer, dtype_name: str):
-        arr = np.from_dlpack(buffer)
+    def from_host(self, buffer: Any, dtype_name: str) -> Any:
+        arr = _writable(np.from_dlpack(buffer))
         if dtype_name == "bfloat16":
             import ml_dtypes  # present: the input was an ml_dtypes array
             arr = arr.view(ml_dtypes.bfloat16)
@@ -83,23 +112,24 @@ class TorchAdapter(Adapter):
     roots = ("torch",)
     bfloat16_as_bits = False
 
-    def exportable(self, obj):
+    def exportable(self, obj: Any) -> tuple[Any, int]:
         return (obj.detach() if obj.requires_grad else obj), -1   # same storage; DLPack refuses grad tensors
 
-    def cuda_stream(self, obj, device_id: int):
-        return sys.modules["torch"].cuda.current_stream(device_id).cuda_stream
+    def cuda_stream(self, obj: Any, device_id: int) -> int | None:
+        stream: int = sys.modules["torch"].cuda.current_stream(device_id).cuda_stream
+        return stream
 
-    def from_host(self, buffer, dtype_name: str):
+    def from_host(self, buffer: Any, dtype_name: str) -> Any:
         return sys.modules["torch"].from_dlpack(buffer)
 
-    def from_device(self, result, relabel):
+    def from_device(self, result: Any, relabel: Any) -> Any:
         return sys.modules["torch"].from_dlpack(relabel or result)
 
-    def cast_float32(self, values, dtype_name: str):
+    def cast_float32(self, values: Any, dtype_name: str) -> Any:
         torch = sys.modules["torch"]
         return torch.from_dlpack(values).to(getattr(torch, dtype_name))
 
-    def shared_view(self, values):
+    def shared_view(self, values: Any) -> Any:
         return sys.modules["torch"].from_dlpack(values)
 
 
@@ -107,23 +137,40 @@ class JaxAdapter(Adapter):
     name = "jax"
     roots = ("jax", "jaxlib")
     bfloat16_as_bits = False
+    hold_until_done = True   # a temporary's buffer goes back to XLA when its last reference drops
 
-    def immutable(self, obj) -> bool:
+    def immutable(self, obj: Any) -> bool:
         return True
 
-    def from_host(self, buffer, dtype_name: str):
+    def cuda_stream(self, obj: Any, device_id: int) -> int | None:
+        """The stream JAX gives consumers of its arrays on that GPU, as ``jax.dlpack.from_dlpack``
+        does (``Device.get_stream_for_external_ready_events``): JAX orders its pending work on the
+        input before it, and takes a result handed back on it as ready when that stream's work is
+        done. None (the CuPy stream) where JAX has no such stream."""
+        devices = obj.devices() if obj is not None and hasattr(obj, "devices") else ()
+        device = next(iter(devices), None)
+        if device is None or not hasattr(device, "get_stream_for_external_ready_events"):
+            return None
+        try:
+            return int(device.get_stream_for_external_ready_events())
+        except Exception as exc:   # noqa: BLE001 - JaxRuntimeError, whose class moves between jaxlib versions
+            if "UNIMPLEMENTED" in str(exc):
+                return None
+            raise
+
+    def from_host(self, buffer: Any, dtype_name: str) -> Any:
         import jax.dlpack  # already imported by whoever made the input
         return jax.dlpack.from_dlpack(buffer)
 
-    def from_device(self, result, relabel):
+    def from_device(self, result: Any, relabel: Any) -> Any:
         import jax.dlpack
         return jax.dlpack.from_dlpack(relabel or result)
 
-    def cast_float32(self, values, dtype_name: str):
+    def cast_float32(self, values: Any, dtype_name: str) -> Any:
         jax = sys.modules["jax"]
         return jax.dlpack.from_dlpack(values).astype(getattr(jax.numpy, dtype_name))
 
-    def shared_view(self, values):
+    def shared_view(self, values: Any) -> Any:
         return None                          # JAX arrays are immutable
 
 
@@ -133,7 +180,7 @@ class CupyAdapter(Adapter):
 
 
 class GenericAdapter(Adapter):
-    def shared_view(self, values):
+    def shared_view(self, values: Any) -> Any:
         return None                          # no way to make one of an unknown producer's arrays
 
 
@@ -141,7 +188,7 @@ NUMPY, TORCH, JAX, CUPY, DLPACK = NumpyAdapter(), TorchAdapter(), JaxAdapter(), 
 _BY_ROOT = {root: a for a in (NUMPY, TORCH, JAX, CUPY) for root in a.roots}
 
 
-def adapter_of(obj) -> Adapter | None:
+def adapter_of(obj: Any) -> Adapter | None:
     """The adapter of `obj`'s framework, DLPACK for other DLPack producers, None for non-arrays."""
     adapter = _BY_ROOT.get(type(obj).__module__.partition(".")[0])
     if adapter is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import operator
 from dataclasses import dataclass
+from typing import Any, Callable
 
 from . import _array
 from .adapters import Adapter, adapter_of
@@ -44,7 +45,7 @@ def device_kind(device_type: int) -> str:
                       f"(dsquant runs on the CPU and on CUDA GPUs)")
 
 
-def intake(obj, name: str, consumer_stream=None) -> Operand:
+def intake(obj: Any, name: str, consumer_stream: Callable[[Adapter, Any, int], int | None] | None = None) -> Operand:
     """Consume `obj` (argument `name`) through DLPack, exporting it once.
 
     For arrays on a CUDA device, ``consumer_stream(adapter, obj, device_id)`` gives the stream the
@@ -119,6 +120,6 @@ def check_writable(dst: Operand, name: str = "out") -> None:
         raise BufferError(f"{name} has zero or negative strides {d.strides}; results cannot be written there")
 
 
-def host_result(buffer: _array.HostBuffer, like: Operand, dtype_name: str):
+def host_result(buffer: _array.HostBuffer, like: Operand, dtype_name: str) -> Any:
     """A host buffer as an array of `like`'s framework (zero-copy through DLPack)."""
     return like.adapter.from_host(buffer, dtype_name)

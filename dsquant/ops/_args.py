@@ -2,20 +2,24 @@
 (with the consumer stream the backend gives), check dtypes, peers and outputs."""
 from __future__ import annotations
 
+from typing import Any, Callable
+
 from ..core import dtypes, registry
 from ..interop import operand
+from ..interop.adapters import Adapter
 from ..interop.operand import Operand
 
 
-def _consumer_stream(adapter, obj, device_id: int) -> int:
-    return registry.lookup("consumer_stream", "cuda")(adapter, obj, device_id)
+def _consumer_stream(adapter: Adapter, obj: Any, device_id: int) -> int | None:
+    stream: int | None = registry.lookup("consumer_stream", "cuda")(adapter, obj, device_id)
+    return stream
 
 
 def device_of(op: Operand) -> str:
     return operand.device_kind(op.tensor.device_type)
 
 
-def take(x, name: str, allowed=None) -> Operand:
+def take(x: Any, name: str, allowed: tuple[str, ...] | None = None) -> Operand:
     """Consume `x`; its dtype must be one of `allowed` (names), by default the float dtypes."""
     op = operand.intake(x, name, _consumer_stream)
     device_of(op)                                # refuse unknown devices before anything else
@@ -27,7 +31,7 @@ def take(x, name: str, allowed=None) -> Operand:
     return op
 
 
-def take_peer(x, name: str, first: Operand, first_name: str, allowed) -> Operand:
+def take_peer(x: Any, name: str, first: Operand, first_name: str, allowed: tuple[str, ...]) -> Operand:
     """Consume `x`, a further array argument that must share `first`'s framework and device."""
     op = operand.intake(x, name, _consumer_stream)
     operand.check_peer(first, op, name, first_name)
@@ -36,7 +40,7 @@ def take_peer(x, name: str, first: Operand, first_name: str, allowed) -> Operand
     return op
 
 
-def take_out(out, src: Operand) -> Operand:
+def take_out(out: Any, src: Operand) -> Operand:
     """`out=` of an op whose result has `src`'s dtype and shape."""
     dst = operand.intake(out, "out", _consumer_stream)
     s, d = src.tensor, dst.tensor
@@ -49,6 +53,6 @@ def take_out(out, src: Operand) -> Operand:
     return dst
 
 
-def implementation(op_name: str, op: Operand):
+def implementation(op_name: str, op: Operand) -> Callable[..., Any]:
     """The backend function for `op_name` on the device of `op`."""
     return registry.lookup(op_name, device_of(op))

@@ -3,10 +3,12 @@ in-place ``ds_quantizer``, and the seed of the library-global stochastic-roundin
 from __future__ import annotations
 
 from ..core import checks, rng
+from ..core.arrays import ArrayT
 from ._args import implementation, take, take_out
 
 
-def fake_quantize(x, groups=1, bits=8, *, symmetric=True, stochastic=False, seed=None, out=None):
+def fake_quantize(x: ArrayT, groups: int = 1, bits: int = 8, *, symmetric: bool = True, stochastic: bool = False,
+                  seed: int | None = None, out: ArrayT | None = None) -> ArrayT:
     """Group-wise fake quantization (quantize, then dequantize) of `x` into a new array.
 
     A group is ``x.size // groups`` contiguous elements of `x` in C order. Each group is scaled by
@@ -18,17 +20,17 @@ def fake_quantize(x, groups=1, bits=8, *, symmetric=True, stochastic=False, seed
         x: float16, bfloat16, float32 or float64 array (NumPy, CuPy, torch, JAX, any DLPack producer).
         groups: number of groups; must divide ``x.size``.
         bits: 2..16.
-        symmetric: True: codes -2**(bits-1) .. 2**(bits-1)-1 around zero; False: 2**bits levels
+        symmetric: True: codes ``-2**(bits-1) .. 2**(bits-1)-1`` around zero; False: ``2**bits`` levels
             between the group's min and max.
         stochastic: unbiased stochastic rounding instead of round-to-nearest.
-        seed: stochastic rounding seed (an int in [0, 2**64)); None draws from the library-global
+        seed: stochastic rounding seed (an int in ``[0, 2**64)``); None draws from the library-global
             stream (see :func:`manual_seed`).
         out: optional array of the same framework, device, dtype and shape to write into.
 
     Returns:
         A new array (or `out`) of the same framework, device, dtype and shape as `x`.
 
-    Example:
+    Examples:
         4 bits give codes -8..7 in steps of absmax/8 (the peak 1.0 is clipped to code 7):
 
         >>> import numpy as np, dsquant
@@ -42,10 +44,11 @@ def fake_quantize(x, groups=1, bits=8, *, symmetric=True, stochastic=False, seed
     groups = checks.groups(groups, src.tensor.numel)
     seed, offset = rng.resolve(seed, src.tensor.numel, stochastic)
     dst = None if out is None else take_out(out, src)
-    return implementation("fake_quantize", src)(src, dst, groups, bits, symmetric, stochastic, seed, offset)
+    result: ArrayT = implementation("fake_quantize", src)(src, dst, groups, bits, symmetric, stochastic, seed, offset)
+    return result
 
 
-def ds_quantizer(input, groups=1, bit_num=8, sr=False, asym=False):
+def ds_quantizer(input: ArrayT, groups: int = 1, bit_num: int = 8, sr: bool = False, asym: bool = False) -> ArrayT:
     """DeepSpeed's ``ds_quantizer``: fake-quantize `input` in place and return it.
 
     Same meaning as ``deepspeed.ops.quantizer.ds_quantizer`` with its defects fixed (see
@@ -53,7 +56,7 @@ def ds_quantizer(input, groups=1, bit_num=8, sr=False, asym=False):
     and immutable arrays (JAX, read-only NumPy, views with zero or negative strides) are refused:
     use :func:`fake_quantize` for those.
 
-    Example:
+    Examples:
         >>> import numpy as np, dsquant
         >>> w = np.array([0.1, -0.5, 0.25, 1.0], dtype=np.float32)
         >>> dsquant.ds_quantizer(w, groups=2, bit_num=4) is w
@@ -75,10 +78,10 @@ def ds_quantizer(input, groups=1, bit_num=8, sr=False, asym=False):
     return input
 
 
-def manual_seed(seed) -> None:
+def manual_seed(seed: int) -> None:
     """Seed the library-global stochastic-rounding stream (and restart it at offset 0).
 
-    Example:
+    Examples:
         >>> import numpy as np, dsquant
         >>> x = np.linspace(-1, 1, 64, dtype=np.float32)
         >>> dsquant.manual_seed(7)

@@ -3,12 +3,25 @@ when 8 % bits == 0, float32 params per group) and DeepSpeed's experimental unsig
 dequantization. The byte layout is in docs/format.md."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any, overload
+
 from ..core import checks, dtypes, formats
 from ..interop import operand
 from ._args import implementation, take, take_peer
 
+if TYPE_CHECKING:
+    import numpy as np
+    from numpy.typing import NDArray
 
-def quantize(x, groups=1, bits=8, *, symmetric=True):
+    from ..core.arrays import ArrayT, DLPackArray
+
+
+@overload
+def quantize(x: NDArray[Any], groups: int = 1, bits: int = 8, *,
+             symmetric: bool = True) -> tuple[NDArray[np.int8], NDArray[np.float32]]: ...
+@overload
+def quantize(x: ArrayT, groups: int = 1, bits: int = 8, *, symmetric: bool = True) -> tuple[ArrayT, ArrayT]: ...
+def quantize(x: Any, groups: int = 1, bits: int = 8, *, symmetric: bool = True) -> Any:
     """Group-wise integer quantization of `x` in DeepSpeed's format: ``(q, params)``.
 
     A group is ``x.size // groups`` contiguous elements of `x` in C order. Symmetric groups are
@@ -31,7 +44,7 @@ def quantize(x, groups=1, bits=8, *, symmetric=True):
         dimension is multiplied by ``bits/8`` when packed (a ``ValueError`` if that is not whole);
         `params` float32 ``[groups, 1]`` or ``[groups, 2]``.
 
-    Example:
+    Examples:
         >>> import numpy as np, dsquant
         >>> q, params = dsquant.quantize(np.array([3.0, -2.0, 8.0, -8.0], dtype=np.float32), bits=4)
         >>> [hex(b) for b in q.view(np.uint8)], params
@@ -47,7 +60,13 @@ def quantize(x, groups=1, bits=8, *, symmetric=True):
     return implementation("quantize", src)(src, groups, bits, symmetric, q_shape)
 
 
-def dequantize(q, params, bits=8, *, dtype=None, out=None):
+@overload
+def dequantize(q: NDArray[Any], params: NDArray[Any], bits: int = 8, *, dtype: Any = None,
+               out: NDArray[Any] | None = None) -> NDArray[Any]: ...
+@overload
+def dequantize(q: ArrayT, params: DLPackArray, bits: int = 8, *, dtype: Any = None,
+               out: ArrayT | None = None) -> ArrayT: ...
+def dequantize(q: Any, params: Any, bits: int = 8, *, dtype: Any = None, out: Any = None) -> Any:
     """Values of integer codes made by :func:`quantize` (or by DeepSpeed's ``quantize``).
 
     The group count and the scheme come from ``params.shape``: ``[groups, 1]`` is symmetric
@@ -68,7 +87,7 @@ def dequantize(q, params, bits=8, *, dtype=None, out=None):
         A new array (or `out`) in `q`'s framework and device: `q`'s shape with the last dimension
         multiplied by ``8/bits`` when packed.
 
-    Example:
+    Examples:
         >>> import numpy as np, dsquant
         >>> q = np.array([0x3e], dtype=np.uint8)            # codes 3 and -2, high nibble first
         >>> dsquant.dequantize(q, np.array([[0.5]], dtype=np.float32), bits=4, dtype="float16")
@@ -98,7 +117,8 @@ def dequantize(q, params, bits=8, *, dtype=None, out=None):
     return implementation("dequantize", codes)(codes, prm, groups, bits, symmetric, dtype, shape, dst)
 
 
-def dequantize_unsigned_half(data, scale, minimum, num_group, group_size, bits):
+def dequantize_unsigned_half(data: DLPackArray, scale: DLPackArray, minimum: DLPackArray, num_group: int,
+                             group_size: int, bits: int) -> Any:
     """DeepSpeed's experimental inference dequantization (``dequantize_int4_to_half_experimental``,
     ``dequantize_int8_to_half_experimental``): unsigned codes, float16 ``scale`` and ``minimum`` per
     group, ``y = f16(f16(q) / scale[g]) + minimum[g]`` in float16 arithmetic (correctly rounded).
@@ -113,7 +133,7 @@ def dequantize_unsigned_half(data, scale, minimum, num_group, group_size, bits):
     Returns:
         float16 ``[num_group, group_size]`` in `data`'s framework and device.
 
-    Example:
+    Examples:
         >>> import numpy as np
         >>> from dsquant.ops.integer import dequantize_unsigned_half
         >>> half = lambda *v: np.array(v, dtype=np.float16)

@@ -7,14 +7,22 @@ format is DeepSpeed's (docs/format.md); what the ops compute, exactly, is in doc
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any, overload
+
 from ..core import checks, formats
 from ..interop.operand import Operand
 from ._args import implementation, take, take_peer
 
+if TYPE_CHECKING:
+    import numpy as np
+    from numpy.typing import NDArray
+
+    from ..core.arrays import ArrayT, DLPackArray, ParamsT
+
 ERROR_DTYPES = ("float32", "float16", "bfloat16")   # LoCo error buffers
 
 
-def _check_error(error, first: Operand, numel: int, layout: str) -> Operand:
+def _check_error(error: Any, first: Operand, numel: int, layout: str) -> Operand:
     """A LoCo error buffer: float32/float16/bfloat16, `numel` elements, contiguous and writable."""
     err = take_peer(error, "error", first, "the input", ERROR_DTYPES)
     if err.tensor.numel != numel:
@@ -28,7 +36,8 @@ def _check_error(error, first: Operand, numel: int, layout: str) -> Operand:
 
 
 # ------------------------------------------------------------------------------ swizzle_quantize
-def _swizzle(x, groups, bits, symmetric, pipeline, nodes, devices_per_node, error, beta):
+def _swizzle(x: Any, groups: int, bits: int, symmetric: bool, pipeline: int, nodes: int, devices_per_node: int,
+             error: Any, beta: float) -> Any:
     symmetric = checks.bool_arg(symmetric, "symmetric")
     bits = checks.bits(bits, formats.INT_BITS)
     pipeline = checks.positive(pipeline, "pipeline")
@@ -49,7 +58,14 @@ def _swizzle(x, groups, bits, symmetric, pipeline, nodes, devices_per_node, erro
     return implementation("swizzle_quantize", src)(src, groups, bits, symmetric, pipeline, nodes, dpn, err, beta)
 
 
-def swizzle_quantize(x, groups, bits=4, *, symmetric=True, pipeline=1, nodes=1, devices_per_node=1):
+@overload
+def swizzle_quantize(x: NDArray[Any], groups: int, bits: int = 4, *, symmetric: bool = True, pipeline: int = 1,
+                     nodes: int = 1, devices_per_node: int = 1) -> tuple[NDArray[np.int8], NDArray[np.float32]]: ...
+@overload
+def swizzle_quantize(x: ArrayT, groups: int, bits: int = 4, *, symmetric: bool = True, pipeline: int = 1,
+                     nodes: int = 1, devices_per_node: int = 1) -> tuple[ArrayT, ArrayT]: ...
+def swizzle_quantize(x: Any, groups: int, bits: int = 4, *, symmetric: bool = True, pipeline: int = 1,
+                     nodes: int = 1, devices_per_node: int = 1) -> Any:
     """Quantize `x` group-wise with the groups reordered for ZeRO++'s hierarchical all-to-all.
 
     `x` (flattened in C order) is ``groups`` groups, viewed as ``[nodes][devices_per_node][pipeline]
@@ -63,13 +79,16 @@ def swizzle_quantize(x, groups, bits=4, *, symmetric=True, pipeline=1, nodes=1, 
         groups: number of groups; must divide ``x.size`` and be a multiple of
             ``nodes * devices_per_node * pipeline``. Any group size.
         bits: 2..8 (DeepSpeed: 4 or 8); codes packed ``8 // bits`` per byte when that is whole.
-        symmetric, pipeline, nodes, devices_per_node: as in DeepSpeed's ``swizzle_quant``.
+        symmetric: symmetric codes (as DeepSpeed's ``swizzle_quant``) or asymmetric ones.
+        pipeline: pipeline stages, as in DeepSpeed's ``swizzle_quant``.
+        nodes: destination nodes.
+        devices_per_node: destination devices on each node.
 
     Returns:
         ``(q, params)``: `q` int8, 1-D, ``x.size * bits / 8`` bytes; `params` float32
         ``[groups, 1]`` or ``[groups, 2]`` in output group order. Same framework and device as `x`.
 
-    Example:
+    Examples:
         Eight one-element groups for 2 nodes x 4 devices come out as ``0 4 1 5 2 6 3 7`` (a
         one-element asymmetric group is stored exactly, as its offset):
 
@@ -82,8 +101,17 @@ def swizzle_quantize(x, groups, bits=4, *, symmetric=True, pipeline=1, nodes=1, 
     return _swizzle(x, groups, bits, symmetric, pipeline, nodes, devices_per_node, None, 0.0)
 
 
-def loco_swizzle_quantize(x, error, beta, groups, bits=4, *, symmetric=True, pipeline=1, nodes=1,
-                          devices_per_node=1):
+@overload
+def loco_swizzle_quantize(x: NDArray[Any], error: DLPackArray, beta: float, groups: int, bits: int = 4, *,
+                          symmetric: bool = True, pipeline: int = 1, nodes: int = 1,
+                          devices_per_node: int = 1) -> tuple[NDArray[np.int8], NDArray[np.float32]]: ...
+@overload
+def loco_swizzle_quantize(x: ArrayT, error: DLPackArray, beta: float, groups: int, bits: int = 4, *,
+                          symmetric: bool = True, pipeline: int = 1, nodes: int = 1,
+                          devices_per_node: int = 1) -> tuple[ArrayT, ArrayT]: ...
+def loco_swizzle_quantize(x: Any, error: DLPackArray, beta: float, groups: int, bits: int = 4, *,
+                          symmetric: bool = True, pipeline: int = 1, nodes: int = 1,
+                          devices_per_node: int = 1) -> Any:
     """:func:`swizzle_quantize` with LoCo error feedback (``error`` is updated in place).
 
     The value quantized is ``v = x + error`` (in `x`'s compute type), in output order: ``error[i]``
@@ -94,7 +122,8 @@ def loco_swizzle_quantize(x, error, beta, groups, bits=4, *, symmetric=True, pip
         error: float32 (recommended), float16 or bfloat16, ``x.size`` elements, C-contiguous and
             writable, same framework and device as `x`; start with zeros.
         beta: the decay of the error's moving average, in [0, 1].
-        others: as :func:`swizzle_quantize`.
+        groups: as :func:`swizzle_quantize` (so are `bits`, `symmetric`, `pipeline`, `nodes` and
+            `devices_per_node`).
 
     Returns:
         ``(q, params)`` as :func:`swizzle_quantize`.
@@ -104,8 +133,8 @@ def loco_swizzle_quantize(x, error, beta, groups, bits=4, *, symmetric=True, pip
 
 
 # ------------------------------------------------------------------------------ quantized_reduction
-def _reduction(q, params, in_groups, out_groups, bits, symmetric, devices_per_node, half_accumulate,
-               error, beta):
+def _reduction(q: Any, params: Any, in_groups: int, out_groups: int, bits: int, symmetric: bool,
+               devices_per_node: int, half_accumulate: bool, error: Any, beta: float) -> Any:
     symmetric = checks.bool_arg(symmetric, "symmetric")
     half_accumulate = checks.bool_arg(half_accumulate, "half_accumulate")
     bits = checks.bits(bits, formats.INT_BITS)
@@ -142,8 +171,9 @@ def _reduction(q, params, in_groups, out_groups, bits, symmetric, devices_per_no
                                                         half_accumulate, q_shape, err, beta)
 
 
-def quantized_reduction(q, params, in_groups, out_groups, bits=4, *, symmetric=True, devices_per_node,
-                        half_accumulate=False):
+def quantized_reduction(q: ArrayT, params: ParamsT, in_groups: int, out_groups: int, bits: int = 4, *,
+                        symmetric: bool = True, devices_per_node: int,
+                        half_accumulate: bool = False) -> tuple[ArrayT, ParamsT]:
     """Sum ``devices_per_node`` quantized slabs and requantize the sum into ``out_groups`` groups.
 
     `q` is ``devices_per_node`` equal byte slabs (one per source device), each holding
@@ -154,9 +184,11 @@ def quantized_reduction(q, params, in_groups, out_groups, bits=4, *, symmetric=T
     :func:`quantize` would.
 
     Args:
-        q: int8 (or uint8) codes; params: float32 ``[in_groups, 1]`` (symmetric) or
-            ``[in_groups, 2]`` (asymmetric), same framework and device.
-        in_groups, out_groups: group counts of the input (all slabs together) and of the result.
+        q: int8 (or uint8) codes.
+        params: float32 ``[in_groups, 1]`` (symmetric) or ``[in_groups, 2]`` (asymmetric), same
+            framework and device as `q`.
+        in_groups: group count of the input (all slabs together).
+        out_groups: group count of the result.
         bits: 2..8 (DeepSpeed: 4 or 8), the same for input and result.
         devices_per_node: the number of slabs.
         half_accumulate: round each dequantized term and each partial sum to float16, as
@@ -166,7 +198,7 @@ def quantized_reduction(q, params, in_groups, out_groups, bits=4, *, symmetric=T
         ``(q, params)``: int8 codes of `q`'s shape with the last dimension divided by
         ``devices_per_node``, float32 params ``[out_groups, 1|2]``.
 
-    Example:
+    Examples:
         Two slabs of two one-element asymmetric groups (stored exactly, as their offsets):
 
         >>> import numpy as np, dsquant
@@ -175,12 +207,14 @@ def quantized_reduction(q, params, in_groups, out_groups, bits=4, *, symmetric=T
         >>> dsquant.dequantize(r, rp, bits=8).tolist()     # [1 + 3, 2 + 4]
         [4.0, 6.0]
     """
-    return _reduction(q, params, in_groups, out_groups, bits, symmetric, devices_per_node, half_accumulate,
-                      None, 0.0)
+    result: tuple[ArrayT, ParamsT] = _reduction(q, params, in_groups, out_groups, bits, symmetric,
+                                                devices_per_node, half_accumulate, None, 0.0)
+    return result
 
 
-def loco_quantized_reduction(q, params, error, beta, in_groups, out_groups, bits=4, *, symmetric=True,
-                             devices_per_node, half_accumulate=False):
+def loco_quantized_reduction(q: ArrayT, params: ParamsT, error: DLPackArray, beta: float, in_groups: int,
+                             out_groups: int, bits: int = 4, *, symmetric: bool = True, devices_per_node: int,
+                             half_accumulate: bool = False) -> tuple[ArrayT, ParamsT]:
     """:func:`quantized_reduction` with LoCo error feedback (``error`` is updated in place).
 
     The value quantized is ``v = sum + error`` (float32); ``error[i]`` belongs to value `i` of the
@@ -190,11 +224,12 @@ def loco_quantized_reduction(q, params, error, beta, in_groups, out_groups, bits
         error: float32 (recommended), float16 or bfloat16, one element per value of the result
             (``q.nbytes / devices_per_node * 8 / bits``), C-contiguous, writable; start with zeros.
         beta: the decay of the error's moving average, in [0, 1].
-        others: as :func:`quantized_reduction`.
+        in_groups: as :func:`quantized_reduction` (so are the other arguments).
     """
     beta = checks.unit_float(beta, "beta (the error feedback's decay)")
-    return _reduction(q, params, in_groups, out_groups, bits, symmetric, devices_per_node, half_accumulate,
-                      error, beta)
+    result: tuple[ArrayT, ParamsT] = _reduction(q, params, in_groups, out_groups, bits, symmetric,
+                                                devices_per_node, half_accumulate, error, beta)
+    return result
 
 
 __all__ = ["loco_quantized_reduction", "loco_swizzle_quantize", "quantized_reduction", "swizzle_quantize"]

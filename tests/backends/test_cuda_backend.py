@@ -4,7 +4,6 @@ import importlib.util
 import subprocess
 import sys
 
-import jax
 import numpy as np
 import pytest
 import torch
@@ -14,6 +13,9 @@ from dsquant.backends.cuda import kernels as _kernels
 from dsquant.backends.cuda import launch as _launch
 from dsquant.interop import _array
 from _fake_cupy import claim_cuda
+from _optional import require
+
+jax = require("jax")
 
 HAVE_CUPY = importlib.util.find_spec("cupy") is not None
 
@@ -159,9 +161,9 @@ class _ClaimsCuda:
 
 @pytest.mark.skipif(HAVE_CUPY, reason="CuPy is installed here")
 def test_gpu_array_without_cupy_says_what_to_install():
-    with pytest.raises(ImportError, match=r"pip install dsquant\[cuda13\]"):
+    with pytest.raises(ImportError, match=r'pip install "\.\[cuda13\]"'):
         dsquant.fake_quantize(_ClaimsCuda(np.ones(8, np.float32)), 2, 8)
-    with pytest.raises(ImportError, match=r"dsquant\[cuda12\]"):
+    with pytest.raises(ImportError, match=r'"\.\[cuda12\]"'):
         dsquant.ds_quantizer(_ClaimsCuda(np.ones(8, np.float32)), 2, 8)
 
 
@@ -170,10 +172,29 @@ def test_cuda_backend_import_error_names_the_extras():
     code = "import dsquant.backends.cuda.device"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode != 0
-    assert "pip install dsquant[cuda13]" in result.stderr and "dsquant[cuda12]" in result.stderr
+    assert 'pip install ".[cuda13]"' in result.stderr and '".[cuda12]"' in result.stderr
 
 
 def test_info_reports_no_cuda_without_a_gpu():
     if HAVE_CUPY:
         pytest.skip("CuPy is installed here")
     assert dsquant.info()["backends"]["cuda"] is False
+
+
+# ------------------------------------------------------------------------------ JAX's consumer stream
+def test_jax_inputs_name_the_stream_jax_gives_consumers():
+    """As jax.dlpack.from_dlpack does: the device's stream for external ready events, None where
+    JAX has none (its CPU devices answer UNIMPLEMENTED)."""
+    from dsquant.interop import adapters
+
+    class Device:
+        def get_stream_for_external_ready_events(self):
+            return 0x7700
+
+    class GpuArray:
+        def devices(self):
+            return {Device()}
+
+    assert adapters.JAX.cuda_stream(GpuArray(), 0) == 0x7700
+    assert adapters.JAX.cuda_stream(jax.numpy.zeros(3), 0) is None
+    assert adapters.JAX.hold_until_done and not adapters.TORCH.hold_until_done

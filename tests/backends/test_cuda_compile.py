@@ -1,37 +1,32 @@
 """The CUDA kernels compile with NVRTC for sm_80 and sm_90 without a GPU: every instantiation,
-no spills, no local memory; the compile cache is keyed on every header; compile errors are
-readable. Needs cuda-bindings (``pip install -e .[compile]``, which the test command installs):
-like the interop tests, these fail rather than skip when it is missing."""
+no spills, no local memory, units of elements stored 16 bytes at a time (the SASS, read with
+nvdisasm); the compile cache is keyed on every header; compile errors are readable. Needs
+cuda-bindings and nvdisasm (``pip install -e .[compile]``, which the test command installs):
+like the interop tests, these fail rather than skip when they are missing."""
+import collections
+import glob
 import io
-import os
+import re
+import shutil
+import subprocess
 
 import numpy as np
 import pytest
-from cuda.bindings import nvrtc  # noqa: F401  (missing: fail here, loudly)
 
 from dsquant.backends.cuda import cli as _kernels_cli
 from dsquant.backends.cuda import kernels as _kernels
 from dsquant.backends.cuda import launch as _launch
+from dsquant.core import dtypes
+from _optional import require
 
-
-@pytest.fixture(scope="module")
-def fresh_cache(tmp_path_factory):
-    """A cache directory of this test run, so the modules below are really compiled."""
-    path = tmp_path_factory.mktemp("kernel-cache")
-    saved = os.environ.get("DSQUANT_CACHE_DIR")
-    os.environ["DSQUANT_CACHE_DIR"] = str(path)
-    yield path
-    if saved is None:
-        del os.environ["DSQUANT_CACHE_DIR"]
-    else:
-        os.environ["DSQUANT_CACHE_DIR"] = saved
+require("cuda.bindings.nvrtc")   # missing: fail here, loudly (skip under gpu_check.sh)
 
 
 @pytest.mark.parametrize("target", _kernels.CHECK_ARCHS)
 @pytest.mark.parametrize("module", sorted(_kernels.MODULES))
-def test_every_instantiation_compiles_without_spills(fresh_cache, module, target):
+def test_every_instantiation_compiles_without_spills(kernel_cache, module, target):
     compiled = _kernels.compile_module(module, target)
-    assert compiled.path.is_file() and compiled.path.parent == fresh_cache
+    assert compiled.path.is_file() and compiled.path.parent == kernel_cache
     resources = compiled.resources()
     assert sorted(resources) == sorted(_kernels.MODULES[module]), "kernels missing from ptxas' report"
     bad = {name: r for name, r in resources.items() if r["stack"] or r["spill_stores"] or r["spill_loads"]}
@@ -39,7 +34,7 @@ def test_every_instantiation_compiles_without_spills(fresh_cache, module, target
     assert all(0 < r["registers"] <= 255 for r in resources.values())
 
 
-def test_cli_compile_only_reports_every_kernel(fresh_cache, capsys):
+def test_cli_compile_only_reports_every_kernel(kernel_cache, capsys):
     argv = ["--compile-only"] + [a for t in _kernels.CHECK_ARCHS for a in ("--arch", t)]
     assert _kernels_cli.main(argv) == 0
     out = capsys.readouterr().out
@@ -109,6 +104,21 @@ def test_target_for_an_architecture_newer_than_nvrtc_is_ptx():
     assert _kernels.target_for(newest + 1) == f"compute_{newest}"   # the driver compiles the PTX
 
 
+def test_ptx_an_older_driver_cannot_load_is_refused_with_the_fix():
+    newest = max(_kernels.supported_archs())
+    major, minor = _kernels.nvrtc_version()
+    same = major * 1000 + minor * 10                       # cudaDriverGetVersion of a driver for this CUDA
+    older = same - 10 if minor else same - 100
+    with pytest.raises(RuntimeError) as info:
+        _kernels.target_for(newest + 10, driver=older)
+    text = str(info.value)
+    assert f"sm_{newest + 10}" in text and f"NVRTC {major}.{minor}" in text
+    assert f"supports CUDA {older // 1000}.{older % 1000 // 10}" in text
+    assert "pip install -U nvidia-cuda-nvrtc" in text and f"a driver for CUDA {major}.{minor} or newer" in text
+    assert _kernels.target_for(newest + 10, driver=same) == f"compute_{newest}"   # that driver takes the PTX
+    assert _kernels.target_for(90, driver=older) == "sm_90"   # machine code loads on older drivers of the major
+
+
 def test_target_for_an_architecture_older_than_nvrtc_is_an_error():
     with pytest.raises(RuntimeError, match="none at or below"):
         _kernels.target_for(min(_kernels.supported_archs()) - 1)
@@ -149,7 +159,7 @@ def _parameters(mangled: str) -> list:
     return params
 
 
-def test_launch_arguments_match_the_kernel_signatures(fresh_cache):
+def test_launch_arguments_match_the_kernel_signatures(kernel_cache):
     """Every plan passes exactly the kernel's parameter types (pointers as uint64): a mismatch
     would be read as garbage by the GPU, silently."""
     lowered = _kernels.compile_module("dsq_fake.cu", "sm_90").lowered
@@ -168,7 +178,7 @@ def test_launch_arguments_match_the_kernel_signatures(fresh_cache):
     assert seen == {"dsq::fake_resident", "dsq::stats_clear", "dsq::stats_chunks", "dsq::fake_chunks"}
 
 
-def test_integer_launch_arguments_match_the_kernel_signatures(fresh_cache):
+def test_integer_launch_arguments_match_the_kernel_signatures(kernel_cache):
     lowered = {**_kernels.compile_module("dsq_fake.cu", "sm_90").lowered,
                **_kernels.compile_module("dsq_int.cu", "sm_90").lowered}
     assert _parameters(lowered[_kernels.dequant_signed(0, True, 2)]) == (
@@ -187,3 +197,62 @@ def test_integer_launch_arguments_match_the_kernel_signatures(fresh_cache):
         seen.add(launch.kernel.split("<")[0])
     assert seen == {"dsq::int_quant_resident", "dsq::int_quant_seams", "dsq::stats_clear", "dsq::stats_chunks",
                     "dsq::int_quant_chunks", "dsq::dequant_codes"}
+
+
+# ------------------------------------------------------------------------------ 16-byte stores
+def _nvdisasm() -> str:
+    """nvdisasm: on PATH, in a CUDA toolkit, or from the nvidia-cuda-nvdisasm wheel that the
+    compile extra installs. Missing: fail (the store check must run in CI)."""
+    import nvidia   # namespace package of NVIDIA's wheels (nvrtc, runtime, nvdisasm)
+    found = shutil.which("nvdisasm") or next(
+        (p for root in nvidia.__path__ for p in sorted(glob.glob(f"{root}/*/bin/nvdisasm"))), None) or next(
+        iter(sorted(glob.glob("/usr/local/cuda*/bin/nvdisasm"))), None)
+    assert found, "nvdisasm not found: pip install -e .[compile] (brings nvidia-cuda-nvdisasm)"
+    return found
+
+
+def _sass_instructions(cubin) -> dict:
+    """{mangled kernel name: Counter of its global load/store opcodes} from nvdisasm's listing."""
+    listing = subprocess.run([_nvdisasm(), "-c", str(cubin)], capture_output=True, text=True, check=True).stdout
+    kernels, current = {}, None
+    for line in listing.splitlines():
+        if m := re.match(r"\.text\.(\S+):", line):
+            current = kernels[m.group(1)] = collections.Counter()
+        elif current is not None and (m := re.search(r"\b((?:LDG|STG)\.\S+|STL\S*|LDL\S*)", line)):
+            current[m.group(1)] += 1
+    return kernels
+
+
+def _unit_store_kernels():
+    """(name expression, 16-byte stores it must make per step: units per thread x vectors per unit)
+    for every kernel that writes whole units of elements."""
+    for dtype, d in enumerate(dtypes.FLOAT_DTYPES):
+        vectors = d.unit_elements * d.itemsize // 16
+        for sym in (True, False):
+            for stoch in (True, False):
+                yield _kernels.fake_chunks(dtype, sym, stoch), _kernels.CHUNK_UNITS * vectors
+                for r in _kernels.RESIDENT_UNITS:
+                    yield _kernels.fake_resident(dtype, sym, stoch, r), r * vectors
+            for per in _kernels.CODES_PER_BYTE:
+                yield _kernels.dequant_signed(dtype, sym, per), _kernels.CHUNK_UNITS * vectors
+    for per in (1, 2):
+        yield _kernels.dequant_unsigned_half(per), _kernels.CHUNK_UNITS   # float16 out: one vector a unit
+
+
+@pytest.mark.parametrize("target", _kernels.CHECK_ARCHS)
+def test_units_are_stored_16_bytes_at_a_time(kernel_cache, target):
+    """Where a unit of elements is written, the SASS has one 16-byte store (STG.E.128) per vector of
+    every unit a thread writes per step; ptxas otherwise splits them (issue 15)."""
+    sass, lowered = {}, {}
+    for module in ("dsq_fake.cu", "dsq_int.cu"):
+        compiled = _kernels.compile_module(module, target)
+        sass.update(_sass_instructions(compiled.path))
+        lowered.update(compiled.lowered)
+    expected = dict(_unit_store_kernels())
+    writers = ("dsq::fake_resident<", "dsq::fake_chunks<", "dsq::dequant_codes<")
+    assert sorted(expected) == sorted(n for names in _kernels.MODULES.values() for n in names if n.startswith(writers))
+    got = {name: sass[lowered[name]]["STG.E.128"] for name in expected}
+    short = {name: (got[name], n) for name, n in expected.items() if got[name] < n}
+    assert not short, f"(16-byte stores, needed) per kernel: {short}"
+    assert all(sass[lowered[name]]["LDG.E.128"] for name in expected if "fake_" in name)   # loads are vectors too
+    assert not any(k.startswith(("STL", "LDL")) for c in sass.values() for k in c), "local memory"

@@ -5,17 +5,21 @@ and in-place buffers, random-stream offsets and grid-stride loops give the CPU p
 
 What this cannot check is the device-only code of cuda/dsq_math.cuh (the DSQ_GPU_ISA paths):
 the emulation compiles the host branch. tests/test_gpu.py covers those on a GPU."""
-import ml_dtypes
 import numpy as np
 import pytest
 
 import dsquant
 import reference as ref
-from dsquant.backends.cpu import _cpu
+from dsquant.core import dtypes
+from dsquant.backends.cpu import signatures
 from dsquant.backends.cuda import launch as _launch
 from _cuda_emu import Emulator
+from _optional import require
+from helpers import check_exact, sample
 
-DTYPE_CODES = {"float16": 0, "bfloat16": 1, "float32": 2, "float64": 3}
+ml_dtypes = require("ml_dtypes")
+
+DTYPE_CODES = {d.name: d.code for d in dtypes.FLOAT_DTYPES}
 SCHEMES = {"sym": True, "asym": False}
 ROUNDING = {"nearest": False, "stochastic": True}
 # (numel, groups) covering each regime of _launch.fake_quantize for every dtype: one-thread teams
@@ -26,22 +30,15 @@ SHAPES = {"S1": (37, 37), "S3": (150, 50), "S7": (280, 40), "S8": (512, 64), "S1
 BITS = {"S1": 8, "S3": 2, "S7": 5, "S8": 4, "S128": 8, "S1000": 3, "S4096": 16, "S9001": 6, "S70001": 8}
 
 
-@pytest.fixture(scope="module")
-def emu(tmp_path_factory):
-    return Emulator(tmp_path_factory.mktemp("emu"))
 
 
-def sample(dtype_name, numel, seed):
-    """Normal data with a different scale per block of 50, so groups get different statistics."""
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal(numel) * np.exp(rng.uniform(-4, 4, size=numel // 50 + 1)).repeat(50)[:numel]
-    return x.astype(ref.DTYPES[dtype_name])
 
 
 def cpu(x, groups, bits, symmetric, stochastic, seed=0, offset=0):
     out = np.empty_like(x)
-    _cpu.fake_quantize(x.ctypes.data, out.ctypes.data, DTYPE_CODES[x.dtype.name], x.size, groups, bits,
-                       symmetric, stochastic, seed, offset, 1)
+    signatures.FAKE_QUANTIZE(DTYPE_CODES[x.dtype.name], in_=x.ctypes.data, out=out.ctypes.data, n=x.size,
+                             groups=groups, bits=bits, symmetric=symmetric, stochastic=stochastic, seed=seed,
+                             offset=offset, threads=1)
     return out
 
 
@@ -62,8 +59,6 @@ def guarded(n, dtype, guard=16):
     return full, full[guard:guard + n]
 
 
-def check_exact(got, expected):
-    assert ref.same_bits(got, expected), ref.first_difference(got, expected)
 
 
 @pytest.mark.parametrize("shape", SHAPES)

@@ -1,57 +1,36 @@
-"""The CUDA backend's Python code (dsquant/_cuda.py, dsquant/_gpu_bench.py) run end to end without
+"""The CUDA backend's Python code (dsquant/backends/cuda/device.py, dsquant/bench/gpu.py) run end to end without
 a GPU: CuPy replaced by tests/_fake_cupy.py (host memory that says it is on CUDA device 0), the
 compiled kernels' lowered names from a real NVRTC compile, the kernels themselves run by the CPU
 emulation. Results must be the CPU path's bits for every layout the backend handles."""
+import gc
+import json
 import math
-import os
-import sys
+import re
+import weakref
 
 import numpy as np
 import pytest
 
 import dsquant
-import reference as ref
 import _fake_cupy
-from _cuda_emu import Emulator
+from dsquant.backends.cuda import kernels as _kernels
+from dsquant.interop import adapters
+from helpers import check_exact, sample
 
 DTYPES = ["float16", "float32", "float64"]       # CuPy has no bfloat16
 
 
-@pytest.fixture(scope="module")
-def emu(tmp_path_factory):
-    return Emulator(tmp_path_factory.mktemp("emu-backend"))
-
-
-@pytest.fixture(scope="module")
-def kernel_cache(tmp_path_factory):
-    path = tmp_path_factory.mktemp("kernel-cache-backend")
-    saved = os.environ.get("DSQUANT_CACHE_DIR")
-    os.environ["DSQUANT_CACHE_DIR"] = str(path)
-    yield path
-    if saved is None:
-        del os.environ["DSQUANT_CACHE_DIR"]
-    else:
-        os.environ["DSQUANT_CACHE_DIR"] = saved
-
-
 @pytest.fixture
-def cp(monkeypatch, emu, kernel_cache):
-    monkeypatch.setitem(sys.modules, "cupy", _fake_cupy.module(emu))
-    yield sys.modules["cupy"]
-    sys.modules.pop("dsquant.backends.cuda.device", None)          # the next import sees the real (absent) CuPy
-    if hasattr(dsquant, "_cuda"):
-        delattr(dsquant, "_cuda")
+def cp(fake_cupy):
+    """CuPy 14 (the device image's), whose ExternalStream warns."""
+    return fake_cupy
 
 
-def sample(dtype, numel, seed):
-    rng = np.random.default_rng(seed)
-    return (rng.standard_normal(numel) * np.exp(rng.uniform(-3, 3, numel))).astype(dtype)
+@pytest.fixture(params=[13, 14], ids=["cupy13", "cupy14"])
+def cp_any(request, monkeypatch, emu, kernel_cache):
+    yield from _fake_cupy.installed(monkeypatch, emu, request.param)
 
 
-def check_exact(got, expected):
-    got = got.get() if hasattr(got, "get") else got
-    assert ref.same_bits(np.ascontiguousarray(got), np.ascontiguousarray(expected)), \
-        ref.first_difference(np.ascontiguousarray(got), np.ascontiguousarray(expected))
 
 
 @pytest.mark.parametrize("numel, groups", [(4096, 32), (3000, 3), (2 * 20011, 2)])
@@ -101,6 +80,92 @@ def test_empty_array(cp):
     dsquant.ds_quantizer(x, 1, 8)
 
 
+# ------------------------------------------------------------------------------ streams
+def test_the_stand_in_warns_for_external_stream_as_cupy_14(cp):
+    with pytest.warns(DeprecationWarning, match=re.escape(_fake_cupy.EXTERNAL_STREAM_DEPRECATION)):
+        cp.cuda.ExternalStream(0x1230)
+
+
+def test_kernels_run_on_cupys_current_stream(cp):
+    x_host = sample("float32", 4096, seed=2)
+    x = cp.asarray(x_host)
+    with cp.cuda.Stream(non_blocking=True) as side:
+        y = dsquant.fake_quantize(x, 32, 8)
+    assert _fake_cupy.ndarray.exports == [side.ptr]            # the producer is told the consumer stream
+    assert _fake_cupy.RawModule.streams == [side.ptr]
+    check_exact(y, dsquant.fake_quantize(x_host, 32, 8))
+
+
+def test_kernels_run_on_a_framework_stream(cp_any, monkeypatch):
+    """A framework that names its own stream (torch's current one): the kernels and the DLPack
+    export use it, wrapped by CuPy 14's Stream.from_external (ExternalStream would warn, an error
+    here) or CuPy 13's ExternalStream."""
+    monkeypatch.setattr(adapters.CupyAdapter, "cuda_stream", lambda self, obj, device_id: 0xBEEF0)
+    x_host = sample("float16", 3000, seed=4)
+    q, params = dsquant.quantize(cp_any.asarray(x_host), 3, 4)
+    assert _fake_cupy.ndarray.exports == [0xBEEF0]
+    assert _fake_cupy.RawModule.streams and set(_fake_cupy.RawModule.streams) == {0xBEEF0}
+    q_cpu, params_cpu = dsquant.quantize(x_host, 3, 4)
+    check_exact(q, q_cpu)
+    check_exact(params, params_cpu)
+
+
+def test_held_inputs_live_until_their_kernels_are_done(cp, monkeypatch):
+    """Inputs of a framework that frees memory on its own schedule (JAX) stay referenced until the
+    event recorded after their kernels is done; others are dropped when the call returns."""
+    x_host = sample("float32", 4096, seed=3)
+    monkeypatch.setattr(_fake_cupy.Event, "pending", True)     # the kernels "still run"
+    x = cp.asarray(x_host)
+    alive = weakref.ref(x)
+    dsquant.fake_quantize(x, 32, 8)
+    del x
+    gc.collect()
+    assert alive() is None                                     # CuPy: not held
+    monkeypatch.setattr(adapters.CupyAdapter, "hold_until_done", True)
+    x = cp.asarray(x_host)
+    alive = weakref.ref(x)
+    dsquant.fake_quantize(x, 32, 8)
+    del x
+    gc.collect()
+    assert alive() is not None                                 # held while its kernels are not done
+    dsquant.fake_quantize(cp.asarray(x_host), 32, 8)           # still not done: still held
+    gc.collect()
+    assert alive() is not None
+    _fake_cupy.Event.pending = False
+    dsquant.fake_quantize(cp.asarray(x_host), 32, 8)           # done: the next call lets it go
+    gc.collect()
+    assert alive() is None
+
+
+def test_ptx_the_driver_refuses_is_explained(cp, monkeypatch):
+    """A GPU newer than NVRTC's list gets PTX; when the driver cannot load it the error names the
+    versions and what to install."""
+    newest = max(_kernels.supported_archs())
+    major, minor = _kernels.nvrtc_version()
+    monkeypatch.setattr(_fake_cupy.Device, "compute_capability", str(newest + 10))
+    monkeypatch.setattr(cp.cuda.runtime, "driverGetVersion", lambda: major * 1000 + minor * 10)
+
+    def refuse(self, mangled):
+        raise RuntimeError("CUDA_ERROR_UNSUPPORTED_PTX_VERSION: the provided PTX was compiled with an "
+                           "unsupported toolchain.")
+    monkeypatch.setattr(_fake_cupy.RawModule, "get_function", refuse)
+    with pytest.raises(RuntimeError, match=f"sm_{newest + 10}") as info:
+        dsquant.fake_quantize(cp.asarray(np.zeros(64, np.float32)), 4, 8)
+    text = str(info.value)
+    assert f"NVRTC {major}.{minor}" in text and "UNSUPPORTED_PTX_VERSION" in text
+    assert "pip install -U nvidia-cuda-nvrtc" in text and f"driver for CUDA {major}.{minor} or newer" in text
+
+
+def test_kernels_cli_targets_the_visible_gpu_and_explains_unloadable_ptx(cp, monkeypatch, capsys):
+    from dsquant.backends.cuda import cli
+    assert cli._device_targets() == ["sm_90"]
+    newest = max(_kernels.supported_archs())
+    monkeypatch.setattr(_fake_cupy.Device, "compute_capability", str(newest + 10))
+    monkeypatch.setattr(cp.cuda.runtime, "driverGetVersion", lambda: 12080)    # older than any NVRTC 13
+    assert cli.main([]) == 1
+    assert f"sm_{newest + 10}" in capsys.readouterr().err
+
+
 def test_gpu_bench_runs(cp, capsys):
     from dsquant.bench import gpu as _gpu_bench
     assert _gpu_bench.main(["--log2-size", "16", "--batches", "2", "--batch", "2", "--no-deepspeed"]) == 0
@@ -117,6 +182,24 @@ def test_gpu_bench_runs(cp, capsys):
     assert [line.split(" | ")[:2] for line in out[zeropp + 2:]] == [
         ["| " + op, f"{size:,}"] for size in (1 << 14, 1 << 15, 1 << 16)
         for op in ("swizzle_quantize", "quantized_reduction")]
+
+
+def test_gpu_bench_reports_a_failing_row_and_goes_on(cp, capsys, monkeypatch, tmp_path):
+    from dsquant.bench import gpu as _gpu_bench
+
+    def broken(*args, **kwargs):
+        raise MemoryError("out of memory allocating 1,024 bytes")
+    monkeypatch.setattr(_gpu_bench, "dequantize", broken)
+    path = tmp_path / "bench.json"
+    argv = ["--log2-size", "16", "--batches", "1", "--batch", "1", "--no-deepspeed", "--json", str(path)]
+    assert _gpu_bench.main(argv) == 1                                  # a row failed
+    out = capsys.readouterr().out.splitlines()
+    failed = [line for line in out if "FAILED" in line]
+    assert len(failed) == 8 and all(line.startswith("| dequantize |") for line in failed)
+    assert "| dequantize | float16 | 8 | 128 | FAILED: MemoryError: out of memory allocating 1,024 bytes |" in out
+    report = json.loads(path.read_text())
+    assert len(report["rows"]) == 12 and len(report["zeropp_rows"]) == 6          # the other tables are whole
+    assert [r["op"] for r in report["int_rows"] if "error" not in r] == ["quantize"] * 8
 
 
 # ------------------------------------------------------------------------------ integer codes

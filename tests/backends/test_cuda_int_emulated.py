@@ -6,18 +6,20 @@ no kernel writes outside its outputs.
 
 As in test_cuda_emulated.py, the device-only code of cuda/dsq_math.cuh (DSQ_GPU_ISA) is not run
 here; tests/backends/test_gpu.py and the gpu tests of tests/ops/test_quantize.py cover it on a GPU."""
-import ml_dtypes
 import numpy as np
 import pytest
 
 import dsquant
 import reference as ref
-from dsquant.backends.cuda import kernels as _kernels
+from dsquant.core import dtypes
 from dsquant.backends.cuda import launch as _launch
 from dsquant.ops.integer import dequantize_unsigned_half
-from _cuda_emu import Emulator
+from _optional import require
+from helpers import check_exact
 
-DTYPE_CODES = {"float16": 0, "bfloat16": 1, "float32": 2, "float64": 3}
+ml_dtypes = require("ml_dtypes")
+
+DTYPE_CODES = {d.name: d.code for d in dtypes.FLOAT_DTYPES}
 SCHEMES = {"sym": True, "asym": False}
 BITS = [2, 3, 4, 8]
 # (numel, groups): S = 1, 2, 3 (several groups share a byte of 2- and 4-bit codes), odd S = 13 and 37,
@@ -29,12 +31,6 @@ SHAPES = {"S1": (40, 40), "S2": (40, 20), "S3": (48, 16), "S13": (13 * 12, 12), 
 GUARD = 64   # poisoned bytes on either side of every output
 
 
-@pytest.fixture(scope="module")
-def emu(tmp_path_factory):
-    """The kernels the integer plans launch (dsq_int.cu, and the statistics pass of dsq_blocks.cuh)."""
-    statistics = [n for n in _kernels.MODULES["dsq_fake.cu"] if not n.startswith("dsq::fake_")]
-    names = [*_kernels.MODULES["dsq_int.cu"], *statistics]
-    return Emulator(tmp_path_factory.mktemp("emu-int"), names=names, includes=["dsq_int.cu"])
 
 
 def sample(dtype, numel, seed, specials=True):
@@ -93,8 +89,6 @@ def emulated_dequantize(emu, codes, params, bits, out_dtype, max_grid=_launch.MA
     return out.data.view(dtype).copy()
 
 
-def check_exact(got, expected):
-    assert ref.same_bits(got, expected), ref.first_difference(got, expected)
 
 
 def cpu_quantize(x, groups, bits, symmetric):

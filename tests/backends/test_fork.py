@@ -80,7 +80,6 @@ def test_multiprocessing_fork_pool():
 
 
 def test_torch_dataloader_workers():
-    pytest.importorskip("torch")
     assert run(DATALOADER) == "loader [True]"
 
 

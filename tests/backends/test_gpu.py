@@ -4,16 +4,19 @@ framework on the caller's device, in place where asked, ordered on the caller's 
 
 All tests are marked ``gpu`` and skipped (tests/conftest.py) without CuPy and a CUDA device;
 scripts/gpu_check.sh runs them on a GPU machine."""
+import warnings
 from pathlib import Path
 
-import ml_dtypes
 import numpy as np
 import pytest
 import torch
 
 import dsquant
 import reference as ref
+from _optional import require
 from dsquant.ops.integer import dequantize_unsigned_half
+
+ml_dtypes = require("ml_dtypes")
 
 pytestmark = pytest.mark.gpu
 ROOT_TESTS = Path(__file__).resolve().parents[1]   # tests/
@@ -463,10 +466,21 @@ def test_zeropp_ops_torch_cuda():
 
 
 # ------------------------------------------------------------------------------ the NCCL collective
+def _nccl():
+    """cupy.cuda.nccl, or a skip when libnccl cannot be loaded (CuPy then warns, an error here, and
+    leaves the module without its functions)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from cupy.cuda import nccl
+    if not getattr(nccl, "available", False):
+        pytest.skip("libnccl cannot be loaded (cupy.cuda.nccl.available is False)")
+    return nccl
+
+
 def test_nccl_collective_on_one_gpu(cp):
     """A 1-rank world (one GPU still runs the whole path: both exchanges are NCCL self send/recv)
     against the exact sum, and bit for bit against the MPI-free CPU result of the same ops."""
-    from cupy.cuda import nccl
+    nccl = _nccl()
     from dsquant import distributed
     engine = distributed.NCCLEngine(1, 1, nccl.get_unique_id(), 0)
     x_host = sample("float32", 1 << 16, seed=11)
@@ -495,7 +509,7 @@ def test_nccl_collective_on_several_gpus(cp):
         pytest.skip(f"needs 2 or more GPUs, this machine has {gpus}")
     world = gpus - gpus % 2
     nodes, dpn = (2, world // 2) if world >= 4 else (1, 2)
-    from cupy.cuda import nccl
+    nccl = _nccl()
     script = f"""
 import sys, numpy as np, cupy
 sys.path[:0] = [{str(ROOT_TESTS)!r}, {str(ROOT_TESTS / 'backends')!r}]

@@ -37,34 +37,53 @@ def test_results_independent_of_thread_count(tmp_path, env_name):
         assert np.array_equal(data, results[1]), f"{threads} threads differ from 1 thread"
 
 
-ISA_SCRIPT = """
-import sys, numpy as np, ml_dtypes, dsquant
-rng = np.random.default_rng(1)
-base = rng.standard_normal(3 * 40009) * np.exp(rng.uniform(-6, 6, 3 * 40009))
-base[::997] = np.nan
-base[5::1013] = np.inf
-outs = []
-for dtype in (np.float16, ml_dtypes.bfloat16, np.float32, np.float64):
-    x = base.astype(dtype)
-    for groups in (3, 40009, 120027):
-        for sym in (True, False):
-            for sr in (False, True):
-                y = dsquant.fake_quantize(x, groups, 5, symmetric=sym, stochastic=sr, seed=4 if sr else None)
-                outs.append(y.view(np.uint8).ravel())
-np.save(sys.argv[1], np.concatenate(outs))
-"""
+def _wide_outputs() -> bytes:
+    """Every float op over special values, group sizes around the chunking threshold, all dtypes."""
+    import ml_dtypes
+    import dsquant
+    rng = np.random.default_rng(1)
+    base = rng.standard_normal(3 * 40009) * np.exp(rng.uniform(-6, 6, 3 * 40009))
+    base[::997] = np.nan
+    base[5::1013] = np.inf
+    outs = []
+    for dtype in (np.float16, ml_dtypes.bfloat16, np.float32, np.float64):
+        x = base.astype(dtype)
+        for groups in (3, 40009, 120027):
+            for sym in (True, False):
+                for sr in (False, True):
+                    outs.append(dsquant.fake_quantize(x, groups, 5, symmetric=sym, stochastic=sr, seed=4 if sr else None))
+                for bits in (2, 3, 4, 8):
+                    q, p = dsquant.quantize(x[:3 * 40008], groups if groups == 3 else 3 * 13336, bits, symmetric=sym)
+                    outs += [q, p] + [dsquant.dequantize(q, p, bits, dtype=out) for out in ("float16", "bfloat16",
+                                                                                            "float64")]
+        q, p = dsquant.swizzle_quantize(x[:8 * 4096], 64, 4, nodes=2, devices_per_node=2)
+        outs += [q, p, *dsquant.quantized_reduction(q, p, 64, 32, 4, devices_per_node=2)]
+    return b"".join(np.ascontiguousarray(o).tobytes() for o in outs)
 
 
-def test_baseline_and_avx2_builds_agree(tmp_path):
-    """The per-range loops are compiled for baseline x86-64 and for AVX2+FMA+F16C; both give the
-    same bits (DSQUANT_CPU_BASELINE=1 forces the baseline build)."""
-    results = []
-    for baseline in (False, True):
+def test_baseline_and_best_loops_agree():
+    """The per-range loops are compiled for baseline x86-64 and for AVX2+FMA+F16C: both give the
+    same bits, and each run used the loops it asked for."""
+    from dsquant.backends.cpu import _cpu
+    outputs = {}
+    try:
+        for isa in _cpu.isas():
+            _cpu.set_baseline(isa == "baseline")
+            assert _cpu.isa() == isa
+            outputs[isa] = _wide_outputs()
+    finally:
+        _cpu.set_baseline(False)
+    assert len(set(outputs.values())) == 1, f"the {' and '.join(outputs)} loops differ"
+
+
+def test_environment_forces_the_baseline():
+    """DSQUANT_CPU_BASELINE=1 at start selects the baseline loops; otherwise the best this CPU has."""
+    script = "from dsquant.backends.cpu import _cpu; print(_cpu.isa(), _cpu.isas()[-1])"
+    for forced in (False, True):
         env = {k: v for k, v in os.environ.items() if k != "DSQUANT_CPU_BASELINE"}
-        if baseline:
+        if forced:
             env["DSQUANT_CPU_BASELINE"] = "1"
-        path = tmp_path / f"isa{int(baseline)}.npy"
-        proc = subprocess.run([sys.executable, "-c", ISA_SCRIPT, str(path)], env=env, capture_output=True, text=True)
+        proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True)
         assert proc.returncode == 0, proc.stderr
-        results.append(np.load(path))
-    assert np.array_equal(results[0], results[1])
+        used, best = proc.stdout.split()
+        assert used == ("baseline" if forced else best)

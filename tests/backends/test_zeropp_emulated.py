@@ -11,11 +11,10 @@ import dsquant
 import reference as bits_ref
 import reference_int as ref
 import reference_zeropp as zref
-from dsquant.backends.cuda import kernels as _kernels
+from dsquant.core import dtypes
 from dsquant.backends.cuda import launch as _launch
-from _cuda_emu import Emulator
 
-DTYPE_CODES = {"float16": 0, "bfloat16": 1, "float32": 2, "float64": 3}
+DTYPE_CODES = {d.name: d.code for d in dtypes.FLOAT_DTYPES}
 LAYOUT = dict(pipeline=1, nodes=2, devices_per_node=2)
 # (numel, groups, bits): one-byte groups, groups sharing bytes (S = 3 at 4 bits: runs of 2; S = 5
 # at 2 bits: runs of 4), odd bits, groups larger than a block's one pass.
@@ -23,10 +22,6 @@ CASES = {"S8b4": (64, 8, 4), "S3b4": (48, 16, 4), "S5b2": (160, 32, 2), "S7b5": 
          "S600b8": (2400, 4, 8)}
 
 
-@pytest.fixture(scope="module")
-def emu(tmp_path_factory):
-    return Emulator(tmp_path_factory.mktemp("emu_zeropp"), names=_kernels.MODULES["dsq_zeropp.cu"],
-                    includes=["dsq_zeropp.cu"])
 
 
 def sample(dtype, numel, seed):

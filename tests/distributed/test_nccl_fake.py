@@ -8,31 +8,20 @@ import threading
 import numpy as np
 import pytest
 
-import dsquant
-import _fake_cupy
 import _fake_nccl
 import reference_zeropp as rz
-from _cuda_emu import Emulator
 from dsquant import distributed
 
 
-@pytest.fixture(scope="module")
-def emu(tmp_path_factory):
-    return Emulator(tmp_path_factory.mktemp("emu-nccl"))
 
 
 @pytest.fixture
-def cp(monkeypatch, emu, tmp_path):
-    monkeypatch.setenv("DSQUANT_CACHE_DIR", str(tmp_path))
-    cupy = _fake_cupy.module(emu)
-    cupy.cuda.nccl = _fake_nccl
-    cupy.from_dlpack = lambda a: a if isinstance(a, cupy.ndarray) else pytest.fail("unexpected from_dlpack")
-    monkeypatch.setitem(sys.modules, "cupy", cupy)
-    monkeypatch.setitem(sys.modules, "cupy.cuda", cupy.cuda)
-    yield cupy
-    sys.modules.pop("dsquant.backends.cuda.device", None)
-    if hasattr(dsquant, "_cuda"):
-        delattr(dsquant, "_cuda")
+def cp(fake_cupy, monkeypatch):
+    """The CuPy stand-in with the NCCL stand-in as cupy.cuda.nccl."""
+    fake_cupy.cuda.nccl = _fake_nccl
+    fake_cupy.from_dlpack = lambda a: a if isinstance(a, fake_cupy.ndarray) else pytest.fail("unexpected from_dlpack")
+    monkeypatch.setitem(sys.modules, "cupy.cuda", fake_cupy.cuda)
+    return fake_cupy
 
 
 def run_ranks(world, fn):

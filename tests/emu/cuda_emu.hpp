@@ -154,7 +154,7 @@ template <class... A> int launch(void (*kernel)(A...), unsigned grid, unsigned b
 #define __device__
 #define __host__
 #define __forceinline__ inline
-#define __launch_bounds__(n)
+#define __launch_bounds__(...)
 #define __shared__ static
 #define threadIdx (emu::fibers[emu::current].tid)
 #define blockIdx (emu::block_idx)

@@ -3,15 +3,17 @@ producers), zero-copy, in place where asked; importing dsquant imports no framew
 import subprocess
 import sys
 
-import jax
-import jax.numpy as jnp
-import ml_dtypes
 import numpy as np
 import pytest
 import torch
 
 import dsquant
 import reference as ref
+from _optional import require
+
+jax = require("jax")
+jnp = require("jax.numpy")
+ml_dtypes = require("ml_dtypes")
 
 
 def check_exact(got, expected):
@@ -96,6 +98,31 @@ def test_out_read_only_is_refused():
     with pytest.raises(BufferError, match="read-only"):
         dsquant.fake_quantize(np.ones(8, np.float32), out=out)
 
+
+
+def test_numpy_results_are_writable_and_round_trip():
+    # NumPy before 2.3 marks arrays imported through DLPack read-only, and before 2.1 cannot export
+    # a read-only array: .ci/run runs this file once on the NumPy floor of pyproject.toml
+    x = np.random.default_rng(2).standard_normal(256).astype(np.float32)
+    q, params = dsquant.quantize(x, 8, 4)
+    sq, sp = dsquant.swizzle_quantize(x, 8, 4, nodes=2, devices_per_node=2)
+    results = [dsquant.fake_quantize(x, 8, 4), q, params, sq, sp, dsquant.dequantize(q, params, 4)]
+    assert all(r.flags.writeable for r in results)
+    check_exact(dsquant.dequantize(*dsquant.quantize(x, 8, 4), 4), results[-1])   # a read-only q once broke this
+    r, rp = dsquant.quantized_reduction(sq, sp, 8, 4, 4, devices_per_node=2)
+    assert r.flags.writeable and rp.flags.writeable
+
+
+@pytest.mark.parametrize("dtype", [np.float32, ml_dtypes.bfloat16])
+def test_numpy_read_only_input(dtype):
+    x = np.random.default_rng(3).standard_normal(64).astype(dtype)
+    expected = dsquant.fake_quantize(x, 8, 4)
+    x.setflags(write=False)
+    y = dsquant.fake_quantize(x, 8, 4)
+    check_exact(y, expected)
+    assert y.flags.writeable and not x.flags.writeable
+    with pytest.raises(BufferError, match="read-only"):
+        dsquant.ds_quantizer(x, 8, 4)
 
 # ------------------------------------------------------------------------------------- torch
 TORCH_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32, "float64": torch.float64}

@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 import dsquant
 import reference as ref
+from helpers import check_exact, sample
 
 DTYPES = list(ref.DTYPES)
 BITS = [2, 3, 4, 8, 16]
@@ -20,15 +21,8 @@ SHAPES = {"S1": (37, 37), "S15": (105, 7), "one_group": (1000, 1), "S33": (165, 
           "huge_one": (100003, 1), "huge_three": (3 * 40001, 3)}
 
 
-def sample(dtype_name, numel, seed):
-    """Normal data with a different scale per block, so groups get different statistics."""
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal(numel) * np.exp(rng.uniform(-4, 4, size=numel // 50 + 1)).repeat(50)[:numel]
-    return x.astype(ref.DTYPES[dtype_name])
 
 
-def check_exact(got, expected):
-    assert ref.same_bits(got, expected), ref.first_difference(got, expected)
 
 
 def _grid():
@@ -55,6 +49,28 @@ def test_matches_reference(dtype, scheme, rounding, bits, shape_id):
     got = dsquant.fake_quantize(x, groups, bits, seed=1234 if kwargs["stochastic"] else None, **kwargs)
     expected = ref.fake_quantize(x, groups, bits, seed=1234, offset=0, **kwargs)
     check_exact(got, expected)
+
+
+# every backend (conftest.backend) on each regime: tiny groups, odd sizes, one group per team, and
+# groups large enough for the chunked passes (CUDA: over 4,096 elements; CPU: over 2^15)
+BACKEND_SHAPES = {"S1": (37, 37), "S33": (165, 5), "one_group": (1000, 1), "chunked": (40000, 1)}
+
+
+@pytest.mark.parametrize("shape_id", BACKEND_SHAPES)
+@pytest.mark.parametrize("bits", [3, 8])
+@pytest.mark.parametrize("rounding", ROUNDING)
+@pytest.mark.parametrize("scheme", SCHEMES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_every_backend_matches_reference(backend, dtype, scheme, rounding, bits, shape_id):
+    numel, groups = BACKEND_SHAPES[shape_id]
+    x = sample(dtype, numel, seed=zlib.crc32(f"{dtype}{scheme}{rounding}{bits}{shape_id}".encode()))
+    kwargs = dict(symmetric=SCHEMES[scheme], stochastic=ROUNDING[rounding])
+    seed = 77 if ROUNDING[rounding] else None        # a seed is for stochastic rounding only
+    expected = ref.fake_quantize(x, groups, bits, seed=77, offset=0, **kwargs)
+    check_exact(backend.get(dsquant.fake_quantize(backend.put(x), groups, bits, seed=seed, **kwargs)), expected)
+    inplace = backend.put(x.copy())
+    dsquant.ds_quantizer(inplace, groups, bits, sr=False, asym=not SCHEMES[scheme])
+    check_exact(backend.get(inplace), ref.fake_quantize(x, groups, bits, symmetric=SCHEMES[scheme]))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

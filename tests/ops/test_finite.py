@@ -2,15 +2,17 @@
 formulas overflow (fake quantization at 2 bits: s is subnormal, 1/s coarse, q·(1/s) beyond max);
 every op saturates at the output dtype's largest finite value instead, which changes no result that
 was finite before (checked over a grid against the unsaturated formula)."""
-import ml_dtypes
 import numpy as np
 import pytest
+from _optional import require
 
 import dsquant
 import reference as ref
 import reference_int as ref_int
 import reference_zeropp as ref_zpp
 from dsquant.ops.integer import dequantize_unsigned_half
+
+ml_dtypes = require("ml_dtypes")
 
 DTYPES = {"float16": np.float16, "bfloat16": ml_dtypes.bfloat16, "float32": np.float32, "float64": np.float64}
 

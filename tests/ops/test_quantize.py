@@ -1,13 +1,9 @@
 """dsquant.quantize / dsquant.dequantize on the CPU: bit-exact against the independent reference
 (reference_int.py), exact byte tables for packing and edge values, round trips, interop, errors."""
+import functools
 import math
-import os
-import subprocess
-import sys
 import zlib
 
-import jax.numpy as jnp
-import ml_dtypes
 import numpy as np
 import pytest
 import torch
@@ -15,7 +11,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import dsquant
+import helpers
+from helpers import SPECIALS, same_bits
 import reference_int as ref
+from _optional import require
+
+jnp = require("jax.numpy")
+ml_dtypes = require("ml_dtypes")
 
 DTYPES = list(ref.DTYPES)
 BITS = [2, 3, 4, 5, 6, 7, 8]
@@ -26,32 +28,11 @@ SCHEMES = {"sym": True, "asym": False}
 LAYOUTS = {"S1": ((40,), 40), "S3": ((6, 8), 16), "S13": ((13, 4), 4), "one_group": ((1000,), 1),
            "S20000": ((3, 20000), 3), "huge_one": ((100004,), 1), "huge_three": ((3, 40004), 3),
            "huge_odd": ((40001, 4), 4)}
-SPECIALS = [np.nan, np.inf, -np.inf, 0.0, -0.0]
+sample = functools.partial(helpers.sample, specials=True)     # integer tests meet NaN/Inf/±0 too
 
 
-def sample(dtype, shape, seed, specials=True):
-    """Normal data with a different scale per block of 50, plus a sprinkle of NaN, ±Inf and zeros."""
-    rng = np.random.default_rng(seed)
-    n = math.prod(shape)
-    x = rng.standard_normal(n) * np.exp(rng.uniform(-4, 4, size=n // 50 + 1)).repeat(50)[:n]
-    if specials and n >= 40:
-        where = rng.choice(n, size=max(1, n // 100), replace=False)
-        x[where] = rng.choice(SPECIALS, size=where.size)
-    return x.astype(ref.DTYPES[dtype]).reshape(shape)
 
 
-def same_bits(got, expected):
-    """Equal bit patterns (any NaN matches any NaN)."""
-    got, expected = np.asarray(got).reshape(-1), np.asarray(expected).reshape(-1)
-    assert got.dtype == expected.dtype and got.shape == expected.shape
-    if got.dtype.kind == "f" or got.dtype == ref.BF16:
-        nan = np.isnan(got.astype(np.float64))
-        assert np.array_equal(nan, np.isnan(expected.astype(np.float64)))
-        got, expected = got[~nan], expected[~nan]
-    uint = np.dtype(f"u{got.dtype.itemsize}")
-    diff = np.flatnonzero(got.view(uint) != expected.view(uint))
-    assert diff.size == 0, f"{diff.size} differences, first at {diff[0]}: {got[diff[0]]!r} != {expected[diff[0]]!r}"
-    return True
 
 
 def check_quantize(x, groups, bits, symmetric):
@@ -79,6 +60,22 @@ def test_quantize_matches_reference(dtype, scheme, bits, layout):
     q, _ = check_quantize(x, groups, bits, SCHEMES[scheme])
     per = ref.codes_per_byte(bits)
     assert q.shape == shape[:-1] + (shape[-1] // per,)
+
+
+@pytest.mark.parametrize("layout", ["S1", "S3", "S13", "one_group", "huge_one"])
+@pytest.mark.parametrize("bits", [3, 4, 8])
+@pytest.mark.parametrize("scheme", SCHEMES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_every_backend_matches_reference(backend, dtype, scheme, bits, layout):
+    """quantize and dequantize on every backend (conftest.backend) against the reference."""
+    shape, groups = LAYOUTS[layout]
+    x = sample(dtype, shape, seed=zlib.crc32(f"backend{dtype}{scheme}{bits}{layout}".encode()))
+    q, params = dsquant.quantize(backend.put(x), groups, bits, symmetric=SCHEMES[scheme])
+    exp_q, exp_params = ref.quantize_ref(x, groups, bits, SCHEMES[scheme])
+    assert same_bits(backend.get(q).view(np.uint8), exp_q)
+    assert same_bits(backend.get(params), exp_params)
+    y = dsquant.dequantize(q, params, bits, dtype=dtype)
+    assert same_bits(backend.get(y), ref.dequantize_ref(exp_q, exp_params, bits, dtype))
 
 
 @pytest.mark.parametrize("out_dtype", DTYPES)
@@ -297,41 +294,6 @@ def test_thread_count_does_not_change_results(monkeypatch, scheme):
         q, params = dsquant.quantize(x, 4, 4, symmetric=SCHEMES[scheme])
         outputs.append((q.tobytes(), params.tobytes(), dsquant.dequantize(q, params, 4).tobytes()))
     assert outputs[0] == outputs[1] == outputs[2]
-
-
-ISA_SCRIPT = """
-import sys, numpy as np, ml_dtypes, dsquant
-rng = np.random.default_rng(2)
-base = rng.standard_normal(4 * 40004) * np.exp(rng.uniform(-6, 6, 4 * 40004))
-base[::997] = np.nan
-base[5::1013] = np.inf
-outs = []
-for dtype in (np.float16, ml_dtypes.bfloat16, np.float32, np.float64):
-    x = base.astype(dtype)
-    for groups in (4, 40004, 160016):
-        for bits in (2, 3, 4, 8):
-            for sym in (True, False):
-                q, p = dsquant.quantize(x, groups, bits, symmetric=sym)
-                outs += [q.view(np.uint8), p.view(np.uint8).ravel()]
-                for out in ("float16", "bfloat16", "float64"):
-                    outs.append(dsquant.dequantize(q, p, bits, dtype=out).view(np.uint8))
-np.save(sys.argv[1], np.concatenate(outs))
-"""
-
-
-def test_baseline_and_avx2_builds_agree(tmp_path):
-    """The range loops are compiled for baseline x86-64 and AVX2+FMA+F16C (DSQUANT_CPU_BASELINE=1
-    forces the baseline): both give the same bytes."""
-    results = []
-    for baseline in (False, True):
-        env = {k: v for k, v in os.environ.items() if k != "DSQUANT_CPU_BASELINE"}
-        if baseline:
-            env["DSQUANT_CPU_BASELINE"] = "1"
-        path = tmp_path / f"isa{int(baseline)}.npy"
-        proc = subprocess.run([sys.executable, "-c", ISA_SCRIPT, str(path)], env=env, capture_output=True, text=True)
-        assert proc.returncode == 0, proc.stderr
-        results.append(np.load(path))
-    assert np.array_equal(results[0], results[1])
 
 
 # ------------------------------------------------------------------------------ shapes

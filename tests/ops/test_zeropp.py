@@ -11,7 +11,8 @@ import reference_int as ref
 import reference_zeropp as zref
 from dsquant.compat import deepspeed as ds_ops
 from dsquant.core import registry
-from test_quantize import same_bits, sample
+from helpers import same_bits
+from test_quantize import sample
 
 SCHEMES = {"sym": True, "asym": False}
 
@@ -77,6 +78,26 @@ def test_swizzle_matches_reference(dtype, bits, scheme, layout):
     assert q.shape == (n // ref.codes_per_byte(bits),) and q.dtype == np.int8
     same_bits(as_bytes(q), exp_q)
     same_bits(params, exp_params)
+
+
+@pytest.mark.parametrize("layout", ["S1", "S3_pipe2", "S13", "S64_1x4"])
+@pytest.mark.parametrize("scheme", SCHEMES)
+@pytest.mark.parametrize("bits", [4, 8])
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32"])
+def test_every_backend_matches_reference(backend, dtype, bits, scheme, layout):
+    """swizzle_quantize, then quantized_reduction of its slabs, on every backend (conftest.backend)."""
+    groups, S, pipe, nodes, dpn = SWIZZLES[layout]
+    sym = SCHEMES[scheme]
+    x = sample(dtype, (groups * S,), seed=groups * S + bits + 1)
+    q, params = dsquant.swizzle_quantize(backend.put(x), groups, bits, symmetric=sym, pipeline=pipe, nodes=nodes,
+                                         devices_per_node=dpn)
+    exp_q, exp_params = zref.swizzle_ref(x, groups, bits, sym, pipe, nodes, dpn)
+    same_bits(as_bytes(backend.get(q)), exp_q)
+    same_bits(backend.get(params), exp_params)
+    r, rp = dsquant.quantized_reduction(q, params, groups, groups // dpn, bits, symmetric=sym, devices_per_node=dpn)
+    exp_r, exp_rp = zref.reduction_ref(exp_q.view(np.int8), exp_params, groups, groups // dpn, bits, sym, dpn)
+    same_bits(as_bytes(backend.get(r)), exp_r)
+    same_bits(backend.get(rp), exp_rp)
 
 
 def test_swizzle_torch_in_torch_out():

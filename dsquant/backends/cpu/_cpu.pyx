@@ -1,55 +1,21 @@
 # cython: language_level=3, boundscheck=False, wraparound=False
 """CPU kernels: the shared math of cuda/*.cuh compiled as C++ and run with OpenMP.
 
-Every function takes plain integers (addresses, sizes, codes) resolved by the caller, and
-releases the GIL for the whole computation.
+Kernels are called by name with their argument struct packed as bytes (``signatures.py`` packs
+them; ``entries.hpp`` lists the kernels); each call releases the GIL for the whole computation.
 """
-from libc.stdint cimport int64_t, uint8_t, uint16_t, uint64_t, uintptr_t
-from libcpp cimport bool as cbool
+from libc.stdint cimport int64_t, uintptr_t
 
-cdef extern from "kernels.hpp" namespace "dsq_cpu" nogil:
-    cdef struct FakeArgs:
-        const void* in_ "in"
-        void* out
-        int64_t n
-        int64_t groups
-        int bits
-        cbool symmetric
-        cbool stochastic
-        uint64_t seed
-        uint64_t offset
-        int threads
-    void c_fake_quantize "dsq_cpu::fake_quantize"(int dtype, const FakeArgs& a)
-    cdef struct IntQuantArgs:
-        const void* in_ "in"
-        uint8_t* q
-        float* params
-        int64_t n
-        int64_t groups
-        int bits
-        cbool symmetric
-        int threads
-    void c_int_quantize "dsq_cpu::int_quantize"(int dtype, const IntQuantArgs& a)
-    cdef struct IntDequantArgs:
-        const uint8_t* q
-        const float* params
-        void* out
-        int64_t n
-        int64_t groups
-        int bits
-        cbool symmetric
-        int threads
-    void c_int_dequantize "dsq_cpu::int_dequantize"(int dtype, const IntDequantArgs& a)
-    cdef struct UintHalfArgs:
-        const uint8_t* q
-        const uint16_t* scale
-        const uint16_t* minimum
-        uint16_t* out
-        int64_t num_group
-        int64_t group_size
-        int bits
-        int threads
-    void c_uint_dequantize_half "dsq_cpu::uint_dequantize_half"(const UintHalfArgs& a)
+cdef extern from "entries.hpp" namespace "dsq_cpu" nogil:
+    ctypedef struct Entry:
+        const char* name
+        void (*run)(int dtype, const void* args) noexcept nogil
+        size_t args_size
+    int num_entries()
+    const Entry* entry(int i)
+    const char* isa_in_use()
+    void force_baseline(bint on)
+    bint cpu_has_avx2()
     void c_strided_copy "dsq_cpu::strided_copy"(const char* src, const int64_t* src_strides, char* dst,
                                                 const int64_t* dst_strides, const int64_t* shape,
                                                 int ndim, int itemsize, int threads)
@@ -60,69 +26,38 @@ def max_threads():
     return c_max_threads()
 
 
-def fake_quantize(uintptr_t src, uintptr_t dst, int dtype, int64_t n, int64_t groups, int bits,
-                  bint symmetric, bint stochastic, uint64_t seed, uint64_t offset, int threads):
-    cdef FakeArgs a
-    a.in_ = <const void*>src
-    a.out = <void*>dst
-    a.n = n
-    a.groups = groups
-    a.bits = bits
-    a.symmetric = symmetric
-    a.stochastic = stochastic
-    a.seed = seed
-    a.offset = offset
-    a.threads = threads
+def isa():
+    """The instruction set of the per-range loops in use: "avx2" or "baseline"."""
+    return isa_in_use().decode()
+
+
+def isas():
+    """The instruction sets this CPU can run the loops in, baseline first."""
+    return ("baseline", "avx2") if cpu_has_avx2() else ("baseline",)
+
+
+def set_baseline(bint on):
+    """Force the baseline x86-64 loops (True) or use the best this CPU has (False). For tests and
+    benchmarks: both builds give the same bits. DSQUANT_CPU_BASELINE=1 forces it from the start."""
+    force_baseline(on)
+
+
+def kernels():
+    """{kernel name: (index, bytes of its argument struct)}."""
+    return {entry(i).name.decode(): (i, entry(i).args_size) for i in range(num_entries())}
+
+
+def run(int index, int dtype, bytes args):
+    """Run kernel `index` (see :func:`kernels`) on elements of dsquant dtype code `dtype` with its
+    argument struct packed in `args`."""
+    if not 0 <= index < num_entries():
+        raise IndexError(f"no CPU kernel {index}")
+    cdef const Entry* e = entry(index)
+    if <size_t>len(args) != e.args_size:
+        raise ValueError(f"{e.name.decode()} takes {e.args_size} bytes of arguments, got {len(args)}")
+    cdef const char* packed = args      # `args` is referenced for the whole call
     with nogil:
-        c_fake_quantize(dtype, a)
-
-
-def int_quantize(uintptr_t src, uintptr_t q, uintptr_t params, int dtype, int64_t n, int64_t groups,
-                 int bits, bint symmetric, int threads):
-    """Integer codes of n elements (dtype code `dtype`) into q and float32 params into params."""
-    cdef IntQuantArgs a
-    a.in_ = <const void*>src
-    a.q = <uint8_t*>q
-    a.params = <float*>params
-    a.n = n
-    a.groups = groups
-    a.bits = bits
-    a.symmetric = symmetric
-    a.threads = threads
-    with nogil:
-        c_int_quantize(dtype, a)
-
-
-def int_dequantize(uintptr_t q, uintptr_t params, uintptr_t dst, int dtype, int64_t n, int64_t groups,
-                   int bits, bint symmetric, int threads):
-    """n values of dtype code `dtype` into dst from the codes q and float32 params."""
-    cdef IntDequantArgs a
-    a.q = <const uint8_t*>q
-    a.params = <const float*>params
-    a.out = <void*>dst
-    a.n = n
-    a.groups = groups
-    a.bits = bits
-    a.symmetric = symmetric
-    a.threads = threads
-    with nogil:
-        c_int_dequantize(dtype, a)
-
-
-def uint_dequantize_half(uintptr_t q, uintptr_t scale, uintptr_t minimum, uintptr_t dst, int64_t num_group,
-                         int64_t group_size, int bits, int threads):
-    """float16 [num_group, group_size] from unsigned codes and float16 scale/minimum per group."""
-    cdef UintHalfArgs a
-    a.q = <const uint8_t*>q
-    a.scale = <const uint16_t*>scale
-    a.minimum = <const uint16_t*>minimum
-    a.out = <uint16_t*>dst
-    a.num_group = num_group
-    a.group_size = group_size
-    a.bits = bits
-    a.threads = threads
-    with nogil:
-        c_uint_dequantize_half(a)
+        e.run(dtype, packed)
 
 
 def strided_copy(uintptr_t src, src_strides, uintptr_t dst, dst_strides, shape, int itemsize, int threads):
@@ -139,87 +74,3 @@ def strided_copy(uintptr_t src, src_strides, uintptr_t dst, dst_strides, shape, 
         sh[i] = shape[i]
     with nogil:
         c_strided_copy(<const char*>src, ss, <char*>dst, ds, sh, ndim, itemsize, threads)
-
-
-# ------------------------------------------------------------------ ZeRO++ communication ops
-cdef extern from "zeropp.hpp" namespace "dsq_cpu" nogil:
-    cdef struct SwizzleArgs:
-        const void* in_ "in"
-        uint8_t* q
-        float* params
-        void* err
-        int err_dtype
-        float beta
-        int64_t n
-        int64_t groups
-        int64_t pipe
-        int64_t nodes
-        int64_t dpn
-        int bits
-        cbool symmetric
-        int threads
-    void c_swizzle_quantize "dsq_cpu::swizzle_quantize"(int dtype, const SwizzleArgs& a)
-    cdef struct ReduceArgs:
-        const uint8_t* q_in
-        const float* params_in
-        uint8_t* q
-        float* params
-        void* err
-        int err_dtype
-        float beta
-        int64_t n
-        int64_t in_groups
-        int64_t groups
-        int64_t devices
-        int bits
-        cbool symmetric
-        cbool half_accumulate
-        int threads
-    void c_quantized_reduction "dsq_cpu::quantized_reduction"(const ReduceArgs& a)
-
-
-def swizzle_quantize(uintptr_t src, uintptr_t q, uintptr_t params, int dtype, int64_t n, int64_t groups,
-                     int bits, bint symmetric, int64_t pipe, int64_t nodes, int64_t dpn,
-                     uintptr_t err, int err_dtype, float beta, int threads):
-    """Codes and params of n elements in swizzled group order; LoCo error feedback when err != 0."""
-    cdef SwizzleArgs a
-    a.in_ = <const void*>src
-    a.q = <uint8_t*>q
-    a.params = <float*>params
-    a.err = <void*>err
-    a.err_dtype = err_dtype
-    a.beta = beta
-    a.n = n
-    a.groups = groups
-    a.pipe = pipe
-    a.nodes = nodes
-    a.dpn = dpn
-    a.bits = bits
-    a.symmetric = symmetric
-    a.threads = threads
-    with nogil:
-        c_swizzle_quantize(dtype, a)
-
-
-def quantized_reduction(uintptr_t q_in, uintptr_t params_in, uintptr_t q, uintptr_t params, int64_t n,
-                        int64_t in_groups, int64_t groups, int64_t devices, int bits, bint symmetric,
-                        bint half_accumulate, uintptr_t err, int err_dtype, float beta, int threads):
-    """Sum of `devices` slabs of n quantized values, requantized; LoCo error feedback when err != 0."""
-    cdef ReduceArgs a
-    a.q_in = <const uint8_t*>q_in
-    a.params_in = <const float*>params_in
-    a.q = <uint8_t*>q
-    a.params = <float*>params
-    a.err = <void*>err
-    a.err_dtype = err_dtype
-    a.beta = beta
-    a.n = n
-    a.in_groups = in_groups
-    a.groups = groups
-    a.devices = devices
-    a.bits = bits
-    a.symmetric = symmetric
-    a.half_accumulate = half_accumulate
-    a.threads = threads
-    with nogil:
-        c_quantized_reduction(a)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import functools
 import os
 import threading
-import types
 from concurrent.futures import ThreadPoolExecutor
 
 from ...core import threads
@@ -32,7 +31,9 @@ def _helper_thread() -> ThreadPoolExecutor:
         return _helper[1]
 
 
-def _guard(fn):
+def guard(fn):
+    """`fn` run where OpenMP can start threads (on the helper thread when called from the thread
+    that forked this child)."""
     @functools.wraps(fn)
     def run(*args):
         forked = threads.forked_thread()
@@ -40,9 +41,3 @@ def _guard(fn):
             return fn(*args)
         return _helper_thread().submit(fn, *args).result()
     return run
-
-
-def guarded(module):
-    """A namespace of `module`'s public functions, each run where OpenMP can start threads."""
-    return types.SimpleNamespace(**{name: _guard(getattr(module, name)) for name in dir(module)
-                                    if not name.startswith("_") and callable(getattr(module, name))})

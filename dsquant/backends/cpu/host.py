@@ -18,10 +18,10 @@ from ...core import dtypes, registry, threads
 from ...core.formats import codes_per_byte, params_shape
 from ...interop import _array
 from ...interop.operand import Operand, host_result
-from . import _cpu as _kernels
-from .forksafe import guarded
+from . import _cpu, forksafe
+from . import signatures as sig
 
-_cpu = guarded(_kernels)      # safe to call in a forked child (forksafe.py)
+_strided_copy = forksafe.guard(_cpu.strided_copy)   # safe to call in a forked child (forksafe.py)
 
 _FLOAT16, _FLOAT32 = dtypes.FLOAT16.code, dtypes.FLOAT32.code
 
@@ -32,18 +32,30 @@ def num_threads() -> int:
     return threads.requested() or max(1, _cpu.max_threads())
 
 
+@registry.implements("openmp_threads", "cpu")
+def openmp_threads() -> int:
+    """OpenMP's default thread count (OMP_NUM_THREADS, else the cores)."""
+    return _cpu.max_threads()
+
+
+@registry.implements("cpu_isa", "cpu")
+def cpu_isa() -> str:
+    """The kernels in use: "avx2" (AVX2 + FMA + F16C) or "baseline" (DSQUANT_CPU_BASELINE=1 forces it)."""
+    return _cpu.isa()
+
+
 def _run_fake(src_ptr, dst_ptr, t: _array.Tensor, groups, bits, symmetric, stochastic, seed, offset):
-    _cpu.fake_quantize(src_ptr, dst_ptr, t.dtype, t.numel, groups, bits, symmetric, stochastic,
-                       seed, offset, num_threads())
+    sig.FAKE_QUANTIZE(t.dtype, in_=src_ptr, out=dst_ptr, n=t.numel, groups=groups, bits=bits, symmetric=symmetric,
+                      stochastic=stochastic, seed=seed, offset=offset, threads=num_threads())
 
 
 def _gather(t: _array.Tensor, dst_ptr: int) -> None:
-    _cpu.strided_copy(t.data, t.strides, dst_ptr, _array.contiguous_strides(t.shape), t.shape,
+    _strided_copy(t.data, t.strides, dst_ptr, _array.contiguous_strides(t.shape), t.shape,
                       t.itemsize, num_threads())
 
 
 def _scatter(src_ptr: int, t: _array.Tensor) -> None:
-    _cpu.strided_copy(src_ptr, _array.contiguous_strides(t.shape), t.data, t.strides, t.shape,
+    _strided_copy(src_ptr, _array.contiguous_strides(t.shape), t.data, t.strides, t.shape,
                       t.itemsize, num_threads())
 
 
@@ -105,9 +117,9 @@ def quantize(src: Operand, groups, bits, symmetric, q_shape):
     q = _array.HostBuffer(q_shape, _array.DL_INT8)
     params = _array.HostBuffer(params_shape(groups, symmetric), _FLOAT32)
     data, _keep = _contiguous(t)
-    _cpu.int_quantize(data, q.data, params.data, t.dtype, t.numel, groups, bits, symmetric, num_threads())
-    return (host_result(q, src, "int8"),
-            host_result(params, src, "float32"))
+    sig.INT_QUANTIZE(t.dtype, in_=data, q=q.data, params=params.data, n=t.numel, groups=groups, bits=bits,
+                     symmetric=symmetric, threads=num_threads())
+    return host_result(q, src, "int8"), host_result(params, src, "float32")
 
 
 @registry.implements("dequantize", "cpu")
@@ -115,7 +127,8 @@ def dequantize(codes: Operand, params: Operand, groups, bits, symmetric, dtype, 
     q_ptr, _keep_q = _contiguous(codes.tensor)
     p_ptr, _keep_p = _contiguous(params.tensor)
     target, buffer = _result(codes, shape, dtype, dst)
-    _cpu.int_dequantize(q_ptr, p_ptr, target, dtype, math.prod(shape), groups, bits, symmetric, num_threads())
+    sig.INT_DEQUANTIZE(dtype, q=q_ptr, params=p_ptr, out=target, n=math.prod(shape), groups=groups, bits=bits,
+                       symmetric=symmetric, threads=num_threads())
     return _deliver(buffer, dst, codes, dtype)
 
 
@@ -125,7 +138,8 @@ def dequantize_unsigned_half(codes: Operand, scale: Operand, minimum: Operand, n
     s_ptr, _keep_s = _contiguous(scale.tensor)
     m_ptr, _keep_m = _contiguous(minimum.tensor)
     out = _array.HostBuffer((num_group, group_size), _FLOAT16)
-    _cpu.uint_dequantize_half(q_ptr, s_ptr, m_ptr, out.data, num_group, group_size, bits, num_threads())
+    sig.UINT_DEQUANTIZE_HALF(q=q_ptr, scale=s_ptr, minimum=m_ptr, out=out.data, num_group=num_group,
+                             group_size=group_size, bits=bits, threads=num_threads())
     return host_result(out, codes, "float16")
 
 
@@ -142,10 +156,10 @@ def swizzle_quantize(src: Operand, groups, bits, symmetric, pipeline, nodes, dpn
     params = _array.HostBuffer(params_shape(groups, symmetric), _FLOAT32)
     data, _keep = _contiguous(t)
     e_ptr, e_dtype = _error_buffer(err)
-    _cpu.swizzle_quantize(data, q.data, params.data, t.dtype, t.numel, groups, bits, symmetric, pipeline, nodes,
-                          dpn, e_ptr, e_dtype, beta, num_threads())
-    return (host_result(q, src, "int8"),
-            host_result(params, src, "float32"))
+    sig.SWIZZLE_QUANTIZE(t.dtype, in_=data, q=q.data, params=params.data, err=e_ptr, err_dtype=e_dtype, beta=beta,
+                         n=t.numel, groups=groups, pipe=pipeline, nodes=nodes, dpn=dpn, bits=bits,
+                         symmetric=symmetric, threads=num_threads())
+    return host_result(q, src, "int8"), host_result(params, src, "float32")
 
 
 @registry.implements("quantized_reduction", "cpu")
@@ -157,7 +171,8 @@ def quantized_reduction(codes: Operand, params: Operand, in_groups, out_groups, 
     q = _array.HostBuffer(q_shape, _array.DL_INT8)
     out_params = _array.HostBuffer(params_shape(out_groups, symmetric), _FLOAT32)
     e_ptr, e_dtype = _error_buffer(err)
-    _cpu.quantized_reduction(q_ptr, p_ptr, q.data, out_params.data, n, in_groups, out_groups, devices, bits,
-                             symmetric, half_accumulate, e_ptr, e_dtype, beta, num_threads())
-    return (host_result(q, codes, "int8"),
-            host_result(out_params, codes, "float32"))
+    sig.QUANTIZED_REDUCTION(q_in=q_ptr, params_in=p_ptr, q=q.data, params=out_params.data, err=e_ptr,
+                            err_dtype=e_dtype, beta=beta, n=n, in_groups=in_groups, groups=out_groups,
+                            devices=devices, bits=bits, symmetric=symmetric, half_accumulate=half_accumulate,
+                            threads=num_threads())
+    return host_result(q, codes, "int8"), host_result(out_params, codes, "float32")

@@ -9,6 +9,7 @@
 #include <immintrin.h>
 #endif
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <cstdlib>
 #include <type_traits>
@@ -48,15 +49,6 @@ struct IntDequantArgs {
 // A batch of integer quantization holds at most this many groups (their params stay on the stack).
 const int64_t kIntBatchGroups = 512;
 
-template <class C> inline void store_int_params(const IntQuantArgs& a, int64_t g, const IntParams<C>& p) {
-  if (a.symmetric) {
-    a.params[g] = p.p0;
-  } else {
-    a.params[2 * g] = p.p0;
-    a.params[2 * g + 1] = p.p1;
-  }
-}
-
 // ---------------------------------------------------------------- per-range loops, two ISAs
 // The kernels of one ISA for one element format: statistics of a range indexed [symmetric], and
 // fake quantization of a range indexed [symmetric][stochastic]; integer quantization of a batch of
@@ -76,21 +68,36 @@ template <class Fmt> struct Ranges {
 #define DSQ_CPU_HAVE_AVX2 1
 #endif
 
-inline bool use_avx2() {
+inline bool cpu_has_avx2() {
 #ifdef DSQ_CPU_HAVE_AVX2
   static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-                         __builtin_cpu_supports("f16c") && std::getenv("DSQUANT_CPU_BASELINE") == nullptr;
+                         __builtin_cpu_supports("f16c");
   return ok;
 #else
   return false;
 #endif
 }
 
-// The table of this CPU's instruction set: avx2_table() where the CPU has AVX2+FMA+F16C, else
-// base_table() (each an ISA's table-making function from a loop file compiled by isa.inc).
+// Whether calls use the AVX2 loops: where the CPU has them, unless DSQUANT_CPU_BASELINE is set at
+// start or force_baseline(true) was called (the tests run both builds in one process this way).
+inline std::atomic<bool>& baseline_forced() {
+  static std::atomic<bool> forced{std::getenv("DSQUANT_CPU_BASELINE") != nullptr};
+  return forced;
+}
+inline void force_baseline(bool on) { baseline_forced().store(on); }
+inline bool use_avx2() { return cpu_has_avx2() && !baseline_forced().load(std::memory_order_relaxed); }
+
+// The table of the instruction set in use: avx2_table() where use_avx2(), else base_table() (each
+// an ISA's table-making function from a loop file compiled by isa.inc). Both are built once.
+template <class Table> struct PerIsa {
+  Table base, avx2;
+  bool has_avx2;
+  const Table& get() const { return has_avx2 && use_avx2() ? avx2 : base; }
+};
 template <class Table>
-Table for_this_cpu(Table (*base_table)(), Table (*avx2_table)()) {
-  return use_avx2() && avx2_table != nullptr ? avx2_table() : base_table();
+PerIsa<Table> for_each_isa(Table (*base_table)(), Table (*avx2_table)()) {
+  const Table b = base_table();
+  return PerIsa<Table>{b, avx2_table != nullptr ? avx2_table() : b, avx2_table != nullptr};
 }
 #ifdef DSQ_CPU_HAVE_AVX2
 #define DSQ_CPU_AVX2_TABLE(fn) (&avx2::fn)
@@ -102,8 +109,8 @@ Table for_this_cpu(Table (*base_table)(), Table (*avx2_table)()) {
 #include "isa.inc"
 
 template <class Fmt> const Ranges<Fmt>& ranges_for_this_cpu() {
-  static const Ranges<Fmt> r = for_this_cpu<Ranges<Fmt>>(&base::ranges<Fmt>, DSQ_CPU_AVX2_TABLE(ranges<Fmt>));
-  return r;
+  static const PerIsa<Ranges<Fmt>> r = for_each_isa<Ranges<Fmt>>(&base::ranges<Fmt>, DSQ_CPU_AVX2_TABLE(ranges<Fmt>));
+  return r.get();
 }
 
 const int64_t kLargeGroup = 1 << 15;
@@ -185,8 +192,9 @@ void fake_quantize_typed(const FakeArgs& a) {
 
 // Dispatch table by dsq::DType.
 typedef void (*FakeFn)(const FakeArgs&);
-static const FakeFn kFakeTable[4] = {&fake_quantize_typed<dsq::F16>, &fake_quantize_typed<dsq::BF16>,
-                                     &fake_quantize_typed<dsq::F32>, &fake_quantize_typed<dsq::F64>};
+#define DSQ_FAKE_ENTRY(code, Fmt) &fake_quantize_typed<dsq::Fmt>,
+static const FakeFn kFakeTable[dsq::NUM_DTYPES] = {DSQ_FOR_EACH_DTYPE(DSQ_FAKE_ENTRY)};
+#undef DSQ_FAKE_ENTRY
 
 inline void fake_quantize(int dtype, const FakeArgs& a) {
   if (a.n == 0) return;
@@ -234,7 +242,7 @@ void int_quantize_typed(const IntQuantArgs& a) {
   {
     large_group_stats(layout, stats, in, partial, [&](int64_t g, const Stats<Fmt>& st) {
       params[g] = dsq::int_params(st, a.bits, a.symmetric);
-      store_int_params(a, g, params[g]);
+      dsq::store_int_params(a.params, g, params[g], a.symmetric);
     });
 #pragma omp for schedule(static)
     for (int64_t c = 0; c < flat_chunks; ++c) codes(a, c * kChunk, std::min(a.n, (c + 1) * kChunk), params.data());
@@ -251,11 +259,13 @@ void int_dequantize_typed(const IntDequantArgs& a) {
 
 // Dispatch tables by dsq::DType.
 typedef void (*IntQuantFn)(const IntQuantArgs&);
-static const IntQuantFn kIntQuantTable[4] = {&int_quantize_typed<dsq::F16>, &int_quantize_typed<dsq::BF16>,
-                                             &int_quantize_typed<dsq::F32>, &int_quantize_typed<dsq::F64>};
+#define DSQ_INT_QUANT_ENTRY(code, Fmt) &int_quantize_typed<dsq::Fmt>,
+static const IntQuantFn kIntQuantTable[dsq::NUM_DTYPES] = {DSQ_FOR_EACH_DTYPE(DSQ_INT_QUANT_ENTRY)};
+#undef DSQ_INT_QUANT_ENTRY
 typedef void (*IntDequantFn)(const IntDequantArgs&);
-static const IntDequantFn kIntDequantTable[4] = {&int_dequantize_typed<dsq::F16>, &int_dequantize_typed<dsq::BF16>,
-                                                 &int_dequantize_typed<dsq::F32>, &int_dequantize_typed<dsq::F64>};
+#define DSQ_INT_DEQUANT_ENTRY(code, Fmt) &int_dequantize_typed<dsq::Fmt>,
+static const IntDequantFn kIntDequantTable[dsq::NUM_DTYPES] = {DSQ_FOR_EACH_DTYPE(DSQ_INT_DEQUANT_ENTRY)};
+#undef DSQ_INT_DEQUANT_ENTRY
 
 inline void int_quantize(int dtype, const IntQuantArgs& a) { kIntQuantTable[dtype](a); }
 

@@ -37,7 +37,7 @@ struct ReduceArgs {
 };
 
 struct ZeroppKernels {
-  void (*swizzle[4][3])(const SwizzleArgs&);
+  void (*swizzle[dsq::NUM_DTYPES][3])(const SwizzleArgs&);
   void (*reduce[3])(const ReduceArgs&);
 };
 
@@ -45,9 +45,9 @@ struct ZeroppKernels {
 #include "isa.inc"
 
 inline const ZeroppKernels& zeropp_for_this_cpu() {
-  static const ZeroppKernels k = for_this_cpu<ZeroppKernels>(&base::zeropp_kernels,
-                                                             DSQ_CPU_AVX2_TABLE(zeropp_kernels));
-  return k;
+  static const PerIsa<ZeroppKernels> k = for_each_isa<ZeroppKernels>(&base::zeropp_kernels,
+                                                                     DSQ_CPU_AVX2_TABLE(zeropp_kernels));
+  return k.get();
 }
 
 inline void swizzle_quantize(int dtype, const SwizzleArgs& a) {

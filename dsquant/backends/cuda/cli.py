@@ -1,7 +1,7 @@
 """``python -m dsquant kernels``: compile every CUDA kernel instantiation and report ptxas'
 registers, stack frame and spills per kernel.
 
-``--compile-only`` needs no GPU and no CuPy, only NVRTC (``pip install dsquant[compile]``): it is
+``--compile-only`` needs no GPU and no CuPy, only NVRTC (``pip install ".[compile]"``): it is
 the check CI runs. It exits with 1 on a compile error, a kernel that did not compile, or any
 spill or stack frame (local memory), else 0.
 """
@@ -13,11 +13,12 @@ import sys
 import tempfile
 from contextlib import contextmanager
 
+from ...core import missing
 from . import kernels as _kernels
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m dsquant kernels", description=__doc__.split("\n\n")[0])
+def _parser(prog: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
     p.add_argument("--compile-only", action="store_true",
                    help="compile with NVRTC for --arch targets; no GPU needed")
     p.add_argument("--arch", action="append", metavar="sm_XX",
@@ -48,7 +49,9 @@ def _cache(fresh: bool):
 def _device_targets() -> list[str]:
     from . import device   # needs CuPy and a GPU
     import cupy
-    return sorted({_kernels.target_for(int(cupy.cuda.Device(i).compute_capability))
+    _supported_archs()     # NVRTC loads, or one line saying what to install
+    driver = cupy.cuda.runtime.driverGetVersion()   # a GPU newer than NVRTC: can the driver take PTX?
+    return sorted({_kernels.target_for(int(cupy.cuda.Device(i).compute_capability), driver)
                    for i in range(device.device_count())})
 
 
@@ -86,22 +89,36 @@ def check(target: str, out=None) -> bool:
     return clean
 
 
-def main(argv=None) -> int:
-    args = _parser().parse_args(argv)
+def _supported_archs() -> tuple[int, ...]:
+    try:
+        return _kernels.supported_archs()
+    except RuntimeError as exc:   # cuda-bindings is there but finds no NVRTC library to load
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise missing.MissingDependency(f"cuda-bindings cannot load NVRTC ({reason}): {missing.COMPILE}") from None
+
+
+def main(argv=None, prog: str = "python -m dsquant kernels") -> int:
+    args = _parser(prog).parse_args(argv)
     if args.arch:
         targets = args.arch
     elif args.compile_only:
         targets = list(_kernels.CHECK_ARCHS)
     else:
         try:
-            targets = _device_targets()
+            from . import device   # noqa: F401 - CuPy, or the line saying what to install
         except ImportError as exc:
-            print(f"{exc}\n(use --compile-only to compile without a GPU)", file=sys.stderr)
+            print(f"{prog}: {exc} (or use --compile-only to compile without a GPU)", file=sys.stderr)
+            return 1
+        try:
+            targets = _device_targets()
+        except RuntimeError as exc:   # no target this NVRTC and driver can run on the GPU
+            print(exc, file=sys.stderr)
             return 1
         if not targets:
             print("no CUDA GPU visible; use --compile-only", file=sys.stderr)
             return 1
-    known = {f"sm_{a}" for a in _kernels.supported_archs()} | {f"compute_{a}" for a in _kernels.supported_archs()}
+    archs = _supported_archs()
+    known = {f"sm_{a}" for a in archs} | {f"compute_{a}" for a in archs}
     unknown = [t for t in targets if t not in known]
     if unknown:
         print(f"NVRTC {'.'.join(map(str, _kernels.nvrtc_version()))} cannot compile for {', '.join(unknown)}; "

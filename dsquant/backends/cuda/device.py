@@ -7,14 +7,17 @@ Imported on the first GPU array only: importing it imports CuPy.
 """
 from __future__ import annotations
 
+import atexit
+import collections
 import contextlib
 import threading
+
+from ...core import missing
 
 try:
     import cupy
 except ImportError as exc:   # the message is the whole fix
-    raise ImportError("dsquant needs CuPy for arrays on CUDA GPUs: pip install dsquant[cuda13] "
-                      "(CUDA 13 driver) or pip install dsquant[cuda12] (CUDA 12 driver)") from exc
+    raise missing.MissingDependency(f"dsquant needs CuPy for arrays on CUDA GPUs: {missing.CUDA}") from exc
 
 import numpy as np
 
@@ -40,27 +43,52 @@ def device_count() -> int:
 
 
 # ------------------------------------------------------------------------------ streams
-def _cupy_stream(device_id: int) -> int:
+class _ForeignStream:
+    """A cudaStream_t owned by another framework, in the CUDA stream protocol (what CuPy 14's
+    ``Stream.from_external`` takes)."""
+    __slots__ = ("ptr",)
+
+    def __init__(self, ptr: int):
+        self.ptr = ptr
+
+    def __cuda_stream__(self):
+        return (0, self.ptr)
+
+
+def external_stream(ptr: int, device_id: int):
+    """A CuPy stream object for another framework's stream `ptr` on `device_id` (0: the legacy
+    default stream). CuPy 14 deprecates ``ExternalStream`` (a DeprecationWarning, an error under
+    warnings-as-errors) for ``Stream.from_external``; CuPy 13 has only the former."""
+    if not ptr:
+        return cupy.cuda.Stream.null
+    if not hasattr(cupy.cuda.Stream, "from_external"):
+        return cupy.cuda.ExternalStream(ptr, device_id)
+    with cupy.cuda.Device(device_id):   # from_external takes the current device as the stream's
+        return cupy.cuda.Stream.from_external(_ForeignStream(ptr))
+
+
+def _cupy_stream(device_id: int):
     with cupy.cuda.Device(device_id):
-        return cupy.cuda.get_current_stream().ptr
+        return cupy.cuda.get_current_stream()
+
+
+def stream_of(adapter, device_id: int, obj=None):
+    """The caller's current stream on `device_id` as a CuPy stream object: the framework's own
+    (torch's current stream, JAX's stream for consumers) where its adapter names one, CuPy's
+    current stream otherwise."""
+    ptr = adapter.cuda_stream(obj, device_id)
+    return _cupy_stream(device_id) if ptr is None else external_stream(ptr, device_id)
 
 
 def current_stream(adapter, device_id: int, obj=None) -> int:
-    """The caller's current stream on `device_id` (a cudaStream_t; 0 is the legacy default): the
-    framework's own (torch) where its adapter names one, CuPy's current stream otherwise."""
+    """The caller's current stream on `device_id` as a cudaStream_t (0 is the legacy default)."""
     ptr = adapter.cuda_stream(obj, device_id)
-    return _cupy_stream(device_id) if ptr is None else ptr
+    return _cupy_stream(device_id).ptr if ptr is None else ptr
 
 
 def _dlpack_stream(ptr: int) -> int:
     # DLPack forbids 0; 1 names the legacy default stream, 2 the per-thread one (CuPy's ptr for it)
     return ptr or 1
-
-
-def stream_of(adapter, device_id: int, obj=None):
-    """The caller's current stream as a CuPy stream object."""
-    ptr = current_stream(adapter, device_id, obj)
-    return cupy.cuda.ExternalStream(ptr, device_id) if ptr else cupy.cuda.Stream.null
 
 
 @registry.implements("consumer_stream", "cuda")
@@ -76,8 +104,9 @@ class _Device:
 
     def __init__(self, device_id: int):
         self.id = device_id
-        capability = int(cupy.cuda.Device(device_id).compute_capability)
-        self.target = _kernels.target_for(capability)
+        self.capability = int(cupy.cuda.Device(device_id).compute_capability)
+        self.driver = cupy.cuda.runtime.driverGetVersion()
+        self.target = _kernels.target_for(self.capability, self.driver)
         self._modules: dict[str, tuple[object, dict[str, str]]] = {}
         self._functions: dict[str, object] = {}
 
@@ -89,7 +118,13 @@ class _Device:
                 compiled = _kernels.compile_module(module, self.target)
                 self._modules[module] = (cupy.RawModule(path=str(compiled.path)), compiled.lowered)
             raw, lowered = self._modules[module]
-            fn = self._functions[name] = raw.get_function(lowered[name])
+            try:
+                fn = self._functions[name] = raw.get_function(lowered[name])   # loads the module
+            except Exception as exc:   # noqa: BLE001 - CUDADriverError; only PTX gets the explanation
+                if self.target.startswith("sm_"):
+                    raise
+                raise RuntimeError(_kernels.ptx_unloadable(self.capability, self.driver,
+                                                           f"{module}: {type(exc).__name__}: {exc}")) from exc
         return fn
 
 
@@ -104,15 +139,51 @@ def device_kernels(device_id: int) -> _Device:
         return _devices[device_id]
 
 
+# ------------------------------------------------------------------------------ inputs held for their kernels
+# (event recorded after a call's kernels, the operands of that call), oldest first: the operands of
+# frameworks whose adapter asks for it (JAX) stay referenced until their kernels are done, so that
+# their memory is not freed and reused while a kernel still reads it.
+_held: collections.deque = collections.deque()
+_held_lock = threading.Lock()
+
+
+def _hold(stream, operands) -> None:
+    with _held_lock:
+        _held.append((stream.record(), operands))
+
+
+def _release_done() -> None:
+    """Drops the operands whose kernels are done (checked on every GPU call)."""
+    with _held_lock:
+        while _held and _held[0][0].done:
+            _held.popleft()
+
+
+@atexit.register
+def _release_all() -> None:
+    # before the frameworks shut down (registered after their imports, so called before theirs)
+    with _held_lock:
+        while _held:
+            event, _ = _held.popleft()
+            event.synchronize()
+
+
 @contextlib.contextmanager
-def _launching(op: Operand):
+def _launching(op: Operand, *others: Operand | None):
     """On `op`'s device, inside the caller's current stream: yields (that device's kernels, the
-    stream). Allocations and copies made inside are ordered with the kernels launched there."""
+    stream). Allocations and copies made inside are ordered with the kernels launched there.
+    `op` and the call's other array arguments are held until those kernels are done where the
+    framework needs it."""
+    _release_done()
     device_id = op.tensor.device_id
     with cupy.cuda.Device(device_id):
         stream = stream_of(op.adapter, device_id, op.obj)
         with stream:
-            yield device_kernels(device_id), stream
+            try:
+                yield device_kernels(device_id), stream
+            finally:
+                if op.adapter.hold_until_done:
+                    _hold(stream, (op, *others))
 
 
 def run(plan, device: _Device, stream) -> None:
@@ -157,7 +228,7 @@ def _wrap(result: cupy.ndarray, like: Operand, dtype: int | None = None):
 @registry.implements("fake_quantize", "cuda")
 def fake_quantize(src: Operand, dst: Operand | None, groups, bits, symmetric, stochastic, seed, offset):
     t = src.tensor
-    with _launching(src) as (device, stream):   # allocations and copies are ordered with the kernels
+    with _launching(src, dst) as (device, stream):   # allocations and copies are ordered with the kernels
         direct = dst is not None and dst.tensor.is_c_contiguous
         result = None if direct else cupy.empty(t.shape, _CUPY_DTYPES[t.dtype])
         target = _view(dst.tensor) if direct else _bits(result)
@@ -214,7 +285,7 @@ def quantize(src: Operand, groups, bits, symmetric, q_shape):
 @registry.implements("dequantize", "cuda")
 def dequantize(codes: Operand, params: Operand, groups, bits, symmetric, dtype, shape, dst: Operand | None):
     t = codes.tensor
-    with _launching(codes) as (device, stream):
+    with _launching(codes, params, dst) as (device, stream):
         q_ptr, _keep_q = _contiguous(t)
         p_ptr, _keep_p = _contiguous(params.tensor)
         direct = dst is not None and dst.tensor.is_c_contiguous
@@ -233,7 +304,7 @@ def dequantize(codes: Operand, params: Operand, groups, bits, symmetric, dtype, 
 @registry.implements("dequantize_unsigned_half", "cuda")
 def dequantize_unsigned_half(codes: Operand, scale: Operand, minimum: Operand, num_group, group_size, bits):
     t = codes.tensor
-    with _launching(codes) as (device, stream):
+    with _launching(codes, scale, minimum) as (device, stream):
         q_ptr, _keep_q = _contiguous(t)
         s_ptr, _keep_s = _contiguous(scale.tensor)
         m_ptr, _keep_m = _contiguous(minimum.tensor)
@@ -252,7 +323,7 @@ def _error(err: Operand | None):
 @registry.implements("swizzle_quantize", "cuda")
 def swizzle_quantize(src: Operand, groups, bits, symmetric, pipeline, nodes, dpn, err: Operand | None, beta):
     t = src.tensor
-    with _launching(src) as (device, stream):
+    with _launching(src, err) as (device, stream):
         data, _keep = _contiguous(src.tensor)
         q = cupy.empty((t.numel // codes_per_byte(bits),), np.int8)
         params = cupy.empty(params_shape(groups, symmetric), np.float32)
@@ -268,7 +339,7 @@ def quantized_reduction(codes: Operand, params: Operand, in_groups, out_groups, 
     t = codes.tensor
     per = codes_per_byte(bits)
     n = t.numel * per // devices                     # values per slab = output values
-    with _launching(codes) as (device, stream):
+    with _launching(codes, params, err) as (device, stream):
         q_ptr, _keep_q = _contiguous(codes.tensor)
         p_ptr, _keep_p = _contiguous(params.tensor)
         q = cupy.empty(q_shape, np.int8)

@@ -16,7 +16,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from ...core import dtypes
+from ...core import dtypes, missing
 
 # Options every kernel is compiled with (docs/numerics.md): they are part of the numerics contract.
 PINNED_OPTIONS = ("-ftz=false", "--fmad=false", "-prec-div=true", "-prec-sqrt=true", "-std=c++17",
@@ -165,9 +165,9 @@ def _nvrtc():
         try:
             from cuda import nvrtc   # cuda-python before cuda.bindings existed
         except ImportError:
-            raise ImportError("compiling dsquant's CUDA kernels needs NVRTC through cuda-bindings: "
-                              "pip install dsquant[cuda13] (or dsquant[cuda12]; dsquant[compile] for "
-                              "the compile check on a machine without a GPU)") from None
+            raise missing.MissingDependency(f"compiling dsquant's CUDA kernels needs NVRTC through cuda-bindings: "
+                                            f"{missing.CUDA}; or, for the compile check on a machine without a "
+                                            f"GPU, {missing.COMPILE}") from None
     return nvrtc
 
 
@@ -191,18 +191,46 @@ def supported_archs() -> tuple[int, ...]:
     return tuple(int(a) for a in _call(nvrtc, nvrtc.nvrtcGetSupportedArchs()))
 
 
-def target_for(capability: int) -> str:
+def _version(v: tuple[int, int]) -> str:
+    return ".".join(map(str, v))
+
+
+def target_for(capability: int, driver: int | None = None) -> str:
     """The NVRTC target for a device of compute capability `capability` (e.g. 90): its own
     machine code when this NVRTC knows the architecture, else PTX for the newest older virtual
-    architecture it knows, which the driver compiles when the module is loaded."""
+    architecture it knows, which the driver compiles when the module is loaded.
+
+    `driver` is the CUDA version the driver supports (``cudaDriverGetVersion``: 13000 for 13.0).
+    A driver loads PTX of its own CUDA version or older only, so when the target is PTX from a
+    newer NVRTC this raises, naming the versions and what to install, instead of the driver's
+    "unsupported toolchain" at load time."""
     archs = supported_archs()
     if capability in archs:
         return f"sm_{capability}"
     older = [a for a in archs if a <= capability]
     if not older:
-        raise RuntimeError(f"NVRTC {'.'.join(map(str, nvrtc_version()))} supports compute capabilities "
+        raise RuntimeError(f"NVRTC {_version(nvrtc_version())} supports compute capabilities "
                            f"{archs}, none at or below the device's {capability}")
+    major, minor = nvrtc_version()
+    if driver is not None and driver < major * 1000 + minor * 10:
+        raise RuntimeError(ptx_unloadable(capability, driver))
     return f"compute_{max(older)}"
+
+
+def ptx_unloadable(capability: int, driver: int, error: str | None = None) -> str:
+    """Why a GPU newer than NVRTC's list cannot run dsquant's kernels with this driver, and the
+    fix; `error`: the driver's own words, when it refused to load the PTX."""
+    v = _version(nvrtc_version())
+    d = f"{driver // 1000}.{driver % 1000 // 10}"
+    archs = ", ".join(f"sm_{a}" for a in supported_archs())
+    why = (f"the driver (CUDA {d}) could not load the PTX NVRTC {v} made instead: {error}" if error else
+           f"the PTX it makes instead cannot be loaded by this driver, which supports CUDA {d} (a driver "
+           f"loads PTX of its own CUDA version or older)")
+    return (f"dsquant cannot run its kernels on this GPU (compute capability {capability // 10}.{capability % 10}, "
+            f"sm_{capability}): NVRTC {v} makes machine code only for {archs}, and {why}. Install an NVRTC "
+            f"that knows sm_{capability} (pip install -U nvidia-cuda-nvrtc cuda-bindings for CUDA 13, "
+            f"nvidia-cuda-nvrtc-cu12 for CUDA 12), or a driver for CUDA {v} or newer (nvidia-smi shows the "
+            f"driver's CUDA version).")
 
 
 class CompileError(RuntimeError):
