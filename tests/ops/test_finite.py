@@ -54,7 +54,7 @@ def test_fake_quantize_near_max_is_finite_and_changes_only_overflows(dtype, sche
     overflowed = 0
     for x in (near_max(DTYPES[dtype]), ordinary):
         for bits in range(2, 17):
-            kw = dict(symmetric=sym, stochastic=sr)
+            kw = {"symmetric": sym, "stochastic": sr}
             got = dsquant.fake_quantize(x, 24, bits, seed=7 if sr else None, **kw)
             assert _finite(got).all(), f"{bits} bits: {got}"
             assert ref.same_bits(got, ref.fake_quantize(x, 24, bits, seed=7, **kw)), ref.first_difference(
