@@ -301,7 +301,6 @@ template <class C> struct FakeParams {
   C base;      // asymmetric: group minimum ; symmetric: 0
   C lo, hi;    // code range
   bool halve;  // asymmetric group whose span mx - mn overflows C: scale with halved operands
-  C limit;     // the output format's largest finite value: results saturate there (see fake_dequant)
 };
 
 template <class C> DSQ_HD C max_finite();
@@ -319,7 +318,6 @@ template <class C> DSQ_HD FakeParams<C> fake_params_symmetric(C absmax, int bits
   p.lo = -(C)half_levels;
   p.hi = (C)half_levels - (C)1;
   p.halve = false;
-  p.limit = max_finite<C>();
   return p;
 }
 
@@ -334,15 +332,12 @@ template <class C> DSQ_HD FakeParams<C> fake_params_asymmetric(C mn, C mx, int b
   p.lo = (C)0;
   p.hi = (C)(2.0 * half_levels) - (C)1;
   p.halve = mx - mn > max_finite<C>();
-  p.limit = max_finite<C>();
   return p;
 }
 
 template <class Fmt> DSQ_HD FakeParams<typename Fmt::compute> fake_params(const Stats<Fmt>& st, int bits, bool symmetric) {
-  FakeParams<typename Fmt::compute> p = symmetric ? fake_params_symmetric(stats_absmax(st), bits)
-                                                  : fake_params_asymmetric(stats_min(st), stats_max(st), bits);
-  p.limit = Fmt::max_value();
-  return p;
+  return symmetric ? fake_params_symmetric(stats_absmax(st), bits)
+                   : fake_params_asymmetric(stats_min(st), stats_max(st), bits);
 }
 
 // The value on the code scale, before rounding: x·s (symmetric) or (x - mn)·(1/s) (asymmetric).
@@ -364,14 +359,28 @@ template <class C> DSQ_HD C fake_code(C x, const FakeParams<C>& p, bool symmetri
   return symmetric ? round_half_even(v) : round_half_up_nonneg(v);
 }
 
+template <class C> DSQ_HD C fake_dequant(C q, const FakeParams<C>& p, bool symmetric) {
+  return symmetric ? q * p.inv : fma_c(q, p.scale, p.base);
+}
+
 // The exact dequantized value never exceeds the group's largest magnitude, but its rounded
 // evaluation can, and near the format's maximum that overflows (symmetric, 2 bits, absmax near
 // max: s is subnormal, so 1/s is coarse and q·(1/s) lands beyond max). Saturating at the output
 // format's largest finite value keeps every result that was finite bit for bit (a value above
 // the limit that still rounded to a finite output rounded to the limit) and turns the overflows
-// into that limit.
-template <class C> DSQ_HD C fake_dequant(C q, const FakeParams<C>& p, bool symmetric) {
-  return clamp(symmetric ? q * p.inv : fma_c(q, p.scale, p.base), -p.limit, p.limit);
+// into that limit. The limit is a constant of the format (no register in the kernels).
+template <class Fmt> DSQ_HD typename Fmt::compute fake_saturate(typename Fmt::compute y, bool symmetric) {
+  (void)symmetric;
+  return clamp(y, -Fmt::max_value(), Fmt::max_value());
+}
+// 16-bit formats computed in float have headroom, which the register-bound GPU kernels use to skip
+// the clamp where it can never act: float16 always (absmax <= 65504, so s is a normal float and
+// q·r rounds back to at most 65504; the half overflow threshold is 65520), bfloat16 when
+// asymmetric (fma(q, s, mn) stays within float rounding of mx, far below the bfloat16 overflow
+// threshold). Symmetric bfloat16 near its maximum has a subnormal float s, and needs it.
+template <> DSQ_HD float fake_saturate<F16>(float y, bool) { return y; }
+template <> DSQ_HD float fake_saturate<BF16>(float y, bool symmetric) {
+  return symmetric ? clamp(y, -BF16::max_value(), BF16::max_value()) : y;
 }
 
 // Fake quantization of one finite value of the compute type.
@@ -389,10 +398,11 @@ DSQ_HD typename Fmt::storage fake_element(typename Fmt::storage raw, const FakeP
 #ifdef DSQ_GPU_ISA
   // The same selects as below, but ternaries here become a branch around the arithmetic of
   // every element (the arithmetic is only needed when ok); pick keeps the code straight-line.
-  const C y = fake_value(Fmt::load(pick(ok, raw, (typename Fmt::storage)0)), p, symmetric, stochastic, u);
+  const C x = Fmt::load(pick(ok, raw, (typename Fmt::storage)0));
+  const C y = fake_saturate<Fmt>(fake_value(x, p, symmetric, stochastic, u), symmetric);
   return pick(ok, Fmt::store(y), raw);
 #else
-  const C y = fake_value(ok ? Fmt::load(raw) : (C)0, p, symmetric, stochastic, u);
+  const C y = fake_saturate<Fmt>(fake_value(ok ? Fmt::load(raw) : (C)0, p, symmetric, stochastic, u), symmetric);
   return ok ? Fmt::store(y) : raw;
 #endif
 }
