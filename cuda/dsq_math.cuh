@@ -163,6 +163,7 @@ struct F16 {
   static DSQ_HD int32_t key_of(uint16_t v) { return (v & 0x8000u) ? -(int32_t)(v & 0x7fffu) - 1 : (int32_t)v; }
   static DSQ_HD float from_abs_key(int32_t k) { return half_to_float((uint16_t)k); }
   static DSQ_HD float from_key(int32_t k) { return half_to_float((uint16_t)(k < 0 ? ((-k - 1) | 0x8000) : k)); }
+  static DSQ_HD float max_value() { return 65504.0f; }   // largest finite value, in the compute type
 };
 struct BF16 {
   typedef uint16_t storage; typedef float compute; typedef int32_t key;
@@ -173,6 +174,7 @@ struct BF16 {
   static DSQ_HD int32_t key_of(uint16_t v) { return (v & 0x8000u) ? -(int32_t)(v & 0x7fffu) - 1 : (int32_t)v; }
   static DSQ_HD float from_abs_key(int32_t k) { return bf16_to_float((uint16_t)k); }
   static DSQ_HD float from_key(int32_t k) { return bf16_to_float((uint16_t)(k < 0 ? ((-k - 1) | 0x8000) : k)); }
+  static DSQ_HD float max_value() { return 3.38953138925153547590e+38f; }   // 0x7f7f
 };
 struct F32 {
   typedef float storage; typedef float compute; typedef int32_t key;
@@ -186,6 +188,7 @@ struct F32 {
   }
   static DSQ_HD float from_abs_key(int32_t k) { return bits_float((uint32_t)k); }
   static DSQ_HD float from_key(int32_t k) { return bits_float(k < 0 ? ((uint32_t)(-(k + 1)) | 0x80000000u) : (uint32_t)k); }
+  static DSQ_HD float max_value() { return 3.40282346638528859812e+38f; }
 };
 struct F64 {
   typedef double storage; typedef double compute; typedef int64_t key;
@@ -208,6 +211,7 @@ struct F64 {
   static DSQ_HD double from_key(int64_t k) {
     return bits_to_double(k < 0 ? ((uint64_t)(-(k + 1)) | 0x8000000000000000ull) : (uint64_t)k);
   }
+  static DSQ_HD double max_value() { return 1.79769313486231570815e+308; }
 };
 
 // Statistics of one group over its finite elements, as order keys, so partial results from
@@ -359,6 +363,26 @@ template <class C> DSQ_HD C fake_dequant(C q, const FakeParams<C>& p, bool symme
   return symmetric ? q * p.inv : fma_c(q, p.scale, p.base);
 }
 
+// The exact dequantized value never exceeds the group's largest magnitude, but its rounded
+// evaluation can, and near the format's maximum that overflows (symmetric, 2 bits, absmax near
+// max: s is subnormal, so 1/s is coarse and q·(1/s) lands beyond max). Saturating at the output
+// format's largest finite value keeps every result that was finite bit for bit (a value above
+// the limit that still rounded to a finite output rounded to the limit) and turns the overflows
+// into that limit. The limit is a constant of the format (no register in the kernels).
+template <class Fmt> DSQ_HD typename Fmt::compute fake_saturate(typename Fmt::compute y, bool symmetric) {
+  (void)symmetric;
+  return clamp(y, -Fmt::max_value(), Fmt::max_value());
+}
+// 16-bit formats computed in float have headroom, which the register-bound GPU kernels use to skip
+// the clamp where it can never act: float16 always (absmax <= 65504, so s is a normal float and
+// q·r rounds back to at most 65504; the half overflow threshold is 65520), bfloat16 when
+// asymmetric (fma(q, s, mn) stays within float rounding of mx, far below the bfloat16 overflow
+// threshold). Symmetric bfloat16 near its maximum has a subnormal float s, and needs it.
+template <> DSQ_HD float fake_saturate<F16>(float y, bool) { return y; }
+template <> DSQ_HD float fake_saturate<BF16>(float y, bool symmetric) {
+  return symmetric ? clamp(y, -BF16::max_value(), BF16::max_value()) : y;
+}
+
 // Fake quantization of one finite value of the compute type.
 template <class C> DSQ_HD C fake_value(C x, const FakeParams<C>& p, bool symmetric, bool stochastic, float u) {
   return fake_dequant(fake_code(x, p, symmetric, stochastic, u), p, symmetric);
@@ -374,10 +398,11 @@ DSQ_HD typename Fmt::storage fake_element(typename Fmt::storage raw, const FakeP
 #ifdef DSQ_GPU_ISA
   // The same selects as below, but ternaries here become a branch around the arithmetic of
   // every element (the arithmetic is only needed when ok); pick keeps the code straight-line.
-  const C y = fake_value(Fmt::load(pick(ok, raw, (typename Fmt::storage)0)), p, symmetric, stochastic, u);
+  const C x = Fmt::load(pick(ok, raw, (typename Fmt::storage)0));
+  const C y = fake_saturate<Fmt>(fake_value(x, p, symmetric, stochastic, u), symmetric);
   return pick(ok, Fmt::store(y), raw);
 #else
-  const C y = fake_value(ok ? Fmt::load(raw) : (C)0, p, symmetric, stochastic, u);
+  const C y = fake_saturate<Fmt>(fake_value(ok ? Fmt::load(raw) : (C)0, p, symmetric, stochastic, u), symmetric);
   return ok ? Fmt::store(y) : raw;
 #endif
 }
@@ -419,6 +444,11 @@ template <class C> DSQ_HD C int_scale(double num, double den) {
   return s < (double)max_finite<C>() ? (C)s : max_finite<C>();
 }
 
+DSQ_HD float to_float_saturated(double v) {
+  const double big = (double)max_finite<float>();
+  return (float)clamp(v, -big, big);
+}
+
 template <class Fmt> DSQ_HD IntParams<typename Fmt::compute> int_params(const Stats<Fmt>& st, int bits, bool symmetric) {
   typedef typename Fmt::compute C;
   IntParams<C> p;
@@ -435,8 +465,9 @@ template <class Fmt> DSQ_HD IntParams<typename Fmt::compute> int_params(const St
     p.scale = span <= big ? int_scale<C>(levels, span) : int_scale<C>(levels * 0.5, mx * 0.5 - mn * 0.5);
     p.offset = (C)(sum <= big && sum >= -big ? sum * 0.5 : mx * 0.5 + mn * 0.5);
   }
-  p.p0 = (float)((C)1 / p.scale);
-  p.p1 = (float)p.offset;
+  // float64 groups beyond float32's range: the float32 params saturate instead of becoming Inf
+  p.p0 = to_float_saturated((double)((C)1 / p.scale));
+  p.p1 = to_float_saturated((double)p.offset);
   p.lo = -(C)(levels * 0.5);
   p.hi = (C)(levels * 0.5) - (C)1;
   return p;
@@ -466,9 +497,19 @@ template <> DSQ_HD uint16_t canonical_nan<BF16>() { return 0x7fc0u; }
 template <> DSQ_HD float canonical_nan<F32>() { return bits_float(0x7fc00000u); }
 template <> DSQ_HD double canonical_nan<F64>() { return F64::bits_to_double(0x7ff8000000000000ull); }
 
+// The dequantized value for output format Fmt. With finite params it saturates at the format's
+// largest finite value (float32's for float64) instead of overflowing; this changes no result that
+// was finite (as in fake_dequant). Non-finite params are the caller's and give what IEEE gives.
+template <class Fmt> DSQ_HD float int_dequant_for(int32_t q, float p0, float p1, bool symmetric) {
+  const float y = int_dequant(q, p0, p1, symmetric);
+  const float limit = (double)Fmt::max_value() < (double)max_finite<float>() ? (float)Fmt::max_value() : max_finite<float>();
+  const bool finite_params = (p0 - p0) == 0.0f && (p1 - p1) == 0.0f;
+  return finite_params ? clamp(y, -limit, limit) : y;
+}
+
 // One dequantized element in the output format.
 template <class Fmt> DSQ_HD typename Fmt::storage int_dequant_element(int32_t q, float p0, float p1, bool symmetric) {
-  float y = int_dequant(q, p0, p1, symmetric);
+  float y = int_dequant_for<Fmt>(q, p0, p1, symmetric);
   return y == y ? Fmt::store((typename Fmt::compute)y) : canonical_nan<Fmt>();
 }
 
@@ -540,9 +581,16 @@ template <class C> DSQ_HD C loco_error(C err_old, C v, C dq, C beta) {
 // the results are the correctly rounded half quotient and sum. f16(q) is exact (q <= 255).
 // ---------------------------------------------------------------------------------------------
 // A NaN result (0/0, Inf - Inf, NaN inputs) is the canonical quiet NaN, as in int_dequant_element.
+// Each half operation saturates at ±65504 instead of overflowing to Inf (a finite scale below
+// q / 65504 and a sum beyond the range would): no result that was finite changes, since a value
+// beyond 65504 that rounded to a finite half rounded to 65504. 0/0 (a zero scale with code 0)
+// remains NaN.
 DSQ_HD uint16_t uint_dequant_half(uint32_t q, uint16_t scale, uint16_t minimum) {
-  uint16_t t = float_to_half((float)q / half_to_float(scale));
-  float y = half_to_float(t) + half_to_float(minimum);
+  const float top = F16::max_value();
+  uint16_t t = float_to_half(clamp((float)q / half_to_float(scale), -top, top));
+  const float m = half_to_float(minimum);
+  float y = half_to_float(t) + m;
+  y = (m - m) == 0.0f ? clamp(y, -top, top) : y;     // a non-finite minimum is the caller's
   return y == y ? float_to_half(y) : canonical_nan<F16>();
 }
 

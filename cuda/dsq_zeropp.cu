@@ -37,7 +37,7 @@ template <class EFmt, bool Loco> struct ErrorBuffer {
   template <class C>
   DSQ_DEV void update(int64_t i, C v, int32_t code, const IntParams<C>& p, bool sym, float beta) const {
     if (!Loco) return;
-    const C dq = (C)int_dequant(code, p.p0, p.p1, sym);
+    const C dq = (C)int_dequant_for<F32>(code, p.p0, p.p1, sym);
     e[i] = EFmt::store((float)loco_error<C>((C)EFmt::load(e[i]), v, dq, (C)beta));
   }
 };

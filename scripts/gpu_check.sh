@@ -145,6 +145,21 @@ SHOW="tail -n 30" step gpu-tests 330 "$PY" -m pytest -m gpu -q -p no:cacheprovid
   --durations=10 "${per_test[@]}" tests/
 tests_rc=$?
 
+# compute-sanitizer memcheck and racecheck (issue 13) over a representative subset of the gpu tests:
+# fake quantization at 4 bits for every dtype, scheme and rounding, special values, every 16-bit
+# pattern, the integer, unsigned-half and ZeRO++ ops. A report fails the run (exit 99).
+SAN_TESTS="special_values or every_16_bit_pattern or integer_ops_cupy_views or unsigned_half or zeropp_ops_torch_cuda or (fake_quantize_matches_cpu and b4)"
+for tool in memcheck racecheck; do
+  if [ "$gpu" = 1 ] && command -v compute-sanitizer > /dev/null; then
+    SHOW="tail -n 15" step "sanitizer-$tool" 240 compute-sanitizer --tool "$tool" --error-exitcode 99 \
+      --target-processes all "$PY" -m pytest -m gpu -q -p no:cacheprovider -x -k "$SAN_TESTS" tests/backends/test_gpu.py
+    san_rc=$?
+    [ "$tests_rc" -ne 0 ] || tests_rc=$san_rc
+  else
+    skip "sanitizer-$tool" "needs a CUDA GPU and compute-sanitizer (CUDA toolkit, or pip nvidia-cuda-sanitizer-api)"
+  fi
+done
+
 if [ "$gpu" = 1 ]; then
   SHOW=cat step gpu-bench 240 "$PY" -m dsquant gpu-bench --json "$LOGS/gpu-bench.json"
 else

@@ -90,13 +90,16 @@ def rhaz_nonneg(v):
 
 # --------------------------------------------------------------------------- fake quantization
 def fake_quantize(x: np.ndarray, groups: int, bits: int, symmetric: bool = True,
-                  stochastic: bool = False, seed: int = 0, offset: int = 0) -> np.ndarray:
-    """The contract's fake quantization of `x` (any supported dtype), returned in x's dtype."""
+                  stochastic: bool = False, seed: int = 0, offset: int = 0, saturate: bool = True) -> np.ndarray:
+    """The contract's fake quantization of `x` (any supported dtype), returned in x's dtype.
+
+    ``saturate=False`` evaluates the formula without its saturation at the dtype's largest finite
+    value (the contract before issue 13), for the test that saturation changes only overflows."""
     with np.errstate(over="ignore", invalid="ignore"):   # overflowing lanes are selected away
-        return _fake_quantize(x, groups, bits, symmetric, stochastic, seed, offset)
+        return _fake_quantize(x, groups, bits, symmetric, stochastic, seed, offset, saturate)
 
 
-def _fake_quantize(x, groups, bits, symmetric, stochastic, seed, offset):
+def _fake_quantize(x, groups, bits, symmetric, stochastic, seed, offset, saturate=True):
     x = np.ascontiguousarray(x)
     dtype = x.dtype
     ct = np.float64 if dtype == np.float64 else np.float32
@@ -151,6 +154,9 @@ def _fake_quantize(x, groups, bits, symmetric, stochastic, seed, offset):
         qb, sb, mb = np.broadcast_arrays(q, s, mn)
         y = (fma32 if ct is np.float32 else fma64)(qb, sb, mb).astype(ct)
 
+    if saturate:   # the dequantized value saturates at the dtype's largest finite value
+        top = ct(np.finfo(dtype).max)
+        y = np.clip(y, -top, top)
     out = y.reshape(-1).astype(dtype)
     out = np.where(finite.reshape(-1), out, flat)   # non-finite elements unchanged (same bits)
     return out.reshape(x.shape)

@@ -64,13 +64,17 @@ def _round_scale(quotient: np.ndarray, c: np.dtype) -> np.ndarray:
     return np.where(quotient < big, quotient, big).astype(c)
 
 
+def _float32_saturated(v: np.ndarray) -> np.ndarray:
+    top = np.float64(np.finfo(np.float32).max)
+    return np.clip(v.astype(np.float64), -top, top).astype(np.float32)
+
+
 def params_ref(x: np.ndarray, groups: int, bits: int, symmetric: bool):
     """(scale, offset) in the compute type and the stored float32 params [groups, 1|2]."""
     c = compute_dtype(x.dtype)
     xc = np.asarray(x).astype(c).reshape(groups, -1)
     absmax, mx, mn = group_stats(xc)
     levels = 2.0 ** bits
-    # float64 groups beyond float32's range have infinite float32 params: no warnings for that
     with np.errstate(divide="ignore", over="ignore"):
         if symmetric:
             # 2^b / (2·absmax) == 2^(b-1) / absmax: the same real quotient, without the overflow of
@@ -79,11 +83,17 @@ def params_ref(x: np.ndarray, groups: int, bits: int, symmetric: bool):
             scale = np.where(a == 0, c.type(1), _round_scale((levels / 2) / a, c))
             offset = np.zeros(groups, dtype=c)
         else:
-            span = mx.astype(np.float64) - mn.astype(np.float64)
-            scale = np.where(span == 0, c.type(1), _round_scale(levels / span, c))
-            offset = ((mx.astype(np.float64) + mn.astype(np.float64)) / 2).astype(c)
-        p0 = (c.type(1) / scale).astype(np.float32)
-        params = p0[:, None] if symmetric else np.stack([p0, offset.astype(np.float32)], axis=1)
+            mx64, mn64 = mx.astype(np.float64), mn.astype(np.float64)
+            # float64 groups spanning more than float64's range: the same quotient and midpoint with
+            # halved operands (halving is exact)
+            span, half_span = mx64 - mn64, mx64 * 0.5 - mn64 * 0.5
+            scale = np.where(span == 0, c.type(1), np.where(np.isfinite(span), _round_scale(levels / span, c),
+                                                            _round_scale((levels / 2) / half_span, c)))
+            total = mx64 + mn64
+            offset = np.where(np.isfinite(total), total / 2, mx64 * 0.5 + mn64 * 0.5).astype(c)
+        # float32 params of float64 groups beyond float32's range saturate at its largest value
+        p0 = _float32_saturated(c.type(1) / scale)
+        params = p0[:, None] if symmetric else np.stack([p0, _float32_saturated(offset)], axis=1)
     return scale.astype(c), offset, params
 
 
@@ -128,8 +138,9 @@ def quantize_ref(x: np.ndarray, groups: int, bits: int, symmetric: bool):
     return pack_ref(codes, bits), params
 
 
-def dequantize_ref(data: np.ndarray, params: np.ndarray, bits: int, dtype) -> np.ndarray:
-    """Flat values of dsquant.dequantize: float32 q·p0 or fma(q, p0, p1), rounded once to dtype."""
+def dequantize_ref(data: np.ndarray, params: np.ndarray, bits: int, dtype, saturate: bool = True) -> np.ndarray:
+    """Flat values of dsquant.dequantize: float32 q·p0 or fma(q, p0, p1), rounded once to dtype
+    (``saturate=False``: without the saturation, as quantized_reduction's terms)."""
     codes = unpack_ref(data, bits).astype(np.float32)
     groups = params.shape[0]
     q = codes.reshape(groups, -1)
@@ -138,8 +149,15 @@ def dequantize_ref(data: np.ndarray, params: np.ndarray, bits: int, dtype) -> np
             y = q * params[:, :1]
     else:
         y = fma32(q, params[:, :1], params[:, 1:])
+    dtype = DTYPES[dtype] if isinstance(dtype, str) else np.dtype(dtype)
+    # with finite params, the value saturates at the output dtype's largest finite value (float32's
+    # for float64, whose values are computed in float32)
+    top = np.float32(min(float(np.finfo(dtype).max), float(np.finfo(np.float32).max)))
+    finite = np.isfinite(params).all(axis=1, keepdims=True) & saturate
+    with np.errstate(invalid="ignore"):
+        y = np.where(finite, np.clip(y, -top, top), y)
     with np.errstate(over="ignore"):
-        return y.astype(DTYPES[dtype] if isinstance(dtype, str) else dtype).reshape(-1)
+        return y.astype(dtype).reshape(-1)
 
 
 def uint_half_ref(data, scale, minimum, num_group: int, group_size: int, bits: int) -> np.ndarray:
@@ -147,5 +165,10 @@ def uint_half_ref(data, scale, minimum, num_group: int, group_size: int, bits: i
     q = unpack_ref(data, bits, signed=False).astype(np.float16).reshape(num_group, group_size)
     s = np.asarray(scale, dtype=np.float16).reshape(-1, 1)
     m = np.asarray(minimum, dtype=np.float16).reshape(-1, 1)
+    # each half operation saturates at +-65504 instead of overflowing (a non-finite minimum, and 0/0,
+    # keep IEEE's result); a half operation is the float32 one rounded once to half
+    top = np.float32(65504)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        return q / s + m
+        t = np.clip(q.astype(np.float32) / s.astype(np.float32), -top, top).astype(np.float16)
+        y = t.astype(np.float32) + m.astype(np.float32)
+        return np.where(np.isfinite(m), np.clip(y, -top, top), y).astype(np.float16)

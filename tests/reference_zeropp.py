@@ -48,7 +48,7 @@ def slab_sums(data, params, in_groups, bits, devices, half=False):
     total = np.zeros(data.shape[1] * ref.codes_per_byte(bits), dtype=np.float16 if half else np.float32)
     with np.errstate(over="ignore", invalid="ignore"):
         for d in range(devices):
-            term = dequant_f32(data[d], prm[d], bits)
+            term = ref.dequantize_ref(data[d], prm[d], bits, np.float32, saturate=False)   # unsaturated, as the kernel
             total = total + term.astype(np.float16) if half else total + term
     return total.astype(np.float32)
 

@@ -3,6 +3,7 @@ adapter and an owning view of its memory. Checks that concern any array argument
 outputs) live here too."""
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -56,19 +57,49 @@ def intake(obj: Any, name: str, consumer_stream: Callable[[Adapter, Any, int], i
         raise TypeError(f"{name} must be an array (NumPy, CuPy, torch, JAX or any __dlpack__ producer), "
                         f"got {type(obj).__module__}.{type(obj).__qualname__}")
     source, as_dtype = adapter.exportable(obj)
+    claimed = _claimed_device(source, obj, name)
     stream = None
-    if consumer_stream is not None and hasattr(source, "__dlpack_device__"):
-        device_type, device_id = source.__dlpack_device__()
-        if device_type in CUDA_DEVICES:
-            stream = consumer_stream(adapter, obj, int(device_id))
-    try:
-        tensor = _array.consume(source, stream, as_dtype)
-    except (TypeError, RuntimeError, ValueError) as exc:
-        raise BufferError(f"{name}: {type(obj).__qualname__} could not be exported through DLPack: {exc}") from exc
+    if consumer_stream is not None and claimed is not None and claimed[0] in CUDA_DEVICES:
+        try:
+            stream = consumer_stream(adapter, obj, claimed[1])
+        except ImportError:
+            # no CUDA backend here; but a producer whose memory is not on CUDA at all is refused
+            # as what it is (the capsule is only looked at, never used, so no stream is needed)
+            _check_claim(_consume(source, None, as_dtype, obj, name), claimed, obj, name)
+            raise
+    tensor = _consume(source, stream, as_dtype, obj, name)
+    _check_claim(tensor, claimed, obj, name)
     if tensor.device_type in CUDA_DEVICES and tensor.data % tensor.itemsize:
         raise BufferError(f"{name}: its data address {tensor.data:#x} is not a multiple of the "
                           f"element size {tensor.itemsize}; pass an aligned array")
     return Operand(obj, adapter, tensor)
+
+
+def _claimed_device(source: Any, obj: Any, name: str) -> tuple[int, int] | None:
+    """The (device type, device id) `source` reports through ``__dlpack_device__`` (None without
+    one); BufferError when it raises or returns anything but two integers."""
+    if not hasattr(source, "__dlpack_device__"):
+        return None
+    try:
+        device_type, device_id = (operator.index(v) for v in source.__dlpack_device__())
+    except Exception as exc:
+        raise BufferError(f"{name}: {type(obj).__qualname__}.__dlpack_device__() must return (device type, "
+                          f"device id), two integers; it gave {exc!r}") from exc
+    return device_type, device_id
+
+
+def _consume(source: Any, stream: int | None, as_dtype: int, obj: Any, name: str) -> _array.Tensor:
+    try:
+        return _array.consume(source, stream, as_dtype)
+    except (TypeError, RuntimeError, ValueError) as exc:
+        raise BufferError(f"{name}: {type(obj).__qualname__} could not be exported through DLPack: {exc}") from exc
+
+
+def _check_claim(tensor: _array.Tensor, claimed: tuple[int, int] | None, obj: Any, name: str) -> None:
+    """The device a producer reports must be the device its capsule says the memory is on."""
+    if claimed is not None and claimed != (tensor.device_type, tensor.device_id):
+        raise BufferError(f"{name}: {type(obj).__qualname__}.__dlpack_device__() says {claimed} but its DLPack "
+                          f"capsule holds memory on {(tensor.device_type, tensor.device_id)} (device type, id)")
 
 
 def check_peer(first: Operand, other: Operand, name: str, first_name: str = "x") -> None:

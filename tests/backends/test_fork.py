@@ -64,7 +64,8 @@ def run(body: str) -> str:
     env["OMP_NUM_THREADS"] = "2"
     code = COMMON.format(root=ROOT, tests=os.path.join(ROOT, "tests")) + body
     try:
-        proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=240)
+        proc = subprocess.run([sys.executable, "-c", code], check=False, env=env, capture_output=True, text=True,
+                              timeout=240)
     except subprocess.TimeoutExpired:
         pytest.fail("a process forked after multi-threaded dsquant calls hung")
     assert proc.returncode == 0, proc.stderr
@@ -80,7 +81,6 @@ def test_multiprocessing_fork_pool():
 
 
 def test_torch_dataloader_workers():
-    pytest.importorskip("torch")
     assert run(DATALOADER) == "loader [True]"
 
 
