@@ -214,9 +214,8 @@ def run_case(case):
             if op == "ds_quantizer":
                 result = dsquant.ds_quantizer(x, groups, bits_arg, sr=sr, asym=not sym)
             else:
-                width = {"float16": "16", "float32": "32"}.get(case["dtype"])
-                if width is None:      # DeepSpeed's names take float16 / float32 only: a TypeError
-                    width, invalid = "32", "wrong-dtype"
+                # DeepSpeed's dispatch: float16 to the _fp16 names, every other float dtype to _fp32
+                width = "16" if case["dtype"] == "float16" else "32"
                 name = f"ds_{'sr_' if sr else ''}quantize_{'' if sym else 'asym_'}fp{width}"
                 result = getattr(ds_ops, name)(x, groups, bits_arg)
             if result is not x:

@@ -47,6 +47,7 @@ def fake_quantize(x: ArrayT, groups: int = 1, bits: int = 8, *, symmetric: bool 
     bits = checks.bits(bits)
     graph = graph_device(x) if out is None else None
     if graph is not None:
+        checks.positive(groups, "groups")        # before the framework op converts it (to int64)
         result: ArrayT = registry.lookup("fake_quantize", graph)(x, groups, bits, symmetric, stochastic, seed)
         return result
     return fake_quantize_array(x, groups, bits, symmetric, stochastic, seed, out)
@@ -83,6 +84,7 @@ def ds_quantizer(input: ArrayT, groups: int = 1, bit_num: int = 8, sr: bool = Fa
     bits = checks.bits(bit_num, name="bit_num")
     graph = graph_device(input, in_place=True)
     if graph is not None:
+        checks.positive(groups, "groups")        # before the framework op converts it (to int64)
         registry.lookup("ds_quantizer", graph)(input, groups, bits, sr, asym)
         return input
     fake_quantize_in_place(input, groups, bits, sr, asym)

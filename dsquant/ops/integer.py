@@ -56,6 +56,7 @@ def quantize(x: Any, groups: int = 1, bits: int = 8, *, symmetric: bool = True) 
     bits = checks.bits(bits, formats.INT_BITS)
     graph = graph_device(x, autograd=False)          # torch.compile: torch.ops.dsquant.quantize
     if graph is not None:
+        checks.positive(groups, "groups")            # before the framework op converts it (to int64)
         return registry.lookup("quantize", graph)(x, groups, bits, symmetric)
     return quantize_array(x, groups, bits, symmetric)
 

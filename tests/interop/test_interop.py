@@ -10,14 +10,11 @@ import torch
 import dsquant
 import reference as ref
 from _optional import require
+from helpers import check_exact
 
 jax = require("jax")
 jnp = require("jax.numpy")
 ml_dtypes = require("ml_dtypes")
-
-
-def check_exact(got, expected):
-    assert ref.same_bits(got, expected), ref.first_difference(got, expected)
 
 
 def test_import_loads_no_framework():
