@@ -261,6 +261,19 @@ def test_integer_ops_on_empty_arrays(cp):
     assert dsquant.dequantize(q, params, 4).shape == (0, 4)
 
 
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_zeropp_ops_on_empty_arrays(cp, symmetric):
+    """An empty input is one empty group: its params are an all-zero group's, [1] or [1, 0] (the
+    CPU path writes them too), not whatever the fresh buffer held."""
+    expected = np.array([[1.0]] if symmetric else [[1.0, 0.0]], np.float32)
+    q, params = dsquant.swizzle_quantize(cp.asarray(np.zeros(0, np.float32)), 1, 4, symmetric=symmetric)
+    assert q.shape == (0,)
+    check_exact(params, expected)
+    r, rp = dsquant.quantized_reduction(q, params, 1, 1, 4, symmetric=symmetric, devices_per_node=1)
+    assert r.shape == (0,)
+    check_exact(rp, expected)
+
+
 @pytest.mark.parametrize("bits", [4, 8])
 def test_deepspeed_compat_on_gpu_arrays(cp, bits):
     from dsquant.compat import deepspeed as ds_ops

@@ -183,9 +183,8 @@ def _zeropp_grid(numel: int, groups: int, bits: int, max_grid: int) -> tuple[int
 def swizzle_quantize(dtype: int, src: int, q: int, params: int, numel: int, groups: int, bits: int,
                      symmetric: bool, pipeline: int, nodes: int, dpn: int, err: int = 0,
                      err_dtype: int | None = None, beta: float = 0.0, max_grid: int = MAX_GRID) -> list[Launch]:
-    """swizzle_quantize (LoCo when err_dtype is not None: `err` holds numel elements, output order)."""
-    if numel == 0:
-        return []
+    """swizzle_quantize (LoCo when err_dtype is not None: `err` holds numel elements, output order).
+    With no elements the params of the (one, empty) group are still written."""
     run, grid = _zeropp_grid(numel, groups, bits, max_grid)
     args = (_ptr(src), _ptr(q), _ptr(params), _ptr(err), np.float32(beta), np.int64(numel), np.int64(groups),
             np.int64(run), np.int64(pipeline), np.int64(nodes), np.int64(dpn), np.int32(bits), np.bool_(symmetric))
@@ -195,9 +194,8 @@ def swizzle_quantize(dtype: int, src: int, q: int, params: int, numel: int, grou
 def quantized_reduction(q_in: int, params_in: int, q: int, params: int, numel: int, in_groups: int, groups: int,
                         devices: int, bits: int, symmetric: bool, half_accumulate: bool, err: int = 0,
                         err_dtype: int | None = None, beta: float = 0.0, max_grid: int = MAX_GRID) -> list[Launch]:
-    """quantized_reduction of `devices` slabs into `numel` values (LoCo when err_dtype is not None)."""
-    if numel == 0:
-        return []
+    """quantized_reduction of `devices` slabs into `numel` values (LoCo when err_dtype is not None).
+    With no values the params of the (one, empty) out-group are still written."""
     run, grid = _zeropp_grid(numel, groups, bits, max_grid)
     args = (_ptr(q_in), _ptr(params_in), _ptr(q), _ptr(params), _ptr(err), np.float32(beta), np.int64(numel),
             np.int64(in_groups), np.int64(groups), np.int64(devices), np.int64(run), np.int32(bits),
