@@ -17,6 +17,9 @@ PY=${PYTHON:-python3}
 DIR=build/sanitize
 FLAGS="-fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer -g"
 
+# the in-place build needs the build requirements (pyproject.toml) in this environment; an
+# isolated `pip install` did not leave them there
+$PY -c 'import Cython' 2>/dev/null || $PY -m pip install -q "Cython>=3.0" "setuptools>=77" wheel
 rm -rf "$DIR" && mkdir -p "$DIR"
 git ls-files -z --cached --others --exclude-standard | tar --null -T - -cf - | tar -xf - -C "$DIR"
 echo "== build with $FLAGS"
