@@ -29,13 +29,17 @@ echo "== build with $FLAGS"
 if [ $# -eq 0 ]; then
   # every CPU op, layout, dtype and error path; hypothesis on its short profile; the fuzz test's
   # default calls; fork safety
+  # torch's custom ops are left out: an exception raised through them (a refused call) aborts in
+  # ASan's __cxa_throw interceptor, as jaxlib's do; so is the CUDA emulator (fibers: ASan cannot
+  # follow swapcontext stacks)
   set -- tests/ops tests/compat tests/interop tests/backends/test_threads.py tests/backends/test_fork.py \
-    tests/test_fuzz.py -m "not gpu and not slow" -k "not jax and not compiles_for_the_device"
+    tests/test_fuzz.py -m "not gpu and not slow" \
+    -k "not jax and not compiles_for_the_device and not emulated and not torch and not training and not deepspeed"
 fi
 echo "== pytest $*"
 cd "$DIR"
 LD_PRELOAD="$($PY -c 'import subprocess; print(subprocess.check_output(["gcc", "-print-file-name=libasan.so"], text=True).strip())')" \
 ASAN_OPTIONS="detect_leaks=0:abort_on_error=1:allocator_may_return_null=1" \
 UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1" \
-DSQUANT_FUZZ_FRAMEWORKS=numpy,torch HYPOTHESIS_PROFILE=dev PYTHONPATH="$PWD" \
+DSQUANT_FUZZ_FRAMEWORKS=numpy HYPOTHESIS_PROFILE=dev PYTHONPATH="$PWD" \
   $PY -m pytest -q -p no:cacheprovider "$@"
