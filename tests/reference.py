@@ -155,7 +155,7 @@ def _fake_quantize(x, groups, bits, symmetric, stochastic, seed, offset, saturat
         y = (fma32 if ct is np.float32 else fma64)(qb, sb, mb).astype(ct)
 
     if saturate:   # the dequantized value saturates at the dtype's largest finite value
-        top = ct(np.finfo(dtype).max)
+        top = ct(ml_dtypes.finfo(dtype).max)
         y = np.clip(y, -top, top)
     out = y.reshape(-1).astype(dtype)
     out = np.where(finite.reshape(-1), out, flat)   # non-finite elements unchanged (same bits)

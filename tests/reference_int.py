@@ -152,7 +152,7 @@ def dequantize_ref(data: np.ndarray, params: np.ndarray, bits: int, dtype, satur
     dtype = DTYPES[dtype] if isinstance(dtype, str) else np.dtype(dtype)
     # with finite params, the value saturates at the output dtype's largest finite value (float32's
     # for float64, whose values are computed in float32)
-    top = np.float32(min(float(np.finfo(dtype).max), float(np.finfo(np.float32).max)))
+    top = np.float32(min(float(ml_dtypes.finfo(dtype).max), float(np.finfo(np.float32).max)))
     finite = np.isfinite(params).all(axis=1, keepdims=True) & saturate
     with np.errstate(invalid="ignore"):
         y = np.where(finite, np.clip(y, -top, top), y)
