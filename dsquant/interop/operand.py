@@ -120,7 +120,3 @@ def check_writable(dst: Operand, name: str = "out") -> None:
     if d.has_overlap_or_reversal:
         raise BufferError(f"{name} has zero or negative strides {d.strides}; results cannot be written there")
 
-
-def host_result(buffer: _array.HostBuffer, like: Operand, dtype_name: str) -> Any:
-    """A host buffer as an array of `like`'s framework (zero-copy through DLPack)."""
-    return like.adapter.from_host(buffer, dtype_name)

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..core import dtypes, registry
-from ..interop import adapters, operand
+from ..interop import operand
 from ..interop.adapters import Adapter
 from ..interop.operand import Operand
 
@@ -58,8 +58,3 @@ def implementation(op_name: str, op: Operand) -> Callable[..., Any]:
     """The backend function for `op_name` on the device of `op`."""
     return registry.lookup(op_name, device_of(op))
 
-
-def graph_device(x: Any, autograd: bool = True, in_place: bool = False) -> str | None:
-    """The registry device of the framework's own op that must record a call on `x` (for autograd,
-    tracing or version counters of in-place writes: torch's custom ops), or None to run on `x` directly."""
-    return adapters.graph_device(x, autograd, in_place)

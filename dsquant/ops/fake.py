@@ -6,7 +6,8 @@ from typing import Any
 
 from ..core import checks, registry, rng
 from ..core.arrays import ArrayT
-from ._args import graph_device, implementation, take, take_out
+from ..interop.adapters import graph_device
+from ._args import implementation, take, take_out
 
 
 def fake_quantize(x: ArrayT, groups: int = 1, bits: int = 8, *, symmetric: bool = True, stochastic: bool = False,

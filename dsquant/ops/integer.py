@@ -7,7 +7,8 @@ from typing import TYPE_CHECKING, Any, overload
 
 from ..core import checks, dtypes, formats, registry
 from ..interop import operand
-from ._args import graph_device, implementation, take, take_peer
+from ..interop.adapters import graph_device
+from ._args import implementation, take, take_peer
 
 if TYPE_CHECKING:
     import numpy as np

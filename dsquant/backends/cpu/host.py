@@ -17,7 +17,7 @@ import math
 from ...core import dtypes, registry, threads
 from ...core.formats import codes_per_byte, params_shape
 from ...interop import _array
-from ...interop.operand import Operand, host_result
+from ...interop.operand import Operand
 from . import _cpu, forksafe
 from . import signatures as sig
 
@@ -80,7 +80,7 @@ def _result(like: Operand, shape, dtype: int, dst: Operand | None):
 def _deliver(buffer, dst: Operand | None, like: Operand, dtype: int):
     """The caller's result: the new buffer wrapped in its framework, or dst (written back if needed)."""
     if dst is None:
-        return host_result(buffer, like, dtypes.NAMES[dtype])
+        return like.adapter.from_host(buffer, dtypes.NAMES[dtype])
     if buffer is not None:
         _scatter(buffer.data, dst.tensor)
     return dst.obj
@@ -119,7 +119,7 @@ def quantize(src: Operand, groups, bits, symmetric, q_shape):
     data, _keep = _contiguous(t)
     sig.INT_QUANTIZE(t.dtype, in_=data, q=q.data, params=params.data, n=t.numel, groups=groups, bits=bits,
                      symmetric=symmetric, threads=num_threads())
-    return host_result(q, src, "int8"), host_result(params, src, "float32")
+    return src.adapter.from_host(q, "int8"), src.adapter.from_host(params, "float32")
 
 
 @registry.implements("dequantize", "cpu")
@@ -140,7 +140,7 @@ def dequantize_unsigned_half(codes: Operand, scale: Operand, minimum: Operand, n
     out = _array.HostBuffer((num_group, group_size), _FLOAT16)
     sig.UINT_DEQUANTIZE_HALF(q=q_ptr, scale=s_ptr, minimum=m_ptr, out=out.data, num_group=num_group,
                              group_size=group_size, bits=bits, threads=num_threads())
-    return host_result(out, codes, "float16")
+    return codes.adapter.from_host(out, "float16")
 
 
 # ------------------------------------------------------------------------------ ZeRO++ ops
@@ -159,7 +159,7 @@ def swizzle_quantize(src: Operand, groups, bits, symmetric, pipeline, nodes, dpn
     sig.SWIZZLE_QUANTIZE(t.dtype, in_=data, q=q.data, params=params.data, err=e_ptr, err_dtype=e_dtype, beta=beta,
                          n=t.numel, groups=groups, pipe=pipeline, nodes=nodes, dpn=dpn, bits=bits,
                          symmetric=symmetric, threads=num_threads())
-    return host_result(q, src, "int8"), host_result(params, src, "float32")
+    return src.adapter.from_host(q, "int8"), src.adapter.from_host(params, "float32")
 
 
 @registry.implements("quantized_reduction", "cpu")
@@ -175,4 +175,4 @@ def quantized_reduction(codes: Operand, params: Operand, in_groups, out_groups, 
                             err_dtype=e_dtype, beta=beta, n=n, in_groups=in_groups, groups=out_groups,
                             devices=devices, bits=bits, symmetric=symmetric, half_accumulate=half_accumulate,
                             threads=num_threads())
-    return host_result(q, codes, "int8"), host_result(out_params, codes, "float32")
+    return codes.adapter.from_host(q, "int8"), codes.adapter.from_host(out_params, "float32")
