@@ -89,20 +89,26 @@ class Backend:
 
 
 def _use_isa(request, isa: str):
-    """Run the CPU loops of `isa` ("baseline" or the best this CPU has) for one test."""
+    """Run the CPU loops of tier `isa` ("baseline", "avx2", "avx512" or "best") for one test."""
     from dsquant.backends.cpu import _cpu
-    _cpu.set_baseline(isa == "baseline")
-    request.addfinalizer(lambda: _cpu.set_baseline(False))
-    assert _cpu.isa() == (isa if isa == "baseline" else _cpu.isas()[-1])
+    if isa != "best" and isa not in _cpu.isas():
+        pytest.skip(f"this CPU has no {isa} (it runs {_cpu.isas()})")
+    _cpu.set_isa(isa)
+    request.addfinalizer(lambda: _cpu.set_isa("best"))
+    assert _cpu.isa() == (isa if isa != "best" else _cpu.isas()[-1])
 
 
-@pytest.fixture(params=["cpu", "cpu-baseline", "cuda-emulated", pytest.param("cuda", marks=pytest.mark.gpu)])
+CPU_TIERS = {"cpu": "best", "cpu-baseline": "baseline", "cpu-avx2": "avx2"}
+
+
+@pytest.fixture(params=[*CPU_TIERS, "cuda-emulated", pytest.param("cuda", marks=pytest.mark.gpu)])
 def backend(request):
-    """Each op test runs on: the CPU with the best loops this CPU has, the CPU with the baseline
-    x86-64 loops, the CUDA backend on the CuPy stand-in (kernels emulated), and a real GPU."""
+    """Each op test runs on: the CPU with the best loops this CPU has (AVX-512 here), the CPU with
+    the AVX2 loops and with the baseline x86-64 loops, the CUDA backend on the CuPy stand-in
+    (kernels emulated), and a real GPU."""
     name = request.param
-    if name in ("cpu", "cpu-baseline"):
-        _use_isa(request, "baseline" if name == "cpu-baseline" else "best")
+    if name in CPU_TIERS:
+        _use_isa(request, CPU_TIERS[name])
         return Backend(name)
     if name == "cuda-emulated":
         return Backend(name, request.getfixturevalue("fake_cupy"))

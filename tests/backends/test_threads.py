@@ -63,29 +63,55 @@ def _wide_outputs() -> bytes:
     return b"".join(np.ascontiguousarray(o).tobytes() for o in outs)
 
 
-def test_baseline_and_best_loops_agree():
-    """The per-range loops are compiled for baseline x86-64 and for AVX2+FMA+F16C: both give the
-    same bits, and each run used the loops it asked for."""
+def test_every_tier_gives_the_same_bits():
+    """The per-range loops are compiled for baseline x86-64, AVX2+FMA+F16C and AVX-512: all give
+    the same bits, and each run used the loops it asked for."""
     from dsquant.backends.cpu import _cpu
     outputs = {}
     try:
         for isa in _cpu.isas():
-            _cpu.set_baseline(isa == "baseline")
+            _cpu.set_isa(isa)
             assert _cpu.isa() == isa
             outputs[isa] = _wide_outputs()
     finally:
-        _cpu.set_baseline(False)
+        _cpu.set_isa("best")
     assert len(set(outputs.values())) == 1, f"the {' and '.join(outputs)} loops differ"
 
 
-def test_environment_forces_the_baseline():
-    """DSQUANT_CPU_BASELINE=1 at start selects the baseline loops; otherwise the best this CPU has."""
+def test_set_isa_rejects_a_tier_this_cpu_lacks():
+    from dsquant.backends.cpu import _cpu
+    with pytest.raises(ValueError, match="'sse9'"):
+        _cpu.set_isa("sse9")
+    assert _cpu.isa() == _cpu.isas()[-1]
+
+
+def test_this_machine_kind_runs_avx512():
+    """Where /proc/cpuinfo lists AVX-512 F/BW/VL/DQ (the machine kind the benchmarks target), the
+    AVX-512 loops are the ones used."""
+    from dsquant.backends.cpu import _cpu
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = set(next(line for line in f if line.startswith("flags")).split())
+    except (OSError, StopIteration):
+        pytest.skip("no /proc/cpuinfo")
+    has = {"avx512f", "avx512bw", "avx512vl", "avx512dq"} <= flags
+    assert ("avx512" in _cpu.isas()) == has
+    assert ("avx2" in _cpu.isas()) == ({"avx2", "fma", "f16c"} <= flags)
+
+
+@pytest.mark.parametrize("env, used", [({}, "best"), ({"DSQUANT_CPU_BASELINE": "1"}, "baseline"),
+                                       ({"DSQUANT_CPU_ISA": "baseline"}, "baseline"),
+                                       ({"DSQUANT_CPU_ISA": "avx2"}, "avx2"),
+                                       ({"DSQUANT_CPU_ISA": "avx512"}, "avx512")])
+def test_environment_chooses_the_tier(env, used):
+    """DSQUANT_CPU_BASELINE=1 or DSQUANT_CPU_ISA=tier at start select the loops; otherwise the best
+    this CPU has."""
+    from dsquant.backends.cpu import _cpu
+    if used not in ("best", *_cpu.isas()):
+        pytest.skip(f"this CPU has no {used}")
     script = "from dsquant.backends.cpu import _cpu; print(_cpu.isa(), _cpu.isas()[-1])"
-    for forced in (False, True):
-        env = {k: v for k, v in os.environ.items() if k != "DSQUANT_CPU_BASELINE"}
-        if forced:
-            env["DSQUANT_CPU_BASELINE"] = "1"
-        proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True)
-        assert proc.returncode == 0, proc.stderr
-        used, best = proc.stdout.split()
-        assert used == ("baseline" if forced else best)
+    full = {k: v for k, v in os.environ.items() if k not in ("DSQUANT_CPU_BASELINE", "DSQUANT_CPU_ISA")}
+    proc = subprocess.run([sys.executable, "-c", script], env={**full, **env}, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    got, best = proc.stdout.split()
+    assert got == (best if used == "best" else used)

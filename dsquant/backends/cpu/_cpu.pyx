@@ -14,8 +14,11 @@ cdef extern from "entries.hpp" namespace "dsq_cpu" nogil:
     int num_entries()
     const Entry* entry(int i)
     const char* isa_in_use()
-    void force_baseline(bint on)
-    bint cpu_has_avx2()
+    const char* isa_name(int isa)
+    int isa_by_name(const char* name)
+    int cpu_best_isa()
+    void set_isa_cap(int isa)
+    int NUM_ISAS
     void c_strided_copy "dsq_cpu::strided_copy"(const char* src, const int64_t* src_strides, char* dst,
                                                 const int64_t* dst_strides, const int64_t* shape,
                                                 int ndim, int itemsize, int threads)
@@ -27,19 +30,30 @@ def max_threads():
 
 
 def isa():
-    """The instruction set of the per-range loops in use: "avx2" or "baseline"."""
+    """The instruction-set tier of the per-range loops in use: "avx512", "avx2" or "baseline"."""
     return isa_in_use().decode()
 
 
 def isas():
-    """The instruction sets this CPU can run the loops in, baseline first."""
-    return ("baseline", "avx2") if cpu_has_avx2() else ("baseline",)
+    """The tiers this CPU (and OS) can run the loops in, baseline first."""
+    return tuple(isa_name(i).decode() for i in range(cpu_best_isa() + 1))
+
+
+def set_isa(str name):
+    """Use the loops of tier `name` (one of :func:`isas`) or, "best", the best this CPU has. For
+    tests and benchmarks: every tier gives the same bits. DSQUANT_CPU_ISA=name at start does the same."""
+    if name == "best":
+        set_isa_cap(NUM_ISAS - 1)
+        return
+    if name not in isas():
+        raise ValueError(f"CPU instruction set {name!r} is not one this CPU runs; use one of {isas()} or 'best'")
+    set_isa_cap(isa_by_name(name.encode()))
 
 
 def set_baseline(bint on):
-    """Force the baseline x86-64 loops (True) or use the best this CPU has (False). For tests and
-    benchmarks: both builds give the same bits. DSQUANT_CPU_BASELINE=1 forces it from the start."""
-    force_baseline(on)
+    """Force the baseline x86-64 loops (True) or use the best this CPU has (False).
+    DSQUANT_CPU_BASELINE=1 forces them from the start."""
+    set_isa_cap(0 if on else NUM_ISAS - 1)
 
 
 def kernels():

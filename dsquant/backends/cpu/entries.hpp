@@ -32,6 +32,6 @@ inline int num_entries() { return (int)(sizeof(kEntries) / sizeof(kEntries[0]));
 inline const Entry* entry(int i) { return &kEntries[i]; }
 
 // The instruction set the per-range loops of this process use.
-inline const char* isa_in_use() { return use_avx2() ? "avx2" : "baseline"; }
+inline const char* isa_in_use() { return isa_name(isa_in_use_index()); }
 
 }  // namespace dsq_cpu

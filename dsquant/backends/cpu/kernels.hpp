@@ -1,8 +1,9 @@
 // CPU kernels: loops, threads and vector code around the scalar math of cuda/dsq_math.cuh.
 // Nothing numeric is defined here; every formula comes from the shared headers, so these loops
 // produce the same bits as the CUDA kernels.
-// The per-range loops are compiled twice (baseline x86-64 and AVX2+FMA+F16C) and the faster one
-// that this CPU supports is chosen at run time (never -march=native: wheels must run anywhere).
+// The per-range loops are compiled once per instruction-set tier (baseline x86-64, AVX2+FMA+F16C,
+// AVX-512) and the best one that this CPU supports is chosen at run time (never -march=native:
+// wheels must run anywhere).
 #pragma once
 #include <omp.h>
 #if defined(__x86_64__)
@@ -12,6 +13,7 @@
 #include <atomic>
 #include <cstdint>
 #include <cstdlib>
+#include <cstring>
 #include <type_traits>
 #include <vector>
 
@@ -49,7 +51,7 @@ struct IntDequantArgs {
 // A batch of integer quantization holds at most this many groups (their params stay on the stack).
 const int64_t kIntBatchGroups = 512;
 
-// ---------------------------------------------------------------- per-range loops, two ISAs
+// ---------------------------------------------------------------- per-range loops, one set per ISA tier
 // The kernels of one ISA for one element format: statistics of a range indexed [symmetric], and
 // fake quantization of a range indexed [symmetric][stochastic]; integer quantization of a batch of
 // groups indexed [codes per byte 1, 2, 4][symmetric], integer codes of a flat range indexed
@@ -65,51 +67,97 @@ template <class Fmt> struct Ranges {
 };
 
 #if defined(__x86_64__) && defined(__GNUC__)
-#define DSQ_CPU_HAVE_AVX2 1
+#define DSQ_CPU_HAVE_X86_TIERS 1
+#include <cpuid.h>
 #endif
 
-inline bool cpu_has_avx2() {
-#ifdef DSQ_CPU_HAVE_AVX2
-  static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-                         __builtin_cpu_supports("f16c");
-  return ok;
+// ---------------------------------------------------------------- instruction-set tiers
+// The per-range loops are compiled once per tier (isa.inc); each call uses the best tier this CPU
+// and OS support, capped by isa_cap() (DSQUANT_CPU_ISA / DSQUANT_CPU_BASELINE at start, set_isa_cap
+// later: the tests run every tier in one process). All tiers give the same bits.
+enum Isa { ISA_BASELINE = 0, ISA_AVX2 = 1, ISA_AVX512 = 2, NUM_ISAS = 3 };
+inline const char* isa_name(int isa) {
+  static const char* const names[NUM_ISAS] = {"baseline", "avx2", "avx512"};
+  return names[isa];
+}
+inline int isa_by_name(const char* name) {
+  for (int i = 0; i < NUM_ISAS; ++i)
+    if (std::strcmp(name, isa_name(i)) == 0) return i;
+  return -1;
+}
+
+#ifdef DSQ_CPU_HAVE_X86_TIERS
+// Whether the OS saves the register state of `mask` (XCR0 bits) on context switches: a CPU
+// feature is only usable if so (cpuid says what the CPU has, XCR0 what the OS enabled).
+inline bool os_saves(uint64_t mask) {
+  unsigned a, b, c, d;
+  if (!__get_cpuid(1, &a, &b, &c, &d) || !(c & bit_OSXSAVE)) return false;
+  uint32_t lo, hi;
+  __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+  return ((((uint64_t)hi << 32) | lo) & mask) == mask;
+}
+#endif
+
+// The best tier this CPU and OS support.
+inline int cpu_best_isa() {
+#ifdef DSQ_CPU_HAVE_X86_TIERS
+  static const int best = [] {
+    const uint64_t ymm = 0x6, zmm = 0xe6;   // XCR0: SSE+AVX state; + opmask, ZMM0-15 high, ZMM16-31
+    if (!(__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c") &&
+          os_saves(ymm)))
+      return (int)ISA_BASELINE;
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") && os_saves(zmm))
+      return (int)ISA_AVX512;
+    return (int)ISA_AVX2;
+  }();
+  return best;
 #else
-  return false;
+  return ISA_BASELINE;
 #endif
 }
 
-// Whether calls use the AVX2 loops: where the CPU has them, unless DSQUANT_CPU_BASELINE is set at
-// start or force_baseline(true) was called (the tests run both builds in one process this way).
-inline std::atomic<bool>& baseline_forced() {
-  static std::atomic<bool> forced{std::getenv("DSQUANT_CPU_BASELINE") != nullptr};
-  return forced;
+// The highest tier calls may use: DSQUANT_CPU_ISA=baseline|avx2|avx512 or DSQUANT_CPU_BASELINE=1
+// at start (an unknown name leaves no cap), set_isa_cap() later.
+inline std::atomic<int>& isa_cap() {
+  static std::atomic<int> cap{[] {
+    if (std::getenv("DSQUANT_CPU_BASELINE") != nullptr) return (int)ISA_BASELINE;
+    const char* name = std::getenv("DSQUANT_CPU_ISA");
+    const int isa = name != nullptr ? isa_by_name(name) : -1;
+    return isa >= 0 ? isa : (int)NUM_ISAS - 1;
+  }()};
+  return cap;
 }
-inline void force_baseline(bool on) { baseline_forced().store(on); }
-inline bool use_avx2() { return cpu_has_avx2() && !baseline_forced().load(std::memory_order_relaxed); }
+inline void set_isa_cap(int isa) { isa_cap().store(std::max(0, std::min(isa, (int)NUM_ISAS - 1))); }
+inline int isa_in_use_index() { return std::min(cpu_best_isa(), isa_cap().load(std::memory_order_relaxed)); }
 
-// The table of the instruction set in use: avx2_table() where use_avx2(), else base_table() (each
-// an ISA's table-making function from a loop file compiled by isa.inc). Both are built once.
+// One table per tier (each made by that tier's table-making function from a loop file compiled by
+// isa.inc); get() returns the table of the tier in use. A tier this CPU lacks holds the table of
+// the best tier below it (its own table-making function may not even run here).
 template <class Table> struct PerIsa {
-  Table base, avx2;
-  bool has_avx2;
-  const Table& get() const { return has_avx2 && use_avx2() ? avx2 : base; }
+  Table t[NUM_ISAS];
+  const Table& get() const { return t[isa_in_use_index()]; }
 };
 template <class Table>
-PerIsa<Table> for_each_isa(Table (*base_table)(), Table (*avx2_table)()) {
-  const Table b = base_table();
-  return PerIsa<Table>{b, avx2_table != nullptr ? avx2_table() : b, avx2_table != nullptr};
+PerIsa<Table> for_each_isa(Table (*base_table)(), Table (*avx2_table)(), Table (*avx512_table)()) {
+  Table (*const make[NUM_ISAS])() = {base_table, avx2_table, avx512_table};
+  PerIsa<Table> r;
+  for (int i = 0; i < NUM_ISAS; ++i)
+    r.t[i] = i <= cpu_best_isa() && make[i] != nullptr ? make[i]() : r.t[i - 1];
+  return r;
 }
-#ifdef DSQ_CPU_HAVE_AVX2
-#define DSQ_CPU_AVX2_TABLE(fn) (&avx2::fn)
+// The three table-making functions of `fn`, a function defined in a loop file: for_each_isa(DSQ_CPU_TABLES(fn)).
+#ifdef DSQ_CPU_HAVE_X86_TIERS
+#define DSQ_CPU_TABLES(fn) &base::fn, &avx2::fn, &avx512::fn
 #else
-#define DSQ_CPU_AVX2_TABLE(fn) nullptr
+#define DSQ_CPU_TABLES(fn) &base::fn, nullptr, nullptr
 #endif
 
 #define DSQ_CPU_LOOPS "ranges.inc"
 #include "isa.inc"
 
 template <class Fmt> const Ranges<Fmt>& ranges_for_this_cpu() {
-  static const PerIsa<Ranges<Fmt>> r = for_each_isa<Ranges<Fmt>>(&base::ranges<Fmt>, DSQ_CPU_AVX2_TABLE(ranges<Fmt>));
+  static const PerIsa<Ranges<Fmt>> r = for_each_isa<Ranges<Fmt>>(DSQ_CPU_TABLES(ranges<Fmt>));
   return r.get();
 }
 

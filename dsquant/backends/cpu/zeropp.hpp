@@ -45,8 +45,7 @@ struct ZeroppKernels {
 #include "isa.inc"
 
 inline const ZeroppKernels& zeropp_for_this_cpu() {
-  static const PerIsa<ZeroppKernels> k = for_each_isa<ZeroppKernels>(&base::zeropp_kernels,
-                                                                     DSQ_CPU_AVX2_TABLE(zeropp_kernels));
+  static const PerIsa<ZeroppKernels> k = for_each_isa<ZeroppKernels>(DSQ_CPU_TABLES(zeropp_kernels));
   return k.get();
 }
 
