@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <type_traits>
 #include <vector>
 
@@ -164,6 +165,18 @@ template <class Fmt> const Ranges<Fmt>& ranges_for_this_cpu() {
 const int64_t kLargeGroup = 1 << 15;
 const int64_t kChunk = 1 << 15;
 
+// ---------------------------------------------------------------- threads
+// Work of fewer elements than this runs on the calling thread, without an OpenMP team: waking a
+// team costs ~5-10 us on an idle machine (a time slice, milliseconds, when the other CPUs are
+// busy), which single-threaded work below this size does not make up for (docs/threading.md).
+const int64_t kSerialBelow = 1 << 16;
+inline bool use_team(int64_t elements, int threads) { return threads > 1 && elements >= kSerialBelow; }
+
+// Every parallel loop hands out its work items dynamically, one at a time (items are kChunk
+// elements or so: a few microseconds each, so the hand-out costs nothing): a thread that the OS
+// deschedules holds up at most the item it holds, and the others take the rest. A static split
+// would make every thread wait for the descheduled one's whole share.
+
 // Groups of kLargeGroup elements or more, cut into kChunk pieces: work item i is chunk c of
 // group g (i = g * per_group + c).
 struct LargeGroups {
@@ -175,21 +188,34 @@ struct LargeGroups {
   int64_t length(int64_t i) const { return std::min(kChunk, S - (i % per_group()) * kChunk); }
 };
 
-// Call inside a parallel region: partial statistics of every chunk in parallel, then, per group,
-// the merged statistics handed to on_group(g, stats) (the params of each op).
-template <class Fmt, class StatsFn, class OnGroup>
-void large_group_stats(const LargeGroups& layout, StatsFn stats, const typename Fmt::storage* in,
-                       std::vector<Stats<Fmt>>& partial, OnGroup on_group) {
+// Call inside a parallel region: partial statistics of every chunk (stats_of(i) for work item i),
+// and, by whichever thread finishes a group's last chunk, the group's merged statistics handed to
+// on_group(g, stats) (the params of each op), so no second loop and no barrier before it. The
+// merge order is fixed (chunk order), and max/min merges are exact: the same params either way.
+// The loop's closing barrier stays: the next pass needs every group's params.
+template <class St, class StatsOf, class OnGroup>
+void large_group_stats(const LargeGroups& layout, std::vector<St>& partial, std::atomic<int64_t>* chunks_left,
+                       StatsOf stats_of, OnGroup on_group) {
   const int64_t per_group = layout.per_group();
-#pragma omp for schedule(static)
-  for (int64_t i = 0; i < layout.items(); ++i) partial[i] = stats(in + layout.begin(i), layout.length(i));
-#pragma omp for schedule(static)
-  for (int64_t g = 0; g < layout.groups; ++g) {
-    Stats<Fmt> st = partial[g * per_group];
-    for (int64_t c = 1; c < per_group; ++c) dsq::stats_merge(st, partial[g * per_group + c]);
-    on_group(g, st);
+#pragma omp for schedule(dynamic, 1)
+  for (int64_t i = 0; i < layout.items(); ++i) {
+    partial[i] = stats_of(i);
+    const int64_t g = layout.group(i);
+    if (chunks_left[g].fetch_sub(1, std::memory_order_acq_rel) == 1) {   // sees every chunk's partial
+      St st = partial[g * per_group];
+      for (int64_t c = 1; c < per_group; ++c) dsq::stats_merge(st, partial[g * per_group + c]);
+      on_group(g, st);
+    }
   }
 }
+
+// The per-group count of chunks large_group_stats counts down.
+struct ChunkCounters {
+  std::unique_ptr<std::atomic<int64_t>[]> left;
+  explicit ChunkCounters(const LargeGroups& layout) : left(new std::atomic<int64_t>[layout.groups]) {
+    for (int64_t g = 0; g < layout.groups; ++g) left[g].store(layout.per_group(), std::memory_order_relaxed);
+  }
+};
 
 struct FakeArgs {
   const void* in;
@@ -201,9 +227,10 @@ struct FakeArgs {
   int threads;
 };
 
-// Groups below kLargeGroup are whole work items (statistics and quantization in one visit, the
-// group stays in cache); larger groups are cut into kChunk pieces processed in two parallel
-// passes (partial statistics, then quantization), so a single huge group uses every thread.
+// Groups below kLargeGroup are whole (statistics and quantization in one visit, the group stays in
+// cache), kChunk elements' worth of them a work item; larger groups are cut into kChunk pieces
+// processed in two parallel passes (partial statistics, then quantization), so a single huge
+// group uses every thread.
 template <class Fmt>
 void fake_quantize_typed(const FakeArgs& a) {
   typedef typename Fmt::storage T;
@@ -215,23 +242,27 @@ void fake_quantize_typed(const FakeArgs& a) {
   T* out = static_cast<T*>(a.out);
   const int64_t S = a.n / a.groups;
   if (S < kLargeGroup) {
-#pragma omp parallel for schedule(static) num_threads(a.threads)
-    for (int64_t g = 0; g < a.groups; ++g) {
-      const int64_t begin = g * S;
-      FakeParams<C> p = dsq::fake_params(stats(in + begin, S), a.bits, a.symmetric);
-      fake(in + begin, out + begin, S, p, a.seed, a.offset + (uint64_t)begin);
-    }
+    const int64_t per_item = std::max<int64_t>(1, kChunk / std::max<int64_t>(1, S));   // groups per work item
+    const int64_t items = (a.groups + per_item - 1) / per_item;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(a.threads) if (use_team(a.n, a.threads))
+    for (int64_t it = 0; it < items; ++it)
+      for (int64_t g = it * per_item; g < std::min(a.groups, (it + 1) * per_item); ++g) {
+        const int64_t begin = g * S;
+        FakeParams<C> p = dsq::fake_params(stats(in + begin, S), a.bits, a.symmetric);
+        fake(in + begin, out + begin, S, p, a.seed, a.offset + (uint64_t)begin);
+      }
     return;
   }
   const LargeGroups layout{a.groups, S};
   std::vector<Stats<Fmt>> partial(layout.items());
   std::vector<FakeParams<C>> params(a.groups);
-#pragma omp parallel num_threads(a.threads)
+  const ChunkCounters counters(layout);
+#pragma omp parallel num_threads(a.threads) if (use_team(a.n, a.threads))
   {
-    large_group_stats(layout, stats, in, partial, [&](int64_t g, const Stats<Fmt>& st) {
-      params[g] = dsq::fake_params(st, a.bits, a.symmetric);
-    });
-#pragma omp for schedule(static)
+    large_group_stats(
+        layout, partial, counters.left.get(), [&](int64_t i) { return stats(in + layout.begin(i), layout.length(i)); },
+        [&](int64_t g, const Stats<Fmt>& st) { params[g] = dsq::fake_params(st, a.bits, a.symmetric); });
+#pragma omp for schedule(dynamic, 1) nowait
     for (int64_t i = 0; i < layout.items(); ++i)
       fake(in + layout.begin(i), out + layout.begin(i), layout.length(i), params[layout.group(i)], a.seed,
            a.offset + (uint64_t)layout.begin(i));
@@ -274,7 +305,7 @@ void int_quantize_typed(const IntQuantArgs& a) {
     const int64_t runs = std::min(kChunk / std::max<int64_t>(1, run * S), kIntBatchGroups / run);
     const int64_t batch = run * std::max<int64_t>(1, runs);
     const int64_t batches = (a.groups + batch - 1) / batch;
-#pragma omp parallel for schedule(static) num_threads(a.threads) if (batches > 1)
+#pragma omp parallel for schedule(dynamic, 1) num_threads(a.threads) if (use_team(a.n, a.threads))
     for (int64_t b = 0; b < batches; ++b) batch_fn(a, b * batch, std::min(a.groups, (b + 1) * batch));
     return;
   }
@@ -286,13 +317,16 @@ void int_quantize_typed(const IntQuantArgs& a) {
   const int64_t flat_chunks = (a.n + kChunk - 1) / kChunk;
   std::vector<Stats<Fmt>> partial(layout.items());
   std::vector<IntParams<C>> params(a.groups);
-#pragma omp parallel num_threads(a.threads)
+  const ChunkCounters counters(layout);
+#pragma omp parallel num_threads(a.threads) if (use_team(a.n, a.threads))
   {
-    large_group_stats(layout, stats, in, partial, [&](int64_t g, const Stats<Fmt>& st) {
-      params[g] = dsq::int_params(st, a.bits, a.symmetric);
-      dsq::store_int_params(a.params, g, params[g], a.symmetric);
-    });
-#pragma omp for schedule(static)
+    large_group_stats(
+        layout, partial, counters.left.get(), [&](int64_t i) { return stats(in + layout.begin(i), layout.length(i)); },
+        [&](int64_t g, const Stats<Fmt>& st) {
+          params[g] = dsq::int_params(st, a.bits, a.symmetric);
+          dsq::store_int_params(a.params, g, params[g], a.symmetric);
+        });
+#pragma omp for schedule(dynamic, 1) nowait
     for (int64_t c = 0; c < flat_chunks; ++c) codes(a, c * kChunk, std::min(a.n, (c + 1) * kChunk), params.data());
   }
 }
@@ -301,7 +335,7 @@ template <class Fmt>
 void int_dequantize_typed(const IntDequantArgs& a) {
   const auto range = ranges_for_this_cpu<Fmt>().int_dequant[per_index(a.bits)][a.symmetric];
   const int64_t chunks = (a.n + kChunk - 1) / kChunk;
-#pragma omp parallel for schedule(static) num_threads(a.threads) if (chunks > 1)
+#pragma omp parallel for schedule(dynamic, 1) num_threads(a.threads) if (use_team(a.n, a.threads))
   for (int64_t c = 0; c < chunks; ++c) range(a, c * kChunk, std::min(a.n, (c + 1) * kChunk));
 }
 
@@ -337,7 +371,7 @@ inline void uint_dequantize_half(const UintHalfArgs& a) {
   const int per = dsq::int_codes_per_byte(a.bits);
   const int64_t n = a.num_group * a.group_size;
   const int64_t chunks = (n + kChunk - 1) / kChunk;
-#pragma omp parallel for schedule(static) num_threads(a.threads) if (chunks > 1)
+#pragma omp parallel for schedule(dynamic, 1) num_threads(a.threads) if (use_team(n, a.threads))
   for (int64_t c = 0; c < chunks; ++c) {
     const int64_t end = std::min(n, (c + 1) * kChunk);
     for (int64_t i = c * kChunk; i < end;) {
@@ -362,7 +396,8 @@ inline void strided_copy(const char* src, const int64_t* src_strides, char* dst,
   const int64_t inner = shape[ndim - 1];
   if (outer == 0 || inner == 0) return;
   const int64_t ss = src_strides[ndim - 1] * itemsize, ds = dst_strides[ndim - 1] * itemsize;
-#pragma omp parallel for schedule(static) num_threads(threads) if (outer * inner > (1 << 16))
+  const int64_t rows_per_item = std::max<int64_t>(1, kChunk / inner);
+#pragma omp parallel for schedule(dynamic, rows_per_item) num_threads(threads) if (use_team(outer * inner, threads))
   for (int64_t o = 0; o < outer; ++o) {
     int64_t rem = o, so = 0, dof = 0;
     for (int d = ndim - 2; d >= 0; --d) {
