@@ -40,7 +40,8 @@ def openmp_threads() -> int:
 
 @registry.implements("cpu_isa", "cpu")
 def cpu_isa() -> str:
-    """The kernels in use: "avx2" (AVX2 + FMA + F16C) or "baseline" (DSQUANT_CPU_BASELINE=1 forces it)."""
+    """The kernels in use: "avx512" (AVX-512 F/BW/VL/DQ), "avx2" (AVX2 + FMA + F16C) or "baseline"
+    (DSQUANT_CPU_ISA=<tier> or DSQUANT_CPU_BASELINE=1 force one)."""
     return _cpu.isa()
 
 
