@@ -40,9 +40,9 @@ def info() -> dict[str, Any]:
 
     ``cpu_threads`` is what a CPU call uses (``DSQUANT_NUM_THREADS``, else OpenMP's default),
     ``openmp_threads`` OpenMP's default (``OMP_NUM_THREADS``, else the cores), ``cpu_isa`` the
-    kernels in use (``"avx512"``: AVX-512 F/BW/VL/DQ, ``"avx2"``: AVX2 + FMA + F16C, or ``"baseline"``). Frameworks are looked up
-    without being imported. The CUDA backend is reported usable when CuPy is installed and sees
-    at least one device (this call imports CuPy to ask).
+    kernels in use (``"avx512"``: AVX-512 F/BW/VL/DQ, ``"avx2"``: AVX2 + FMA + F16C, or
+    ``"baseline"``). Frameworks are looked up without being imported. The CUDA backend is reported
+    usable when CuPy is installed and sees at least one device (this call imports CuPy to ask).
 
     Examples:
         >>> import dsquant

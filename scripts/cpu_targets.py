@@ -14,11 +14,11 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))   # this checkout's dsquant
 
-import ml_dtypes  # noqa: E402
-import numpy as np  # noqa: E402
+import ml_dtypes
+import numpy as np
 
-import dsquant  # noqa: E402
-from dsquant.backends.cpu import _cpu  # noqa: E402
+import dsquant
+from dsquant.backends.cpu import _cpu
 
 
 def timed(fn, nbytes: int, reps: int) -> tuple[float, float]:
@@ -27,8 +27,12 @@ def timed(fn, nbytes: int, reps: int) -> tuple[float, float]:
     fn(), np.copyto(dst, src)
     ops, copies = [], []
     for _ in range(reps):
-        t = time.perf_counter(); np.copyto(dst, src); copies.append(time.perf_counter() - t)
-        t = time.perf_counter(); fn(); ops.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        np.copyto(dst, src)
+        copies.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        fn()
+        ops.append(time.perf_counter() - t)
     return statistics.median(ops), statistics.median(copies)
 
 
@@ -42,7 +46,8 @@ def rows(n: int):
             g = n // group
             for sym in (True, False):
                 for sr in (False, True):
-                    name = f"fake {dt} g={group if group < n else 'all'} {'sym' if sym else 'asym'} {'SR' if sr else 'RN'}"
+                    size = group if group < n else "all"
+                    name = f"fake {dt} g={size} {'sym' if sym else 'asym'} {'SR' if sr else 'RN'}"
                     yield name, (lambda x=x, g=g, sym=sym, sr=sr, out=out: dsquant.fake_quantize(
                         x, g, 8, symmetric=sym, stochastic=sr, seed=1 if sr else None, out=out)), 2 * x.nbytes
     x = base.astype(np.float32)
