@@ -38,9 +38,6 @@ def implements(op: str, device: str) -> Callable[[Callable[..., Any]], Callable[
 
 def lookup(op: str, device: str) -> Callable[..., Any]:
     """`op`'s implementation on `device`; NotImplementedError listing where `op` is available."""
-    fn = _TABLE.get((op, device))
-    if fn is not None:                # the common case, first: a dict look-up per call
-        return fn
     module = BACKENDS.get(device)
     if module is not None and (module not in sys.modules or (op, device) not in _TABLE):
         # its @implements decorators fill _TABLE; an import in progress in another thread is waited for

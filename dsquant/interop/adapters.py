@@ -157,8 +157,8 @@ class TorchAdapter(Adapter):
 
     def host_tensor(self, obj: Any) -> Any:
         torch = sys.modules["torch"]
-        if not obj.is_cpu or obj.layout is not torch.strided or not obj.is_contiguous():
-            return None
+        if not obj.is_cpu or obj.layout is not torch.strided or not obj.is_contiguous() or obj.is_neg():
+            return None                      # (a negative view's memory holds the unnegated values)
         code = self.dtype_code(obj.dtype)
         if code is None or self.graph_device(obj) is not None:
             return None
