@@ -95,9 +95,10 @@ def test_bench_quick_states_what_it_measures(capsys):
     assert main(["bench", "--quick"]) == 0
     out = capsys.readouterr().out
     assert "vs copy:" in out and "vs NumPy:" in out and "GB/s:" in out   # a legend for every ratio column
-    head = "| op | dtype | bits | scheme | group | rounding | ms | GB/s | vs copy | vs NumPy |"
+    assert "new/out:" in out and "target:" in out
+    head = "| op | dtype | bits | scheme | group | rounding | ms | GB/s | vs copy | new/out | vs NumPy | target |"
     assert head in out
-    assert "| op | dtype | bits | scheme | group | rounding | GB/s | vs copy |" in out
+    assert "| op | dtype | bits | scheme | group | rounding | GB/s | vs copy | new/out | target |" in out
     assert "| ratio |" not in out
 
 

@@ -1,7 +1,9 @@
 """``python -m dsquant bench``: CPU throughput of fake quantization, integer quantize / dequantize
 and the ZeRO++ ops, as GB/s, as a ratio to ``numpy.copyto`` of the same bytes measured in the same
 run, and (fake quantization) as a speed-up over a vectorised NumPy implementation of the same
-operation.
+operation; each row beside its target (issue 12). ``--peers`` adds other libraries on the same
+input (dsquant.bench.peers) and the per-call cost of a 4 KB call; ``--json PATH`` writes every
+table, the machine and its load as JSON, so runs can be compared.
 
 Times are medians over repetitions; run on an otherwise idle machine and compare ratios, not
 absolute times. ``--quick`` runs small arrays and few repetitions (seconds; a smoke test, not a
@@ -10,9 +12,13 @@ measurement).
 from __future__ import annotations
 
 import argparse
+import datetime
+import json
+import os
 import platform
 import statistics
 import time
+from collections.abc import Callable
 
 import numpy as np
 
@@ -55,10 +61,12 @@ def fake_rows(n: int, reps: int, numpy_reps: int) -> list[dict]:
             for rounding, sr in (("nearest", False), ("stochastic", True)):
                 seed = 1 if sr else None
                 t = median_seconds(lambda: fake_quantize(x, groups, 8, stochastic=sr, seed=seed, out=out), reps)
+                t_new = median_seconds(lambda: fake_quantize(x, groups, 8, stochastic=sr, seed=seed), reps)
                 t_np = median_seconds(lambda: numpy_fake_quantize(x, groups, 8, sr, rng), numpy_reps)
                 rows.append({"op": "fake_quantize", "dtype": np.dtype(dtype).name, "bits": 8,
                              "scheme": "symmetric", "group": group_name, "rounding": rounding, "ms": t * 1e3,
-                             "GB/s": moved / t / 1e9, "vs copy": copy_s / t, "vs NumPy": t_np / t})
+                             "GB/s": moved / t / 1e9, "vs copy": copy_s / t, "new/out": t / t_new,
+                             "vs NumPy": t_np / t})
     return rows
 
 
@@ -66,6 +74,54 @@ def extra_rows(n: int, reps: int) -> list[dict]:
     """Rows of the other op families' benchmark modules."""
     from . import integer, zeropp
     return integer.int_rows(n, reps) + zeropp.zeropp_rows(n, reps)
+
+
+def _fake_section(n: int, reps: int, numpy_reps: int) -> list[dict]:
+    return fake_rows(n, reps, numpy_reps)
+
+
+def _extra_section(n: int, reps: int, numpy_reps: int) -> list[dict]:
+    return extra_rows(n, reps)
+
+
+# The tables of `bench`, in order: (title, function of (elements, repetitions, NumPy repetitions)
+# returning rows: dicts, the union of whose keys are the columns). Another op family's bench
+# module adds its table by appending here (or calling section()).
+SECTIONS: list[tuple[str, Callable[[int, int, int], list[dict]]]] = [
+    ("fake quantization (fake_quantize into a preallocated out)", _fake_section),
+    ("integer codes (quantize, dequantize) and the ZeRO++ ops (2 nodes x 4 devices)", _extra_section),
+]
+
+
+def section(title: str):
+    """Decorator: add a table to `bench` (see SECTIONS)."""
+    def register(fn):
+        SECTIONS.append((title, fn))
+        return fn
+    return register
+
+
+# Issue 12's targets at 2^24 elements, as a ratio to a single-thread numpy.copyto of the same
+# bytes: (what a row must match, the least "vs copy"), first match wins.
+TARGETS = [
+    ({"op": "fake_quantize", "rounding": "stochastic"}, 0.7),
+    ({"op": "fake_quantize", "dtype": "float32"}, 1.0),
+    ({"op": "fake_quantize"}, 0.9),                 # float16 / bfloat16 nearest
+    ({"op": "quantize"}, 0.8),
+    ({"op": "dequantize"}, 0.8),
+    ({"op": "swizzle_quantize"}, 0.7),
+    ({"op": "loco_swizzle_quantize"}, 0.7),
+    ({"op": "quantized_reduction"}, 0.5),
+]
+
+
+def with_targets(rows: list[dict]) -> list[dict]:
+    """Each row with its "target" (the least "vs copy" wanted) and whether it is met."""
+    for row in rows:
+        target = next((t for match, t in TARGETS if all(row.get(k) == v for k, v in match.items())), None)
+        if target is not None and isinstance(row.get("vs copy"), float):
+            row["target"] = f">= {target:.1f} {'met' if row['vs copy'] >= target else 'MISSED'}"
+    return rows
 
 
 def format_table(rows: list[dict]) -> str:
@@ -78,8 +134,35 @@ def format_table(rows: list[dict]) -> str:
 
 
 LEGEND = ("# GB/s: bytes the op reads + writes per second (1e9). vs copy: time of numpy.copyto moving the "
-          "same bytes / the op's time (1.00 = as fast as a memory copy). vs NumPy: time of a vectorised NumPy "
-          "implementation of the same op / the op's time. group: elements per group (all: one group).")
+          "same bytes / the op's time (1.00 = as fast as a memory copy). new/out: time with out= / time of the same "
+          "call making its result (1.00 = allocating costs nothing). vs NumPy: time of a vectorised NumPy "
+          "implementation of the same op / the op's time. group: elements per group (all: one group). target: "
+          "issue 12's least vs copy at 2^24 elements.")
+PEERS_LEGEND = ("# dsquant and each peer on the same float32 input, each computing its own per-group scales; "
+                "speed-up: the peer's median time / dsquant's (dsquant makes a new result, like the peers).")
+CALLS_LEGEND = ("# microseconds per call on 1024 float32 elements (4 KB), median (and best) of 15 rounds of 2000 "
+                "calls; "
+                "vs torch per-tensor: / torch.fake_quantize_per_tensor_affine's median (below 1 = cheaper). "
+                "Targets: NumPy <= 8 us and below torch's, torch <= 10 us, JAX <= 20 us.")
+
+
+def machine() -> dict:
+    """What the tables were measured on: CPU model, cores, load average, date."""
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), model)
+    except OSError:
+        pass
+    about = info()
+    return {"cpu": model, "cores": os.cpu_count(), "threads": about["cpu_threads"], "isa": about["cpu_isa"],
+            "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "dsquant": about["version"], "numpy": np.__version__, "python": platform.python_version()}
+
+
+def _jsonable(rows: list[dict]) -> list[dict]:
+    return [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()} for row in rows]
 
 
 def main(argv=None, prog: str = "python -m dsquant bench") -> int:
@@ -92,21 +175,50 @@ def main(argv=None, prog: str = "python -m dsquant bench") -> int:
                         "(3; 1 with --quick)")
     parser.add_argument("--quick", action="store_true", help="small arrays, few repetitions: a few seconds, "
                         "to see that everything runs (the numbers mean little)")
+    parser.add_argument("--peers", action="store_true", help="also time NumPy, torch, torchao and bitsandbytes "
+                        "on the same inputs (those installed) and the per-call cost of a 4 KB call")
+    parser.add_argument("--only-peers", action="store_true", help="only the peer and per-call tables")
+    parser.add_argument("--json", metavar="PATH", help="also write every table, the machine and its load to PATH "
+                        "as JSON ('-': to stdout instead of the tables)")
     args = parser.parse_args(argv)
     quick = args.quick
     log2_size = args.log2_size if args.log2_size is not None else (16 if quick else 24)
     reps = args.reps if args.reps is not None else (2 if quick else 7)
     numpy_reps = args.numpy_reps if args.numpy_reps is not None else (1 if quick else 3)
     n = 1 << log2_size
-    about = info()
-    print(f"# dsquant {about['version']} CPU benchmark{' (--quick)' if quick else ''}: {n} elements "
-          f"(2^{log2_size}), {about['cpu_threads']} threads, {about['cpu_isa']} kernels, "
-          f"{platform.processor() or platform.machine()}, NumPy {np.__version__}; median of {reps} repetitions")
-    print(LEGEND)
-    print("\n## fake quantization (fake_quantize into a preallocated out)\n")
-    print(format_table(fake_rows(n, reps, numpy_reps)))
-    more = extra_rows(n, reps)
-    if more:
-        print("\n## integer codes (quantize, dequantize) and the ZeRO++ ops (2 nodes x 4 devices)\n")
-        print(format_table(more))
+    quiet = args.json == "-"
+    say = (lambda *a: None) if quiet else print
+    about = machine()
+    say(f"# dsquant {about['dsquant']} CPU benchmark{' (--quick)' if quick else ''}: {n} elements "
+        f"(2^{log2_size}), {about['threads']} threads, {about['isa']} kernels, {about['cpu']} "
+        f"({about['cores']} cores), "
+        f"NumPy {about['numpy']}; median of {reps} repetitions; {about['date']}, load average "
+        + " ".join(f"{v:.2f}" for v in about["load_average"] or ()))
+    report: dict = {"machine": about, "elements": n, "reps": reps, "tables": {}}
+    if not args.only_peers:
+        say(LEGEND)
+        for title, rows_of in SECTIONS:
+            rows = with_targets(rows_of(n, reps, numpy_reps))
+            if rows:
+                say(f"\n## {title}\n")
+                say(format_table(rows))
+                report["tables"][title] = _jsonable(rows)
+    if args.peers or args.only_peers:
+        from . import peers
+        rows = peers.peer_rows(n, reps)
+        say("\n## peers (new results)\n")
+        say(PEERS_LEGEND)
+        say(format_table(rows))
+        report["tables"]["peers"] = _jsonable(rows)
+        rows = peers.per_call_rows(calls=200 if quick else 2000, rounds=3 if quick else 15)
+        say("\n## per-call cost (4 KB float32 fake_quantize)\n")
+        say(CALLS_LEGEND)
+        say(format_table(rows))
+        report["tables"]["per call"] = _jsonable(rows)
+    report["machine"]["load_average_after"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+    if args.json == "-":
+        print(json.dumps(report, indent=1))
+    elif args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=1)
     return 0

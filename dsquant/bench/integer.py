@@ -47,13 +47,14 @@ def int_rows(numel: int = 1 << 24, reps: int = 7, dtype: str = "float32") -> lis
 
     Returns:
         One dict per row: ``op``, ``dtype``, ``bits``, ``scheme``, ``group``, ``rounding``, ``GB/s``
-        (bytes moved per second, 1e9), ``vs copy`` (copy time of the same bytes / op time; 1.0 = as
-        fast as a memory copy).
+        (bytes moved per second, 1e9), ``vs copy`` (copy time of the same bytes / op time with
+        ``out=``; 1.0 = as fast as a memory copy), ``new/out`` (time with ``out=`` / time making
+        the result).
 
     Example:
         >>> rows = int_rows(numel=1 << 12, reps=1)
         >>> sorted(rows[0])
-        ['GB/s', 'bits', 'dtype', 'group', 'op', 'rounding', 'scheme', 'vs copy']
+        ['GB/s', 'bits', 'dtype', 'group', 'new/out', 'op', 'rounding', 'scheme', 'vs copy']
     """
     x = np.random.default_rng(0).standard_normal(numel).astype(dtype)
     rows = []
@@ -61,17 +62,19 @@ def int_rows(numel: int = 1 << 24, reps: int = 7, dtype: str = "float32") -> lis
         for group in GROUP_SIZES:
             groups = numel // group
             q, params = quantize(x, groups, bits)
+            q_out, p_out = np.empty_like(q), np.empty_like(params)
             out = np.empty_like(x)
             moved = x.nbytes + q.nbytes + params.nbytes
-            ops = {
-                "quantize": lambda: quantize(x, groups, bits),
-                "dequantize": lambda: dequantize(q, params, bits, out=out),
+            ops = {   # (into out=, making the result)
+                "quantize": (lambda: quantize(x, groups, bits, out=(q_out, p_out)), lambda: quantize(x, groups, bits)),
+                "dequantize": (lambda: dequantize(q, params, bits, out=out), lambda: dequantize(q, params, bits)),
             }
-            for op, fn in ops.items():
+            for op, (fn, fn_new) in ops.items():
                 seconds, copy = timed_against_copy(fn, moved, reps)
+                seconds_new, _ = timed_against_copy(fn_new, moved, reps)
                 rows.append({"op": op, "dtype": dtype, "bits": bits, "scheme": "symmetric", "group": group,
                              "rounding": "nearest", "GB/s": round(moved / seconds / 1e9, 2),
-                             "vs copy": round(copy / seconds, 2)})
+                             "vs copy": round(copy / seconds, 2), "new/out": round(seconds / seconds_new, 2)})
     return rows
 
 

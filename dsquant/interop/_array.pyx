@@ -5,6 +5,8 @@ Consumption follows the DLPack rules: ask for ``max_version=(1, 0)`` and fall ba
 protocol, accept both capsule names, rename a consumed capsule to ``used_...``, call the producer's
 deleter exactly once (with the GIL), reject a newer major version.
 """
+from cpython.buffer cimport (PyBUF_FORMAT, PyBUF_ND, PyBUF_RECORDS_RO, PyBUF_STRIDES, PyBuffer_Release,
+                             PyObject_GetBuffer)
 from cpython.pycapsule cimport (PyCapsule_GetPointer, PyCapsule_IsValid, PyCapsule_New,
                                 PyCapsule_SetName)
 from libc.stdint cimport int64_t, uint64_t, uintptr_t, uint8_t, int32_t
@@ -51,16 +53,56 @@ cdef extern from "_dlpack.h":
         kDLUInt
     uint64_t DLPACK_FLAG_BITMASK_READ_ONLY
 
-cdef extern from "<stdlib.h>" nogil:
-    int posix_memalign(void** memptr, size_t alignment, size_t size)
+cdef extern from "dsq_buffers.h" namespace "dsq_buffers" nogil:
+    void* buffer_allocate "dsq_buffers::allocate"(size_t n, size_t* capacity)
+    void buffer_release "dsq_buffers::release"(void* p, size_t capacity)
+    size_t buffer_set_limit "dsq_buffers::set_limit"(size_t limit)
+    ctypedef struct BufferInfo "dsq_buffers::Info":
+        size_t limit
+        size_t held
+        int count
+        uint64_t hits
+        uint64_t misses
+    BufferInfo buffer_info "dsq_buffers::info"()
+    void buffer_after_fork "dsq_buffers::after_fork_in_child"()
+    size_t kBigBytes
 
 
-cdef void* aligned_buffer(size_t nbytes) noexcept nogil:
-    """64-byte-aligned memory for a result (at least one line, so empty results have an address)."""
-    cdef void* p = NULL
-    if posix_memalign(&p, 64, nbytes if nbytes else 64) != 0:
-        return NULL
-    return p
+def buffer_cache_info():
+    """The result-buffer cache (dsq_buffers.h): {"limit", "held" (bytes), "buffers", "hits", "misses"}."""
+    cdef BufferInfo i = buffer_info()
+    return {"limit": i.limit, "held": i.held, "buffers": i.count, "hits": i.hits, "misses": i.misses}
+
+
+def set_buffer_cache_limit(size_t limit):
+    """Unmap every cached result buffer and keep at most `limit` bytes from now on (0: no cache);
+    returns the bytes given back to the system."""
+    return buffer_set_limit(limit)
+
+
+def _after_fork_in_child():
+    buffer_after_fork()
+
+
+BIG_BUFFER_BYTES = kBigBytes     # results from this size on come from the cache / fresh mappings
+
+
+def _configure_cache():
+    import os
+    env = os.environ.get("DSQUANT_BUFFER_CACHE_MB")
+    if env:
+        try:
+            mib = float(env)
+        except ValueError:
+            raise ValueError(f"DSQUANT_BUFFER_CACHE_MB must be a number of MiB (0 disables the result-buffer "
+                             f"cache), got {env!r}") from None
+        if mib < 0:
+            raise ValueError(f"DSQUANT_BUFFER_CACHE_MB must be >= 0, got {env!r}")
+        set_buffer_cache_limit(<size_t>(mib * (1 << 20)))
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+_configure_cache()
 
 
 from dsquant.core import dtypes as _dtypes
@@ -96,6 +138,7 @@ cdef class Tensor:
     cdef readonly int device_id
     cdef readonly bint read_only
     cdef readonly int64_t numel
+    cdef bint _contiguous                # known C-contiguous (views made by host_view / host_tensor)
 
     def __dealloc__(self):
         if self._versioned is not NULL and self._versioned.deleter is not NULL:
@@ -131,7 +174,7 @@ cdef class Tensor:
 
     @property
     def is_c_contiguous(self):
-        if self.numel == 0:
+        if self._contiguous or self.numel == 0:
             return True              # no element to misplace (producers report any strides, e.g. 0)
         expected = 1
         for extent, stride in zip(reversed(self.shape), reversed(self.strides)):
@@ -146,6 +189,74 @@ cdef class Tensor:
         if self.numel == 0:
             return False
         return any(s <= 0 and e > 1 for e, s in zip(self.shape, self.strides))
+
+
+cdef tuple _contiguous_strides(tuple shape):
+    cdef Py_ssize_t i, ndim = len(shape)
+    cdef int64_t acc = 1
+    if ndim == 1:
+        return (1,)
+    strides = [1] * ndim
+    for i in range(ndim - 1, -1, -1):
+        strides[i] = acc
+        acc *= <int64_t>shape[i]
+    return tuple(strides)
+
+
+def host_tensor(source, uintptr_t data, tuple shape, int dtype, bint read_only=False):
+    """A :class:`Tensor` over C-contiguous host memory at `data` holding `shape` elements of dsquant
+    dtype code `dtype`, kept alive by `source` (a framework's array known to be C-contiguous on the
+    CPU: the fast intake of interop.operand, which skips the DLPack capsule round trip)."""
+    cdef Tensor t = Tensor.__new__(Tensor)
+    cdef int64_t n = 1
+    for extent in shape:
+        n *= <int64_t>extent
+    t.source = source
+    t.data = data
+    t.shape = shape
+    t.numel = n
+    t.strides = _contiguous_strides(shape)
+    t.dtype = dtype
+    t.dtype_name = DTYPE_NAMES[dtype]
+    t.itemsize = _dtypes.FLOAT_DTYPES[dtype].itemsize
+    t.device_type = kDLCPU
+    t.device_id = 0
+    t.read_only = read_only
+    t._contiguous = True
+    return t
+
+
+# native-order buffer-protocol formats of the float dtypes (NumPy exports these for its arrays)
+_FORMAT_DTYPES = {b"e": _dtypes.FLOAT16.code, b"f": _dtypes.FLOAT32.code, b"d": _dtypes.FLOAT64.code}
+
+
+def host_view(obj):
+    """A :class:`Tensor` over `obj`'s memory when `obj` exports a C-contiguous float16, float32
+    or float64 buffer in native byte order through the buffer protocol (NumPy arrays), else None.
+    A few hundred nanoseconds where DLPack's capsule round trip costs microseconds; `obj` is kept
+    alive by the Tensor (as NumPy's own frombuffer does, the buffer is released at once)."""
+    cdef Py_buffer view
+    cdef Py_ssize_t i, expected
+    cdef bint contiguous = True
+    try:
+        PyObject_GetBuffer(obj, &view, PyBUF_RECORDS_RO)
+    except (BufferError, TypeError, ValueError, NotImplementedError):
+        return None
+    try:
+        dtype = _FORMAT_DTYPES.get(view.format if view.format is not NULL else b"B")
+        if dtype is None or view.itemsize != _dtypes.FLOAT_DTYPES[dtype].itemsize:
+            return None
+        expected = view.itemsize
+        for i in range(view.ndim - 1, -1, -1):
+            if view.shape[i] != 1 and view.strides is not NULL and view.strides[i] != expected:
+                contiguous = False
+            expected *= view.shape[i]
+        if not contiguous and expected != 0:      # (an empty array has no element to misplace)
+            return None
+        shape = tuple([view.shape[i] for i in range(view.ndim)])
+        return host_tensor(obj, <uintptr_t>view.buf, shape, dtype, view.readonly)
+    finally:
+        PyBuffer_Release(&view)
 
 
 def contiguous_strides(shape):
@@ -199,20 +310,21 @@ def consume(obj, stream=None, int as_dtype=-1):
 # ---------------------------------------------------------------------------------------- export
 cdef struct ExportCtx:
     void* data
+    size_t capacity
     int64_t shape[32]
     int64_t strides[32]
 
 
 cdef void _free_legacy(DLManagedTensor* m) noexcept nogil:
     cdef ExportCtx* ctx = <ExportCtx*>m.manager_ctx
-    free(ctx.data)
+    buffer_release(ctx.data, ctx.capacity)
     free(ctx)
     free(m)
 
 
 cdef void _free_versioned(DLManagedTensorVersioned* m) noexcept nogil:
     cdef ExportCtx* ctx = <ExportCtx*>m.manager_ctx
-    free(ctx.data)
+    buffer_release(ctx.data, ctx.capacity)
     free(ctx)
     free(m)
 
@@ -230,12 +342,20 @@ cdef void _capsule_destructor_versioned(object capsule) noexcept:
         v.deleter(v)
 
 
+cdef char* _BYTE_FORMAT = b"B"
+
+
 cdef class HostBuffer:
     """A 64-byte-aligned, C-contiguous host array owned by dsquant until it is exported once
-    through ``__dlpack__`` (then the consumer owns it and frees it through the deleter).
+    through ``__dlpack__`` (then the consumer owns it and frees it through the deleter), or shared
+    through the buffer protocol (then it owns its memory until it is itself freed; NumPy and
+    torch arrays made with ``frombuffer`` keep it alive). Memory comes from dsq_buffers.h: large
+    buffers are recycled through a bounded cache once their last owner frees them.
 
     ``dtype`` is a dsquant dtype code, or a DLPack ``(code, bits)`` pair such as :data:`DL_INT8`."""
     cdef void* _data
+    cdef size_t _capacity
+    cdef bint _shared                   # exported through the buffer protocol: never through DLPack
     cdef readonly uintptr_t data
     cdef readonly tuple shape
     cdef readonly int64_t nbytes
@@ -245,22 +365,42 @@ cdef class HostBuffer:
     def __cinit__(self, shape, dtype, bint as_uint=False):
         if len(shape) > 32:
             raise ValueError(f"arrays of more than 32 dimensions are not supported (got {len(shape)})")
-        self.shape = tuple(int(s) for s in shape)
+        self.shape = tuple(shape) if type(shape) is tuple else tuple(int(s) for s in shape)
         code, bits = dtype if isinstance(dtype, tuple) else _DL_OF_DTYPE[dtype]
         self._code = kDLUInt if as_uint else code
         self._bits = bits
-        n = 1
+        cdef int64_t n = 1
         for s in self.shape:
             n *= s
         self.nbytes = n * (bits // 8)
-        self._data = aligned_buffer(<size_t>self.nbytes)
+        self._data = buffer_allocate(<size_t>self.nbytes, &self._capacity)
         if self._data is NULL:
             raise MemoryError(f"could not allocate {self.nbytes} bytes for the result")
         self.data = <uintptr_t>self._data
 
     def __dealloc__(self):
         if self._data is not NULL:
-            free(self._data)
+            buffer_release(self._data, self._capacity)
+
+    def __getbuffer__(self, Py_buffer* view, int flags):
+        # flat bytes: consumers (numpy.frombuffer, torch.frombuffer) give the dtype themselves
+        if self._data is NULL:
+            raise BufferError("this dsquant result buffer was already exported through DLPack")
+        view.buf = self._data
+        view.obj = self
+        view.len = self.nbytes
+        view.readonly = 0
+        view.itemsize = 1
+        view.format = _BYTE_FORMAT if flags & PyBUF_FORMAT else NULL
+        view.ndim = 1
+        view.shape = &view.len if flags & PyBUF_ND else NULL
+        view.strides = &view.itemsize if flags & PyBUF_STRIDES else NULL
+        view.suboffsets = NULL
+        view.internal = NULL
+        self._shared = True
+
+    def __releasebuffer__(self, Py_buffer* view):
+        pass          # the memory stays with this object until it is freed
 
     def __dlpack_device__(self):
         return (kDLCPU, 0)
@@ -268,6 +408,9 @@ cdef class HostBuffer:
     def __dlpack__(self, *, stream=None, max_version=None, dl_device=None, copy=None):
         if self._data is NULL:
             raise BufferError("this dsquant result buffer was already exported")
+        if self._shared:
+            raise BufferError("this dsquant result buffer is shared through the buffer protocol; "
+                              "it cannot be handed over through DLPack as well")
         if dl_device is not None and tuple(dl_device) != (kDLCPU, 0):
             raise BufferError(f"dsquant host buffers live on the CPU, not on device {dl_device}")
         if copy:
@@ -277,6 +420,7 @@ cdef class HostBuffer:
             raise MemoryError()
         memset(ctx, 0, sizeof(ExportCtx))
         ctx.data = self._data
+        ctx.capacity = self._capacity
         for i, (s, st) in enumerate(zip(self.shape, contiguous_strides(self.shape))):
             ctx.shape[i] = s
             ctx.strides[i] = st

@@ -9,13 +9,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import _array
-from .adapters import Adapter, adapter_of
+from .adapters import Adapter, adapter_of, host_adapter
 
 CPU_DEVICES = (_array.DEVICE_CPU, _array.DEVICE_CUDA_HOST)
 CUDA_DEVICES = (_array.DEVICE_CUDA, _array.DEVICE_CUDA_MANAGED)
 
 
-@dataclass
+@dataclass(slots=True)
 class Operand:
     """An array taken in through DLPack, with what is needed to answer in its own framework."""
     obj: object              # what the user passed
@@ -75,6 +75,19 @@ def intake(obj: Any, name: str, consumer_stream: Callable[[Adapter, Any, int], i
     return Operand(obj, adapter, tensor)
 
 
+def host_intake(obj: Any) -> Operand | None:
+    """The common case taken in fast (no DLPack capsule; checks of a few nanoseconds each): a
+    C-contiguous NumPy array (exactly ``numpy.ndarray``) or torch CPU tensor of float16, float32
+    or float64 (torch: bfloat16 too) that needs no framework op (see Adapter.graph_device). None
+    for anything else, which :func:`intake` takes with every check. What it gives is what
+    :func:`intake` would give, so every later check and backend works on it unchanged."""
+    adapter = host_adapter(obj)
+    if adapter is None:
+        return None
+    tensor = adapter.host_tensor(obj)
+    return None if tensor is None else Operand(obj, adapter, tensor)
+
+
 def _claimed_device(source: Any, obj: Any, name: str) -> tuple[int, int] | None:
     """The (device type, device id) `source` reports through ``__dlpack_device__`` (None without
     one); BufferError when it raises or returns anything but two integers."""
@@ -120,3 +133,33 @@ def check_writable(dst: Operand, name: str = "out") -> None:
     if d.has_overlap_or_reversal:
         raise BufferError(f"{name} has zero or negative strides {d.strides}; results cannot be written there")
 
+
+
+def _byte_span(t: _array.Tensor) -> tuple[int, int]:
+    """[first, last) byte address any element of `t` occupies."""
+    lo = hi = t.data
+    if t.numel == 0:
+        return lo, hi
+    for extent, stride in zip(t.shape, t.strides):
+        step = (extent - 1) * stride * t.itemsize
+        if step < 0:
+            lo += step
+        else:
+            hi += step
+    return lo, hi + t.itemsize
+
+
+def check_disjoint(a: Operand, b: Operand, a_name: str, b_name: str, same_ok: bool = False) -> None:
+    """BufferError when `a` and `b` share memory (their byte ranges overlap: a result written
+    there would change an input while it is read). `same_ok`: exactly the same view is fine (an
+    elementwise op in place)."""
+    s, d = a.tensor, b.tensor
+    if (s.device_type, s.device_id) != (d.device_type, d.device_id):
+        return
+    if same_ok and (s.data, s.shape, s.strides, s.itemsize) == (d.data, d.shape, d.strides, d.itemsize):
+        return
+    (lo_a, hi_a), (lo_b, hi_b) = _byte_span(s), _byte_span(d)
+    if lo_a < hi_b and lo_b < hi_a:
+        what = "" if not same_ok else " (only exactly the same array is allowed, to work in place)"
+        raise BufferError(f"{a_name} and {b_name} share memory: bytes {lo_a:#x}..{hi_a:#x} and {lo_b:#x}..{hi_b:#x} "
+                          f"overlap{what}; pass an {b_name} that does not overlap {a_name}")

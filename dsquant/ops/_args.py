@@ -22,6 +22,9 @@ def device_of(op: Operand) -> str:
 
 def take(x: Any, name: str, allowed: tuple[str, ...] | None = None) -> Operand:
     """Consume `x`; its dtype must be one of `allowed` (names), by default the float dtypes."""
+    op = operand.host_intake(x) if allowed is None else None    # the common case, fast
+    if op is not None:
+        return op
     op = operand.intake(x, name, _consumer_stream)
     device_of(op)                                # refuse unknown devices before anything else
     if allowed is None:
@@ -43,7 +46,7 @@ def take_peer(x: Any, name: str, first: Operand, first_name: str, allowed: tuple
 
 def take_out(out: Any, src: Operand) -> Operand:
     """`out=` of an op whose result has `src`'s dtype and shape."""
-    dst = operand.intake(out, "out", _consumer_stream)
+    dst = operand.host_intake(out) or operand.intake(out, "out", _consumer_stream)
     s, d = src.tensor, dst.tensor
     operand.check_peer(src, dst, "out")
     if d.dtype != s.dtype:
@@ -51,7 +54,29 @@ def take_out(out: Any, src: Operand) -> Operand:
     if d.shape != s.shape:
         raise ValueError(f"out has shape {d.shape} but x has {s.shape}; they must match")
     operand.check_writable(dst)
+    operand.check_disjoint(src, dst, "x", "out", same_ok=True)
     return dst
+
+
+def take_outputs(out: Any, src: Operand, shapes: tuple[tuple[int, ...], ...], names: tuple[str, ...],
+                 allowed: tuple[tuple[str, ...], ...]) -> tuple[Operand, ...]:
+    """`out=` of an op with several results (a tuple of arrays in `src`'s framework and device):
+    each of its shape in `shapes`, a dtype in `allowed`, writable, sharing memory with neither
+    `src` nor another output."""
+    if not isinstance(out, (tuple, list)) or len(out) != len(shapes):
+        raise TypeError(f"out must be a tuple ({', '.join(names)}) of {len(shapes)} arrays, got "
+                        f"{type(out).__qualname__}{'' if not isinstance(out, (tuple, list)) else f' of {len(out)}'}")
+    taken: list[Operand] = []
+    for arr, shape, name, dtypes_ok in zip(out, shapes, names, allowed):
+        dst = take_peer(arr, name, src, "x", dtypes_ok)
+        if dst.tensor.shape != shape:
+            raise ValueError(f"{name} has shape {dst.tensor.shape} but the result has shape {shape}")
+        operand.check_writable(dst, name)
+        operand.check_disjoint(src, dst, "x", name)
+        for other, other_name in zip(taken, names):
+            operand.check_disjoint(other, dst, other_name, name)
+        taken.append(dst)
+    return tuple(taken)
 
 
 def implementation(op_name: str, op: Operand) -> Callable[..., Any]:

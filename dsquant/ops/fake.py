@@ -6,8 +6,12 @@ from typing import Any
 
 from ..core import checks, registry, rng
 from ..core.arrays import ArrayT
+from ..core.formats import FAKE_BITS
 from ..interop.adapters import graph_device
+from ..interop.operand import Operand, host_intake
 from ._args import implementation, take, take_out
+
+_BITS_LO, _BITS_HI = FAKE_BITS
 
 
 def fake_quantize(x: ArrayT, groups: int = 1, bits: int = 8, *, symmetric: bool = True, stochastic: bool = False,
@@ -43,6 +47,12 @@ def fake_quantize(x: ArrayT, groups: int = 1, bits: int = 8, *, symmetric: bool 
         >>> dsquant.fake_quantize(np.array([0.1, -0.5, 0.25, 1.0], dtype=np.float16), bits=4)
         array([ 0.125, -0.5  ,  0.25 ,  0.875], dtype=float16)
     """
+    if type(symmetric) is bool and type(stochastic) is bool and type(bits) is int and _BITS_LO <= bits <= _BITS_HI:
+        src = host_intake(x)        # the common case, in a few hundred nanoseconds (else None)
+        if src is not None:         # (a torch tensor that needs torch's op graph is not one)
+            dst = None if out is None else take_out(out, src)
+            fast: ArrayT = _fake_quantize(src, dst, groups, bits, symmetric, stochastic, seed)
+            return fast
     symmetric = checks.bool_arg(symmetric, "symmetric")
     stochastic = checks.bool_arg(stochastic, "stochastic")
     bits = checks.bits(bits)
@@ -59,11 +69,16 @@ def fake_quantize_array(x: ArrayT, groups: int, bits: int, symmetric: bool, stoc
     """:func:`fake_quantize` on the array itself (never through a framework op); `bits`,
     `symmetric` and `stochastic` already checked."""
     src = take(x, "x")
+    result: ArrayT = _fake_quantize(src, None if out is None else take_out(out, src), groups, bits, symmetric,
+                                    stochastic, seed)
+    return result
+
+
+def _fake_quantize(src: Operand, dst: Operand | None, groups: int, bits: int, symmetric: bool, stochastic: bool,
+                   seed: int | None) -> Any:
     groups = checks.groups(groups, src.tensor.numel)
     seed, offset = rng.resolve(seed, src.tensor.numel, stochastic)
-    dst = None if out is None else take_out(out, src)
-    result: ArrayT = implementation("fake_quantize", src)(src, dst, groups, bits, symmetric, stochastic, seed, offset)
-    return result
+    return implementation("fake_quantize", src)(src, dst, groups, bits, symmetric, stochastic, seed, offset)
 
 
 def ds_quantizer(input: ArrayT, groups: int = 1, bit_num: int = 8, sr: bool = False, asym: bool = False) -> ArrayT:  # noqa: A002 - DeepSpeed's name

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, overload
 from ..core import checks, dtypes, formats, registry
 from ..interop import operand
 from ..interop.adapters import graph_device
-from ._args import implementation, take, take_peer
+from ._args import implementation, take, take_outputs, take_peer
 
 if TYPE_CHECKING:
     import numpy as np
@@ -18,11 +18,12 @@ if TYPE_CHECKING:
 
 
 @overload
-def quantize(x: NDArray[Any], groups: int = 1, bits: int = 8, *,
-             symmetric: bool = True) -> tuple[NDArray[np.int8], NDArray[np.float32]]: ...
+def quantize(x: NDArray[Any], groups: int = 1, bits: int = 8, *, symmetric: bool = True,
+             out: tuple[NDArray[Any], NDArray[Any]] | None = None) -> tuple[NDArray[np.int8], NDArray[np.float32]]: ...
 @overload
-def quantize(x: ArrayT, groups: int = 1, bits: int = 8, *, symmetric: bool = True) -> tuple[ArrayT, ArrayT]: ...
-def quantize(x: Any, groups: int = 1, bits: int = 8, *, symmetric: bool = True) -> Any:
+def quantize(x: ArrayT, groups: int = 1, bits: int = 8, *, symmetric: bool = True,
+             out: tuple[ArrayT, ArrayT] | None = None) -> tuple[ArrayT, ArrayT]: ...
+def quantize(x: Any, groups: int = 1, bits: int = 8, *, symmetric: bool = True, out: Any = None) -> Any:
     """Group-wise integer quantization of `x` in DeepSpeed's format: ``(q, params)``.
 
     A group is ``x.size // groups`` contiguous elements of `x` in C order. Symmetric groups are
@@ -39,11 +40,14 @@ def quantize(x: Any, groups: int = 1, bits: int = 8, *, symmetric: bool = True) 
             takes one int8.
         symmetric: True: params ``[groups, 1]`` holding ``1/scale``; False: params ``[groups, 2]``
             holding ``1/scale`` and the group midpoint.
+        out: optional ``(q, params)`` to write into: arrays of `x`'s framework and device with the
+            shapes below, `q` int8 or uint8 (the same bytes), `params` float32, writable, sharing
+            memory with neither `x` nor each other.
 
     Returns:
-        ``(q, params)`` in `x`'s framework and device: `q` int8 with `x`'s shape except that the last
-        dimension is multiplied by ``bits/8`` when packed (a ``ValueError`` if that is not whole);
-        `params` float32 ``[groups, 1]`` or ``[groups, 2]``.
+        ``(q, params)`` in `x`'s framework and device (`out` itself when given): `q` int8 with `x`'s
+        shape except that the last dimension is multiplied by ``bits/8`` when packed (a
+        ``ValueError`` if that is not whole); `params` float32 ``[groups, 1]`` or ``[groups, 2]``.
 
     Examples:
         >>> import numpy as np, dsquant
@@ -55,20 +59,25 @@ def quantize(x: Any, groups: int = 1, bits: int = 8, *, symmetric: bool = True) 
     """
     symmetric = checks.bool_arg(symmetric, "symmetric")
     bits = checks.bits(bits, formats.INT_BITS)
-    graph = graph_device(x, autograd=False)          # torch.compile: torch.ops.dsquant.quantize
+    graph = graph_device(x, autograd=False) if out is None else None   # torch.compile: torch.ops.dsquant.quantize
     if graph is not None:
         checks.positive(groups, "groups")            # before the framework op converts it (to int64)
         return registry.lookup("quantize", graph)(x, groups, bits, symmetric)
-    return quantize_array(x, groups, bits, symmetric)
+    return quantize_array(x, groups, bits, symmetric, out)
 
 
-def quantize_array(x: Any, groups: int, bits: int, symmetric: bool) -> tuple[Any, Any]:
+def quantize_array(x: Any, groups: int, bits: int, symmetric: bool, out: Any = None) -> tuple[Any, Any]:
     """:func:`quantize` on the array itself (never through a framework op); `bits` and
     `symmetric` already checked."""
     src = take(x, "x")
     groups = checks.groups(groups, src.tensor.numel)
     q_shape = formats.code_shape(src.tensor.shape, bits)
-    result: tuple[Any, Any] = implementation("quantize", src)(src, groups, bits, symmetric, q_shape)
+    q_dst = p_dst = None
+    if out is not None:
+        q_dst, p_dst = take_outputs(out, src, (q_shape, formats.params_shape(groups, symmetric)),
+                                    ("out[0] (codes)", "out[1] (params)"),
+                                    (formats.CODE_DTYPES, (formats.PARAMS_DTYPE,)))
+    result: tuple[Any, Any] = implementation("quantize", src)(src, groups, bits, symmetric, q_shape, q_dst, p_dst)
     return result
 
 
@@ -130,6 +139,8 @@ def dequantize_array(q: Any, params: Any, bits: int, dtype: Any = None, out: Any
         if dst.tensor.shape != shape:
             raise ValueError(f"out has shape {dst.tensor.shape} but the result has shape {shape}")
         operand.check_writable(dst)
+        operand.check_disjoint(codes, dst, "q", "out")
+        operand.check_disjoint(prm, dst, "params", "out")
     dtype = dtypes.parse("float32" if dtype is None else dtype).code
     if dst is not None and dst.tensor.dtype != dtype:
         raise TypeError(f"out has dtype {dst.tensor.dtype_name} but dtype is {dtypes.NAMES[dtype]}")

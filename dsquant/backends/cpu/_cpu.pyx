@@ -5,6 +5,7 @@ Kernels are called by name with their argument struct packed as bytes (``signatu
 them; ``entries.hpp`` lists the kernels); each call releases the GIL for the whole computation.
 """
 from libc.stdint cimport int64_t, uintptr_t
+from libc.stdlib cimport getenv as c_getenv
 
 cdef extern from "entries.hpp" namespace "dsq_cpu" nogil:
     ctypedef struct Entry:
@@ -88,3 +89,10 @@ def strided_copy(uintptr_t src, src_strides, uintptr_t dst, dst_strides, shape, 
         sh[i] = shape[i]
     with nogil:
         c_strided_copy(<const char*>src, ss, <char*>dst, ds, sh, ndim, itemsize, threads)
+
+
+def getenv(bytes name):
+    """The process environment's value of `name` (C getenv: sees what os.environ sets), or None;
+    a fraction of os.environ.get's cost, for the per-call thread count."""
+    cdef const char* value = c_getenv(name)
+    return None if value is NULL else <bytes>value

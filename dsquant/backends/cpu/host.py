@@ -26,10 +26,17 @@ _strided_copy = forksafe.guard(_cpu.strided_copy)   # safe to call in a forked c
 _FLOAT16, _FLOAT32 = dtypes.FLOAT16.code, dtypes.FLOAT32.code
 
 
+_requested: tuple[bytes | None, int | None] = (None, None)    # (DSQUANT_NUM_THREADS as read, its value)
+
+
 @registry.implements("num_threads", "cpu")
 def num_threads() -> int:
     """CPU threads used by a call: DSQUANT_NUM_THREADS, else OpenMP's (OMP_NUM_THREADS)."""
-    return threads.requested() or max(1, _cpu.max_threads())
+    global _requested
+    raw = _cpu.getenv(b"DSQUANT_NUM_THREADS")    # parsed again only when it changes (a per-call cost)
+    if raw != _requested[0]:
+        _requested = (raw, threads.requested())
+    return _requested[1] or max(1, _cpu.max_threads())
 
 
 @registry.implements("openmp_threads", "cpu")
@@ -112,15 +119,33 @@ def fake_quantize_inplace(op: Operand, groups, bits, symmetric, stochastic, seed
 
 
 # ------------------------------------------------------------------------------ integer codes
+def _output(shape, dl_dtype, dst: Operand | None):
+    """(address to write an int8/float32 result to, the new buffer or None when writing straight into dst)."""
+    if dst is not None and dst.tensor.is_c_contiguous:
+        return dst.tensor.data, None
+    buffer = _array.HostBuffer(shape, dl_dtype)
+    return buffer.data, buffer
+
+
+def _hand_over(buffer, dst: Operand | None, like: Operand, dtype_name: str):
+    """An int8/float32 result: the new buffer in the caller's framework, or dst (written back if needed)."""
+    if dst is None:
+        return like.adapter.from_host(buffer, dtype_name)
+    if buffer is not None:
+        _scatter(buffer.data, dst.tensor)
+    return dst.obj
+
+
 @registry.implements("quantize", "cpu")
-def quantize(src: Operand, groups, bits, symmetric, q_shape):
+def quantize(src: Operand, groups, bits, symmetric, q_shape, q_dst: Operand | None = None,
+             p_dst: Operand | None = None):
     t = src.tensor
-    q = _array.HostBuffer(q_shape, _array.DL_INT8)
-    params = _array.HostBuffer(params_shape(groups, symmetric), _FLOAT32)
+    q_ptr, q = _output(q_shape, _array.DL_INT8, q_dst)
+    p_ptr, params = _output(params_shape(groups, symmetric), _FLOAT32, p_dst)
     data, _keep = _contiguous(t)
-    sig.INT_QUANTIZE(t.dtype, in_=data, q=q.data, params=params.data, n=t.numel, groups=groups, bits=bits,
+    sig.INT_QUANTIZE(t.dtype, in_=data, q=q_ptr, params=p_ptr, n=t.numel, groups=groups, bits=bits,
                      symmetric=symmetric, threads=num_threads())
-    return src.adapter.from_host(q, "int8"), src.adapter.from_host(params, "float32")
+    return _hand_over(q, q_dst, src, "int8"), _hand_over(params, p_dst, src, "float32")
 
 
 @registry.implements("dequantize", "cpu")

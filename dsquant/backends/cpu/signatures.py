@@ -7,6 +7,7 @@ C++ ``sizeof``, so a field added on one side only fails loudly instead of shifti
 """
 from __future__ import annotations
 
+import operator
 import struct
 
 from . import _cpu, forksafe
@@ -31,13 +32,14 @@ class Signature:
             raise ImportError(f"dsquant's CPU kernel {kernel} takes a {size}-byte argument struct but "
                               f"signatures.py describes {self.layout.size} bytes: the two lists differ")
         self.index = index
+        self._values = operator.itemgetter(*self.fields)     # the fields' values in order, in C
 
     def __call__(self, dtype: int = 0, **values) -> None:
         try:
-            args = self.layout.pack(*[values[f] for f in self.fields])
+            args = self.layout.pack(*self._values(values)) if len(values) == len(self.fields) else None
         except KeyError:
             args = None
-        if args is None or len(values) != len(self.fields):
+        if args is None:
             raise TypeError(f"{self.kernel} takes {', '.join(self.fields)}; got {', '.join(values)}")
         _run(self.index, dtype, args)
 

@@ -269,17 +269,29 @@ def _contiguous(t: _array.Tensor):
 
 
 @registry.implements("quantize", "cuda")
-def quantize(src: Operand, groups, bits, symmetric, q_shape):
+def quantize(src: Operand, groups, bits, symmetric, q_shape, q_dst: Operand | None = None,
+             p_dst: Operand | None = None):
     t = src.tensor
-    with _launching(src) as (device, stream):
-        q = cupy.empty(q_shape, np.int8)
-        params = cupy.empty(params_shape(groups, symmetric), np.float32)
+    with _launching(src, q_dst, p_dst) as (device, stream):
+        outputs = []                            # (array written by the kernel, dst or None)
+        for shape, dtype, dst in ((q_shape, np.int8, q_dst), (params_shape(groups, symmetric), np.float32, p_dst)):
+            direct = dst is not None and dst.tensor.is_c_contiguous
+            outputs.append((_view(dst.tensor) if direct else cupy.empty(shape, dtype), None if direct else dst))
+        (q, q_back), (params, p_back) = outputs
         data, _keep = _contiguous(t)
         nbytes = _launch.int_keys_nbytes(t.dtype, t.numel, groups, bits)
         keys = cupy.empty(nbytes, np.uint8) if nbytes else None   # O(groups) statistics scratch
         run(_launch.quantize(t.dtype, data, q.data.ptr, params.data.ptr, t.numel, groups, bits, symmetric,
                               keys.data.ptr if keys is not None else 0), device, stream)
-        return _wrap(q, src), _wrap(params, src)
+        results = []
+        for written, back, dst in ((q, q_back, q_dst), (params, p_back, p_dst)):
+            if dst is None:
+                results.append(_wrap(written, src))
+                continue
+            if back is not None and written.size:
+                _view(back.tensor)[...] = written.view(_view(back.tensor).dtype)   # into a non-contiguous out
+            results.append(dst.obj)
+        return tuple(results)
 
 
 @registry.implements("dequantize", "cuda")
