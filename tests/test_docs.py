@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-MODULES = ["dsquant.ops.fake", "dsquant.ops.fp", "dsquant.ops.integer", "dsquant.ops.zeropp", "dsquant._info", "dsquant.compat.deepspeed",
+MODULES = ["dsquant.ops.fake", "dsquant.ops.fp",
+           "dsquant.ops.integer", "dsquant.ops.zeropp", "dsquant._info", "dsquant.compat.deepspeed",
            "dsquant.torch",
            "dsquant.bench.integer", "dsquant.bench.zeropp", "dsquant.bench.fp"]
 
