@@ -5,9 +5,10 @@ from pathlib import Path
 
 import pytest
 
-MODULES = ["dsquant.ops.fake", "dsquant.ops.integer", "dsquant.ops.zeropp", "dsquant._info", "dsquant.compat.deepspeed",
+MODULES = ["dsquant.ops.fake", "dsquant.ops.fp",
+           "dsquant.ops.integer", "dsquant.ops.zeropp", "dsquant._info", "dsquant.compat.deepspeed",
            "dsquant.torch",
-           "dsquant.bench.integer", "dsquant.bench.zeropp"]
+           "dsquant.bench.integer", "dsquant.bench.zeropp", "dsquant.bench.fp"]
 
 
 @pytest.mark.parametrize("name", MODULES)
@@ -17,7 +18,7 @@ def test_docstring_examples(name):
     assert result.failed == 0
 
 
-DOCS = ["api.md", "format.md"]   # pages whose >>> examples are exact (quickstart's are illustrative)
+DOCS = ["api.md", "format.md", "fp.md"]   # pages whose >>> examples are exact (quickstart's are illustrative)
 
 
 @pytest.mark.parametrize("name", DOCS)

@@ -84,12 +84,18 @@ def _extra_section(n: int, reps: int, numpy_reps: int) -> list[dict]:
     return extra_rows(n, reps)
 
 
+def _fp_section(n: int, reps: int, numpy_reps: int) -> list[dict]:
+    from .fp import fp_rows
+    return fp_rows(n, reps)
+
+
 # The tables of `bench`, in order: (title, function of (elements, repetitions, NumPy repetitions)
 # returning rows: dicts, the union of whose keys are the columns). Another op family's bench
 # module adds its table by appending here (or calling section()).
 SECTIONS: list[tuple[str, Callable[[int, int, int], list[dict]]]] = [
     ("fake quantization (fake_quantize into a preallocated out)", _fake_section),
     ("integer codes (quantize, dequantize) and the ZeRO++ ops (2 nodes x 4 devices)", _extra_section),
+    ("minifloat codes (fp_quantize, fp_dequantize; peers: casts without scaling or packing)", _fp_section),
 ]
 
 

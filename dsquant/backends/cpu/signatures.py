@@ -59,3 +59,8 @@ QUANTIZED_REDUCTION = Signature("quantized_reduction", "q_in:ptr params_in:ptr q
                                                        "err_dtype:int beta:float n:i64 in_groups:i64 groups:i64 "
                                                        "devices:i64 bits:int symmetric:bool half_accumulate:bool "
                                                        "threads:int")
+FP_QUANTIZE = Signature("fp_quantize", "in_:ptr codes:ptr scales:ptr tensor_scale:ptr out:ptr n:i64 groups:i64 "
+                                       "fmt:int scaling:int rounding:int stochastic:bool saturate:bool seed:u64 "
+                                       "offset:u64 threads:int")
+FP_DEQUANTIZE = Signature("fp_dequantize", "codes:ptr scales:ptr tensor_scale:ptr out:ptr n:i64 groups:i64 fmt:int "
+                                           "scaling:int threads:int")
