@@ -164,13 +164,10 @@ template <class C> DSQ_HD uint32_t ds_fp_encode(C v, const DsFp& f, bool stochas
 DSQ_HD int64_t ds_fp_code_bytes(int64_t group_size, int bits) { return group_size * bits / 8; }
 DSQ_HD int64_t ds_fp_record_bytes(int64_t group_size, int bits) { return ds_fp_code_bytes(group_size, bits) + 4; }
 
-// The U codes of a unit as the little-endian integer of its bytes (LSB-first bit stream).
-DSQ_HD uint32_t ds_fp_pack(const uint32_t* codes, int bits) {
-  uint32_t acc = 0;
-  const int n = ds_fp_unit(bits);
-  const uint32_t mask = (1u << bits) - 1u;
-  for (int k = 0; k < n; ++k) acc |= (codes[k] & mask) << (k * bits);
-  return acc;
+// The codes of a unit as the little-endian integer of its bytes (LSB-first bit stream): code k of
+// the unit goes to bits [k·bits, (k+1)·bits).
+DSQ_HD uint32_t ds_fp_pack(uint32_t acc, uint32_t code, int k, int bits) {
+  return acc | ((code & ((1u << bits) - 1u)) << (k * bits));
 }
 DSQ_HD uint32_t ds_fp_unpack(uint32_t packed, int k, int bits) { return (packed >> (k * bits)) & ((1u << bits) - 1u); }
 

@@ -51,13 +51,14 @@ template <class Fmt> void fp_ds_quantize_typed(const FpDsQuantArgs& a) {
     dsq::ds_fp_store_scale(a.scales + g * a.scale_stride, 0, p.scale);
     uint8_t* out = a.codes + g * a.code_stride;
     for (int64_t k = 0; k < S; k += U) {
-      uint32_t c[4];
+      uint32_t packed = 0;
       for (int j = 0; j < U; ++j) {
         const int64_t i = g * S + k + j;
         const float u = a.stochastic ? dsq::uniform_at(a.seed, a.offset + (uint64_t)i) : 0.0f;
-        c[j] = dsq::ds_fp_encode(Fmt::load(x[k + j]) * p.inv, f, a.stochastic, u);
+        const uint32_t code = dsq::ds_fp_encode(Fmt::load(x[k + j]) * p.inv, f, a.stochastic, u);
+        packed = dsq::ds_fp_pack(packed, code, j, a.bits);
       }
-      dsq::ds_fp_store_bytes(out + k / U * ub, dsq::ds_fp_pack(c, a.bits), ub);
+      dsq::ds_fp_store_bytes(out + k / U * ub, packed, ub);
     }
   }
 }

@@ -121,9 +121,22 @@ def _zeropp_instantiations() -> tuple[str, ...]:
         quant_reduce(e) for e in errors)
 
 
+# DeepSpeed's FP quantizer records (dsq_fp_ds.cu): one quantize and one dequantize per dtype.
+def fp_ds_quant(dtype: int) -> str:
+    return f"dsq::fp_ds_quant<{FORMATS[dtype]}>"
+
+
+def fp_ds_dequant(dtype: int) -> str:
+    return f"dsq::fp_ds_dequant<{FORMATS[dtype]}>"
+
+
+def _fp_ds_instantiations() -> tuple[str, ...]:
+    return tuple(f(d) for d in range(len(FORMATS)) for f in (fp_ds_quant, fp_ds_dequant))
+
+
 # source file in cuda/ -> every instantiation it is compiled with
 MODULES = {"dsq_fake.cu": _fake_instantiations(), "dsq_int.cu": _int_instantiations(),
-           "dsq_zeropp.cu": _zeropp_instantiations()}
+           "dsq_zeropp.cu": _zeropp_instantiations(), "dsq_fp_ds.cu": _fp_ds_instantiations()}
 
 
 def module_of(name: str) -> str:
