@@ -82,7 +82,7 @@ def dequantize_records(records: Any, group_size: int, q_bits: int = 8, mantissa:
         group_size, q_bits, mantissa: as given to :func:`quantize_records`.
         scales: uint8 ``[groups, 4]`` scale bytes or float32 ``[groups, 1]`` scales.
         dtype: output dtype (float16, bfloat16, float32, float64); default `out`'s, else float32.
-        shape: output shape (default ``(groups * group_size,)``; with `rows`, required).
+        shape: output shape (default: `out`'s, else one dimension).
         out: optional array to write into.
         rows, row_elems: selective dequantization: the source elements are viewed as rows of
             `row_elems` (a multiple of group_size); output row i is source row ``rows[i]``. int32
@@ -114,8 +114,8 @@ def dequantize_records(records: Any, group_size: int, q_bits: int = 8, mantissa:
     rows_op = None
     source_rows = 0
     if rows is not None:
-        if row_elems is None or shape is None:
-            raise ValueError("selective dequantization needs row_elems and shape")
+        if row_elems is None:
+            raise ValueError("selective dequantization (rows=) needs row_elems, the elements of a row")
         row_elems = checks.int_arg(row_elems, "row_elems")
         if row_elems <= 0 or row_elems % group_size or total % row_elems:
             raise ValueError(f"rows of {row_elems} elements: must be a positive multiple of group_size={group_size} "
@@ -128,10 +128,8 @@ def dequantize_records(records: Any, group_size: int, q_bits: int = 8, mantissa:
     else:
         row_elems = 0
         n_out = total
-    if shape is None:
-        shape = (n_out,)
-    shape = tuple(shape)
-    if math.prod(shape) != n_out:
+    shape = (n_out,) if shape is None else tuple(shape)
+    if out is None and math.prod(shape) != n_out:
         raise ValueError(f"the output has {n_out} elements, but shape {shape} has {math.prod(shape)}")
     dst = None
     if out is not None:
@@ -147,3 +145,30 @@ def dequantize_records(records: Any, group_size: int, q_bits: int = 8, mantissa:
         raise TypeError(f"fp_out has dtype {dst.tensor.dtype_name} but dtype is {dtypes.NAMES[code]}")
     return implementation("fp_ds_dequantize", codes)(codes, scale_op, group_size, fmt.q_bits, fmt.mantissa, code,
                                                       shape, dst, rows_op, row_elems, source_rows)
+
+
+def scales(arr: Any, num_groups: int, group_size: int | None = None, q_bits: int = 8) -> Any:
+    """The float32 scales ``[num_groups, 1]`` of split scale bytes (uint8 ``[num_groups, 4]``) or,
+    with `group_size`, of whole records: a view sharing `arr`'s memory where its framework can hold
+    one (NumPy, torch, CuPy; the records' scales need a record size that is a multiple of 4 and a
+    4-byte aligned address), else a copy (JAX, odd record sizes)."""
+    num_groups = checks.int_arg(num_groups, "num_groups")
+    op = take(arr, "out", BYTE_DTYPES + ("float32",))
+    t = op.tensor
+    if group_size is None:
+        offset, stride = 0, 4
+    else:
+        fmt = _format(q_bits, None if q_bits != 8 else 3)
+        fp_ds.check_group_size(group_size, fmt.q_bits, group_size)
+        stride = fp_ds.record_bytes(group_size, fmt.q_bits)
+        offset = stride - 4
+    if num_groups < 0 or t.numel * t.itemsize != num_groups * stride:
+        raise ValueError(f"out has {t.numel * t.itemsize} bytes, not {num_groups} groups of {stride} bytes")
+    if not t.is_c_contiguous:
+        raise ValueError("out must be C-contiguous (its bytes are read as records)")
+    values = implementation("fp_ds_scales_view", op)(op, offset, num_groups, stride)
+    aligned = stride % 4 == 0 and (t.data + offset) % 4 == 0
+    view = op.adapter.shared_view(values) if aligned else None
+    if view is not None:
+        return view
+    return op.adapter.cast_float32(values.copy(), "float32")

@@ -244,3 +244,21 @@ def fp_ds_dequantize(codes: Operand, scales: Operand | None, group_size, bits, m
                          group_size=group_size, code_stride=code_stride, scale_stride=scale_stride,
                          row_elems=row_elems, bits=bits, mantissa=mantissa, threads=num_threads())
     return _deliver(buffer, dst, codes, dtype)
+
+
+class _Float32Alias:
+    """float32 elements at `address` with byte strides, through the array interface, keeping the
+    operand (its owning DLPack view) alive."""
+    __slots__ = ("base", "__array_interface__")
+
+    def __init__(self, op: Operand, address: int, shape, strides):
+        self.base = op
+        self.__array_interface__ = {"version": 3, "typestr": "<f4", "shape": tuple(shape),
+                                    "strides": tuple(strides), "data": (address, op.immutable)}
+
+
+@registry.implements("fp_ds_scales_view", "cpu")
+def fp_ds_scales_view(op: Operand, offset: int, groups: int, row_stride: int):
+    """A NumPy float32 [groups, 1] array aliasing the scales at op's bytes offset + g·row_stride."""
+    import numpy as np
+    return np.asarray(_Float32Alias(op, op.tensor.data + offset, (groups, 1), (row_stride, 4)))

@@ -410,3 +410,12 @@ def fp_ds_dequantize(codes: Operand, scales: Operand | None, group_size, bits, m
         if not direct and n:
             _view(dst.tensor)[...] = target
         return dst.obj
+
+
+@registry.implements("fp_ds_scales_view", "cuda")
+def fp_ds_scales_view(op: Operand, offset: int, groups: int, row_stride: int):
+    """A CuPy float32 [groups, 1] array aliasing the scales at op's bytes offset + g·row_stride."""
+    t = op.tensor
+    size = max(0, (groups - 1) * row_stride + 4) if groups else 0
+    memory = cupy.cuda.UnownedMemory(t.data + offset, size, t, t.device_id)
+    return cupy.ndarray((groups, 1), np.float32, cupy.cuda.MemoryPointer(memory, 0), strides=(row_stride, 4))
