@@ -14,7 +14,7 @@ import numpy as np
 FORMATS = {(8, 3): (4, 480.0), (8, 2): (5, 114688.0), (12, 7): (4, 510.0), (6, 2): (3, 28.0), (4, 1): (2, 6.0)}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def magnitudes(q_bits: int, m: int) -> np.ndarray:
     """Every code magnitude in code order: index e·2^M + mant is 2^(e - bias)·(1 + mant/2^M)."""
     e_bits = q_bits - 1 - m

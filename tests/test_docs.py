@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 MODULES = ["dsquant.ops.fake", "dsquant.ops.integer", "dsquant.ops.zeropp", "dsquant._info", "dsquant.compat.deepspeed",
+           "dsquant.compat.deepspeed_fp", "dsquant.ops.fp_ds",
            "dsquant.torch",
            "dsquant.bench.integer", "dsquant.bench.zeropp"]
 
@@ -17,7 +18,7 @@ def test_docstring_examples(name):
     assert result.failed == 0
 
 
-DOCS = ["api.md", "format.md"]   # pages whose >>> examples are exact (quickstart's are illustrative)
+DOCS = ["api.md", "format.md", "deepspeed_fp.md"]   # pages whose >>> examples are exact (quickstart's are illustrative)
 
 
 @pytest.mark.parametrize("name", DOCS)

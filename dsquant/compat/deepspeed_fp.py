@@ -55,7 +55,8 @@ def quantize(out: Any, val: Any, group_size: int, stochastic_rounding: bool | in
     silently ignored); `group_size` must divide its size (any size; DeepSpeed: at most 1,536).
     `stochastic_rounding`: unbiased stochastic rounding (DeepSpeed's is in effect truncation);
     `seed` for it, else the library-global stream (``dsquant.manual_seed``)."""
-    stochastic = stochastic_rounding if isinstance(stochastic_rounding, bool) else bool(operator.index(stochastic_rounding))
+    # DeepSpeed's binding takes an int; a bool is one
+    stochastic = bool(operator.index(stochastic_rounding))
     return ops.quantize_records(val, group_size, q_bits, q_mantisa_bits, stochastic=stochastic, seed=seed, out=out)
 
 
@@ -75,14 +76,12 @@ def selective_dequantize(val: Any, val_q: Any, indexes: Any, group_size: int, q_
     row ``indexes[i]``. Indexes (int32 or int64) are checked in bounds (DeepSpeed reads out of
     bounds); returns `val`."""
     q_bits = _bits_of(q_mantisa_bits, q_exponent_bits)
-    out_op = ops.take(val, "val")
-    idx = ops.take(indexes, "indexes", ops.INDEX_DTYPES)
-    count = idx.tensor.numel
-    if count == 0 or out_op.tensor.numel % count:
-        raise ValueError(f"val has {out_op.tensor.numel} elements: not a whole number of rows for "
-                         f"{count} indexes")
+    numel = math.prod(ops.shape_and_dtype(val, "val")[0])
+    count = math.prod(ops.shape_and_dtype(indexes, "indexes", ops.INDEX_DTYPES)[0])
+    if count == 0 or numel % count:
+        raise ValueError(f"val has {numel} elements: not a whole number of rows for {count} indexes")
     return ops.dequantize_records(val_q, group_size, q_bits, q_mantisa_bits, out=val, rows=indexes,
-                                  row_elems=out_op.tensor.numel // count, shape=out_op.tensor.shape)
+                                  row_elems=numel // count)
 
 
 def get_scales(out: Any, num_groups: int) -> Any:
@@ -132,10 +131,8 @@ class FP_Quantize:  # noqa: N801 - DeepSpeed's name
         ``return_meta_tensor`` the pair (codes: `input`'s shape for 8 bits, else flat; scale bytes
         ``[groups, 4]``), the scales kept for :meth:`get_scales`."""
         fmt = self._format(q_bits, q_mantisa_bits)
-        src = ops.take(input, "input")
-        self.orig_dtype = src.tensor.dtype_name
-        self.orig_shape = src.tensor.shape
-        self.num_groups = src.tensor.numel // self.group_size
+        self.orig_shape, self.orig_dtype = ops.shape_and_dtype(input, "input")
+        self.num_groups = math.prod(self.orig_shape) // self.group_size
         result = ops.quantize_records(input, self.group_size, fmt.q_bits, fmt.mantissa,
                                       stochastic=checks.bool_arg(stochastic_mode, "stochastic_mode"), seed=seed,
                                       split=bool(return_meta_tensor))
@@ -151,10 +148,12 @@ class FP_Quantize:  # noqa: N801 - DeepSpeed's name
 
     def _like_last(self, shape: tuple[int, ...] | None, dtype: Any) -> tuple[tuple[int, ...], Any]:
         """(shape, dtype) of a new result: the given ones, else those of the last quantize()."""
-        if (shape is None or dtype is None) and self.orig_shape is None:
-            raise RuntimeError("[De-quantization Error]: you need to call quantize before dequantizing "
-                               "(or pass fp_out, or shape= and dtype=)")
-        return (self.orig_shape if shape is None else tuple(shape)), (self.orig_dtype if dtype is None else dtype)
+        if shape is None:
+            if self.orig_shape is None:
+                raise RuntimeError("[De-quantization Error]: you need to call quantize before dequantizing "
+                                   "(or pass fp_out, or shape= and dtype=)")
+            shape = self.orig_shape
+        return tuple(shape), (self.orig_dtype if dtype is None else dtype)
 
     def dequantize(self, input_q: Any, fp_out: Any = None, q_bits: int = 8, q_mantisa_bits: int = 3,
                    scale: Any = None, *, shape: tuple[int, ...] | None = None, dtype: Any = None) -> Any:
@@ -175,10 +174,10 @@ class FP_Quantize:  # noqa: N801 - DeepSpeed's name
         src_shape, out_dtype = self._like_last(shape, dtype)
         if len(src_shape) != 3:
             raise ValueError(f"selective dequantization works on 3-D tensors (DeepSpeed's rule), got shape {src_shape}")
-        idx = ops.take(indexes, "indexes", ops.INDEX_DTYPES)
-        if len(idx.tensor.shape) != 1:
-            raise ValueError(f"indexes must be 1-D, got shape {idx.tensor.shape}")
-        out_shape = (idx.tensor.numel, *src_shape[1:])
+        idx_shape = ops.shape_and_dtype(indexes, "indexes", ops.INDEX_DTYPES)[0]
+        if len(idx_shape) != 1:
+            raise ValueError(f"indexes must be 1-D, got shape {idx_shape}")
+        out_shape = (idx_shape[0], *src_shape[1:])
         return ops.dequantize_records(input_q, self.group_size, fmt.q_bits, fmt.mantissa, scales=scale,
                                       out=fp_out, shape=None if fp_out is not None else out_shape,
                                       dtype=None if fp_out is not None else out_dtype, rows=indexes,

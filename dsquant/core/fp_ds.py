@@ -3,6 +3,7 @@ the formats by (q_bits, mantissa bits), their q_range, and the record layout."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -80,7 +81,7 @@ def check_group_size(group_size: int, q_bits: int, numel: int) -> None:
                          f"(DeepSpeed leaves the tail unquantized; dsquant needs whole groups)")
 
 
-def check_rows(rows, source_rows: int) -> None:
+def check_rows(rows: Any, source_rows: int) -> None:
     """Selective dequantization's row indexes (a NumPy int64 array) must name existing rows."""
     if rows.size and (int(rows.min()) < 0 or int(rows.max()) >= source_rows):
         bad = rows[(rows < 0) | (rows >= source_rows)]

@@ -19,6 +19,12 @@ BYTE_DTYPES = ("uint8", "int8")
 INDEX_DTYPES = ("int32", "int64")
 
 
+def shape_and_dtype(x: Any, name: str, allowed: tuple[str, ...] | None = None) -> tuple[tuple[int, ...], str]:
+    """(shape, dtype name) of an array argument, checked as the ops check it (float by default)."""
+    t = take(x, name, allowed).tensor
+    return t.shape, t.dtype_name
+
+
 def _format(q_bits: int, mantissa: int | None) -> fp_ds.DsFpFormat:
     q_bits = checks.int_arg(q_bits, "q_bits")
     if mantissa is not None:
@@ -52,6 +58,15 @@ def quantize_records(x: Any, group_size: int, q_bits: int = 8, mantissa: int | N
 
     Returns:
         uint8 ``[groups, record_bytes]`` (or `out`), or the split pair, in `x`'s framework.
+
+    Examples:
+        >>> import numpy as np
+        >>> from dsquant.ops import fp_ds
+        >>> r = fp_ds.quantize_records(np.array([6.0, 2.5, -1.0, 0.0], np.float32), 4, 4, 1)
+        >>> [hex(b) for b in r[0, :2]], r[0, 2:].view(np.float32)     # E2M1: 6, 2 (tie to even), -1, +min
+        (['0x47', '0xa'], array([1.], dtype=float32))
+        >>> fp_ds.dequantize_records(r, 4, 4, 1)
+        array([ 6. ,  2. , -1. ,  0.5], dtype=float32)
     """
     fmt = _format(q_bits, mantissa)
     stochastic = checks.bool_arg(stochastic, "stochastic_rounding")

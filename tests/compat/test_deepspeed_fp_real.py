@@ -8,19 +8,19 @@ import types
 os.environ.setdefault("DS_ACCELERATOR", "cpu")   # before deepspeed is imported: its accelerator is chosen then
 os.environ.setdefault("DS_BUILD_OPS", "0")
 
-import ml_dtypes  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import ml_dtypes
+import numpy as np
+import pytest
+import torch
 
-from _optional import require  # noqa: E402
+from _optional import require
 
 deepspeed = require("deepspeed")   # the test extra installs it: missing fails here (skips only under the GPU check)
 
 import deepspeed.ops.op_builder as op_builder  # noqa: E402
+import reference_fp_ds as ref  # noqa: E402
 from deepspeed.accelerator import get_accelerator  # noqa: E402
 
-import reference_fp_ds as ref  # noqa: E402
 from dsquant.compat import deepspeed as ds_ops  # noqa: E402
 from dsquant.compat import deepspeed_fp  # noqa: E402
 
