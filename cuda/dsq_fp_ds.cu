@@ -36,7 +36,7 @@ fp_ds_quant(const typename Fmt::storage* in, uint8_t* codes, uint8_t* scales, in
       for (int j = 0; j < U; ++j) {
         const int64_t i = g * S + k + j;
         const float u = stochastic ? uniform_at(seed, offset + (uint64_t)i) : 0.0f;
-        packed = ds_fp_pack(packed, ds_fp_encode(Fmt::load(x[k + j]) * p.inv, f, stochastic, u), j, bits);
+        packed = ds_fp_pack(packed, ds_fp_encode(ds_fp_scaled(Fmt::load(x[k + j]), p), f, stochastic, u), j, bits);
       }
       ds_fp_store_bytes(out + k / U * ub, packed, ub);
     }

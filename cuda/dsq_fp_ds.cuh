@@ -14,7 +14,8 @@
 //
 // Encoding (dsquant's, DeepSpeed's defects fixed, §11 rows 38-43): per group, absmax over the
 // finite elements; inv = q_range / absmax (1 for a group without a nonzero finite element),
-// stored scale f32(absmax / q_range) (0 for such a group); each element's v = x·inv is rounded to
+// stored scale f32(absmax / q_range) (0 for such a group); each element's v = x·inv (see
+// ds_fp_params for groups so small that inv overflows) is rounded to
 // the NEAREST code, ties to even (DeepSpeed: half up), or stochastically between the two codes
 // around it with probability proportional to the distance (DeepSpeed: Poisson offsets, in effect
 // truncation). Magnitudes at or beyond q_range saturate. Zero has no code: the nearest codes are
@@ -90,29 +91,40 @@ template <> struct IeeeBits<double> {
   static DSQ_HD U of(double v) { return double_bits(v); }
 };
 
-// Per-group parameters: inv multiplies x, scale is stored in the record.
+// Per-group parameters: the scaled value is v = C(C(x·pre)·inv); scale is stored in the record.
 template <class C> struct DsFpParams {
+  C pre;      // 1, or 2^64 for a group so small that q_range / absmax overflows C
   C inv;
   float scale;
 };
 
-// inv = C(q_range / absmax) (saturated at C's largest finite value: absmax is then below
-// q_range / max, a float32 group in the subnormal range), scale = f32(absmax / q_range) (one
-// rounding: the double quotient of two floats rounds to the correctly rounded float; a float64
-// group beyond float32's range saturates at float32's largest value).
+// inv = C(q_range / absmax), pre = 1 (DeepSpeed's formula). Where that quotient overflows (absmax
+// below q_range / max: float32 subnormal groups, float64 groups below ~1e-306), x and absmax are
+// first scaled by 2^64 (exactly), so v is still x / (absmax / q_range) rounded, not x·max.
+// scale = f32(absmax / q_range) in one rounding (the double quotient of two floats rounds to the
+// correctly rounded float; a float64 group beyond float32's range saturates at float32's largest
+// value, one below its smallest subnormal stores 0). A group without a nonzero finite element:
+// inv = 1, scale = 0.
 template <class C> DSQ_HD DsFpParams<C> ds_fp_params(C absmax, const DsFp& f) {
   DsFpParams<C> p;
   const C range = (C)ds_fp_max(f);
+  p.pre = (C)1;
   if (absmax == (C)0) {
     p.inv = (C)1;
     p.scale = 0.0f;
     return p;
   }
-  const C inv = range / absmax;
-  p.inv = inv < max_finite<C>() ? inv : max_finite<C>();
+  p.inv = range / absmax;
+  if (p.inv > max_finite<C>()) {
+    p.pre = (C)18446744073709551616.0;   // 2^64
+    p.inv = range / (absmax * p.pre);
+  }
   p.scale = to_float_saturated((double)absmax / (double)range);
   return p;
 }
+
+// The scaled value of one element (compute type).
+template <class C> DSQ_HD C ds_fp_scaled(C x, const DsFpParams<C>& p) { return (x * p.pre) * p.inv; }
 
 // The code of the scaled value v (any value: NaN -> 0, ±Inf -> ±q_range). u in [0, 1) is the
 // element's uniform for stochastic rounding, ignored otherwise.

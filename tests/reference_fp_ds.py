@@ -72,18 +72,24 @@ def compute_dtype(dtype) -> type:
 
 def scaled(x: np.ndarray, group_size: int, q_bits: int, m: int):
     """(scaled values v per element as float64, float32 scale per group) by the rules of the docs:
-    absmax over finite elements; inv = C(q_range / absmax) (1 for absmax 0); scale =
-    f32(absmax / q_range) (0 for absmax 0); v = C(x · inv), C = float32 (float64 for float64)."""
+    absmax over finite elements; inv = C(q_range / absmax) (1 for absmax 0), or, where that
+    overflows C, x and absmax both taken times 2^64 first; scale = f32(absmax / q_range) (0 for
+    absmax 0, saturated at float32's maximum); v = C(x · inv), C = float32 (float64 for float64)."""
     c = compute_dtype(x.dtype)
     q_range = FORMATS[(q_bits, m)][1]
     xs = x.astype(c).reshape(-1, group_size)
     finite = np.where(np.isfinite(xs), np.abs(xs), c(0))
     absmax = finite.max(axis=1)
-    with np.errstate(divide="ignore"):
-        inv = np.where(absmax == 0, c(1), c(q_range) / np.where(absmax == 0, c(1), absmax)).astype(c)
-    scale = (absmax.astype(np.float64) / q_range).astype(np.float32)
+    safe = np.where(absmax == 0, c(1), absmax)
+    with np.errstate(divide="ignore", over="ignore"):
+        inv = (c(q_range) / safe).astype(c)
+        tiny = np.isinf(inv)
+        pre = np.where(tiny, c(2.0 ** 64), c(1)).astype(c)
+        inv = np.where(absmax == 0, c(1), c(q_range) / (safe * pre)).astype(c)
+    # float64 groups beyond float32's range: the stored scale saturates at float32's largest value
+    scale = np.minimum(absmax.astype(np.float64) / q_range, float(np.finfo(np.float32).max)).astype(np.float32)
     with np.errstate(invalid="ignore", over="ignore"):
-        v = (xs * inv[:, None]).astype(c)
+        v = ((xs * pre[:, None]).astype(c) * inv[:, None]).astype(c)
     return v.astype(np.float64).reshape(-1), scale
 
 

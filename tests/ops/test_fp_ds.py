@@ -105,6 +105,23 @@ def test_round_trip_of_records(backend):
         np.testing.assert_array_equal(backend.get(r1), backend.get(r2))
 
 
+@pytest.mark.parametrize("dtype,absmax", [(np.float32, 1e-39), (np.float32, 3e-37), (np.float64, 1e-310),
+                                          (np.float64, 1e300), (ml_dtypes.bfloat16, 1e-39)])
+def test_groups_near_the_ends_of_the_range(backend, dtype, absmax):
+    """Groups so small that q_range / absmax overflows (x is pre-scaled by 2^64), and float64
+    groups beyond float32's range (the stored scale saturates)."""
+    x = (np.random.default_rng(12).uniform(-1, 1, 32) * absmax).astype(dtype)
+    got = backend.get(fp_ds.quantize_records(backend.put(x), 16, 8, 3))
+    np.testing.assert_array_equal(got, ref.quantize_records(x, 16, 8, 3))
+
+
+def test_tiny_group_decodes_to_its_values():
+    """Without the pre-scaling, v = x·max would decode far from x (inv·scale != 1)."""
+    x = np.array([1e-39, -5e-40, 2.5e-40, 0.0], np.float32)
+    y = fp_ds.dequantize_records(fp_ds.quantize_records(x, 4, 8, 3), 4, 8, 3)
+    np.testing.assert_allclose(y, x, rtol=2 ** -3, atol=1e-39 / 61440 * 1.01)   # 0 -> +min code
+
+
 def test_zero_nan_inf_policy(backend):
     x = np.array([0.0, -0.0, np.nan, np.inf, -np.inf, 240.0, 1e-9, -1e-9], np.float32)
     r = backend.get(fp_ds.quantize_records(backend.put(x), 8, 8, 3))

@@ -55,7 +55,7 @@ template <class Fmt> void fp_ds_quantize_typed(const FpDsQuantArgs& a) {
       for (int j = 0; j < U; ++j) {
         const int64_t i = g * S + k + j;
         const float u = a.stochastic ? dsq::uniform_at(a.seed, a.offset + (uint64_t)i) : 0.0f;
-        const uint32_t code = dsq::ds_fp_encode(Fmt::load(x[k + j]) * p.inv, f, a.stochastic, u);
+        const uint32_t code = dsq::ds_fp_encode(dsq::ds_fp_scaled(Fmt::load(x[k + j]), p), f, a.stochastic, u);
         packed = dsq::ds_fp_pack(packed, code, j, a.bits);
       }
       dsq::ds_fp_store_bytes(out + k / U * ub, packed, ub);
