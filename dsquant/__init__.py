@@ -9,6 +9,7 @@ from ._info import __version__, info
 
 try:
     from .ops.fake import ds_quantizer, fake_quantize, manual_seed
+    from .ops.fp import fake_fp_quantize, fp_dequantize, fp_quantize
     from .ops.integer import dequantize, quantize
     from .ops.zeropp import loco_quantized_reduction, loco_swizzle_quantize, quantized_reduction, swizzle_quantize
 except ImportError:
@@ -18,5 +19,6 @@ except ImportError:
         raise
     raise error from None
 
-__all__ = ["__version__", "dequantize", "ds_quantizer", "fake_quantize", "info", "loco_quantized_reduction",
+__all__ = ["__version__", "dequantize", "ds_quantizer", "fake_fp_quantize", "fake_quantize", "fp_dequantize",
+           "fp_quantize", "info", "loco_quantized_reduction",
            "loco_swizzle_quantize", "manual_seed", "quantize", "quantized_reduction", "swizzle_quantize"]

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-MODULES = ["dsquant.ops.fake", "dsquant.ops.integer", "dsquant.ops.zeropp", "dsquant._info", "dsquant.compat.deepspeed",
-           "dsquant.compat.deepspeed_fp", "dsquant.ops.fp_ds",
+MODULES = ["dsquant.ops.fake", "dsquant.ops.fp", "dsquant.ops.integer", "dsquant.ops.zeropp", "dsquant._info",
+           "dsquant.compat.deepspeed", "dsquant.compat.deepspeed_fp", "dsquant.ops.fp_ds",
            "dsquant.torch",
            "dsquant.bench.integer", "dsquant.bench.zeropp"]
 

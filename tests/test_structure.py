@@ -138,6 +138,14 @@ def test_framework_names_only_in_the_adapters():
     assert not hits, hits
 
 
+def test_one_fp_format_table():
+    """The minifloat formats are listed once (core/fp_formats.py); cuda/dsq_fp_formats.cuh is generated from it."""
+    from dsquant.core import fp_formats
+    header = PACKAGE.parent / "cuda" / "dsq_fp_formats.cuh"
+    assert header.read_text() == fp_formats.cxx_header(), \
+        "regenerate: python -m dsquant.core.fp_formats > cuda/dsq_fp_formats.cuh"
+
+
 def test_one_dtype_table():
     """The float dtypes are listed once (core/dtypes.py); cuda/dsq_dtypes.cuh is generated from it."""
     from dsquant.core import dtypes

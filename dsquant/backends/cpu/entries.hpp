@@ -1,5 +1,5 @@
 // The CPU kernels as one table the Python side calls by name: each entry takes its argument
-// struct (kernels.hpp, zeropp.hpp) as bytes packed by dsquant/backends/cpu/signatures.py, which
+// struct (kernels.hpp, zeropp.hpp, fp.hpp) as bytes packed by dsquant/backends/cpu/signatures.py, which
 // lists the same fields in the same order. args_size lets that module check the layout at import.
 #pragma once
 #include <cstddef>
@@ -7,6 +7,7 @@
 #include "fp_ds.hpp"
 #include "kernels.hpp"
 #include "zeropp.hpp"
+#include "fp.hpp"
 
 namespace dsq_cpu {
 
@@ -30,6 +31,8 @@ inline const Entry kEntries[] = {
     {"quantized_reduction", &untyped_entry<ReduceArgs, quantized_reduction>, sizeof(ReduceArgs)},
     {"fp_ds_quantize", &typed_entry<FpDsQuantArgs, fp_ds_quantize>, sizeof(FpDsQuantArgs)},
     {"fp_ds_dequantize", &typed_entry<FpDsDequantArgs, fp_ds_dequantize>, sizeof(FpDsDequantArgs)},
+    {"fp_quantize", &typed_entry<FpQuantArgs, fp_quantize>, sizeof(FpQuantArgs)},
+    {"fp_dequantize", &typed_entry<FpDequantArgs, fp_dequantize>, sizeof(FpDequantArgs)},
 };
 inline int num_entries() { return (int)(sizeof(kEntries) / sizeof(kEntries[0])); }
 inline const Entry* entry(int i) { return &kEntries[i]; }

@@ -180,6 +180,55 @@ def quantized_reduction(codes: Operand, params: Operand, in_groups, out_groups, 
     return codes.adapter.from_host(q, "int8"), codes.adapter.from_host(out_params, "float32")
 
 
+# ------------------------------------------------------------------------------ minifloat codes
+_UINT8 = (1, 8)   # DLPack (kDLUInt, 8)
+
+
+@registry.implements("fp_quantize", "cpu")
+def fp_quantize(src: Operand, fmt, scaling, rounding, groups, code_shape, stochastic, saturate, seed, offset):
+    """(codes, scales) where scales is float32 [groups] (absmax), uint8 [groups] (mx) or
+    (uint8 [groups], float32 [1]) (nvfp4)."""
+    t = src.tensor
+    codes = _array.HostBuffer(code_shape, _UINT8)
+    absmax = scaling == 0
+    scales = _array.HostBuffer((groups,), _FLOAT32 if absmax else _UINT8)
+    tensor_scale = _array.HostBuffer((1,), _FLOAT32) if scaling == 2 else None
+    data, _keep = _contiguous(t)
+    sig.FP_QUANTIZE(t.dtype, in_=data, codes=codes.data, scales=scales.data,
+                    tensor_scale=tensor_scale.data if tensor_scale is not None else 0, out=0, n=t.numel,
+                    groups=groups, fmt=fmt, scaling=scaling, rounding=rounding, stochastic=stochastic,
+                    saturate=saturate, seed=seed, offset=offset, threads=num_threads())
+    wrap = src.adapter.from_host
+    out_scales = wrap(scales, "float32" if absmax else "uint8")
+    if tensor_scale is not None:
+        out_scales = (out_scales, wrap(tensor_scale, "float32"))
+    return wrap(codes, "uint8"), out_scales
+
+
+@registry.implements("fake_fp_quantize", "cpu")
+def fake_fp_quantize(src: Operand, dst: Operand | None, fmt, scaling, rounding, groups, stochastic, saturate, seed,
+                     offset):
+    t = src.tensor
+    target, buffer = _result(src, t.shape, t.dtype, dst)
+    data, _keep = _contiguous(t)
+    sig.FP_QUANTIZE(t.dtype, in_=data, codes=0, scales=0, tensor_scale=0, out=target, n=t.numel, groups=groups,
+                    fmt=fmt, scaling=scaling, rounding=rounding, stochastic=stochastic, saturate=saturate,
+                    seed=seed, offset=offset, threads=num_threads())
+    return _deliver(buffer, dst, src, t.dtype)
+
+
+@registry.implements("fp_dequantize", "cpu")
+def fp_dequantize(codes: Operand, scales: Operand, tensor_scale: Operand | None, fmt, scaling, groups, numel, dtype,
+                  shape, dst: Operand | None):
+    q_ptr, _keep_q = _contiguous(codes.tensor)
+    s_ptr, _keep_s = _contiguous(scales.tensor)
+    t_ptr = tensor_scale.tensor.data if tensor_scale is not None else 0
+    target, buffer = _result(codes, shape, dtype, dst)
+    sig.FP_DEQUANTIZE(dtype, codes=q_ptr, scales=s_ptr, tensor_scale=t_ptr, out=target, n=numel, groups=groups,
+                      fmt=fmt, scaling=scaling, threads=num_threads())
+    return _deliver(buffer, dst, codes, dtype)
+
+
 # ------------------------------------------------------------------------------ DeepSpeed FP records
 _DL_UINT8 = (1, 8)   # DLPack kDLUInt, 8 bits: records, codes and scale bytes are uint8 (DeepSpeed's dtype)
 

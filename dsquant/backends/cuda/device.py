@@ -21,7 +21,8 @@ except ImportError as exc:   # the message is the whole fix
 
 import numpy as np
 
-from ...core import dtypes, fp_ds, registry
+from ...core import dtypes, fp_ds, fp_formats, registry
+from ...core.fp_formats import codes_per_unit
 from ...core.formats import codes_per_byte, params_shape
 from ...interop import _array
 from ...interop.operand import Operand
@@ -349,6 +350,69 @@ def quantized_reduction(codes: Operand, params: Operand, in_groups, out_groups, 
                                          devices, bits, symmetric, half_accumulate, e_ptr, e_dtype, beta),
              device, stream)
         return _wrap(q, codes), _wrap(out_params, codes)
+
+
+# ------------------------------------------------------------------------------ minifloat codes
+def _fp_run(src: Operand, data: int, fmt, scaling, rounding, groups, stochastic, saturate, seed, offset, codes, scales,
+            tensor_scale, out, device, stream) -> None:
+    t = src.tensor
+    layout = _launch.fp_scratch(t.dtype, t.numel, groups, scaling)
+    scratch = cupy.empty(layout.nbytes, np.uint8)             # O(groups)
+    per = codes_per_unit(fp_formats.FORMATS[fmt])
+    run(_launch.fp_quantize(t.dtype, fmt, per, data, codes, scales, tensor_scale, out, t.numel, groups, scaling,
+                            rounding, stochastic, saturate, seed, offset, scratch.data.ptr), device, stream)
+
+
+@registry.implements("fp_quantize", "cuda")
+def fp_quantize(src: Operand, fmt, scaling, rounding, groups, code_shape, stochastic, saturate, seed, offset):
+    with _launching(src) as (device, stream):
+        codes = cupy.empty(code_shape, np.uint8)
+        scales = cupy.empty((groups,), np.float32 if scaling == 0 else np.uint8)
+        tensor_scale = cupy.empty((1,), np.float32) if scaling == 2 else None
+        data, _keep = _contiguous(src.tensor)
+        _fp_run(src, data, fmt, scaling, rounding, groups, stochastic, saturate, seed, offset, codes.data.ptr,
+                scales.data.ptr, tensor_scale.data.ptr if tensor_scale is not None else 0, 0, device, stream)
+        out_scales = _wrap(scales, src)
+        if tensor_scale is not None:
+            out_scales = (out_scales, _wrap(tensor_scale, src))
+        return _wrap(codes, src), out_scales
+
+
+@registry.implements("fake_fp_quantize", "cuda")
+def fake_fp_quantize(src: Operand, dst: Operand | None, fmt, scaling, rounding, groups, stochastic, saturate, seed,
+                     offset):
+    t = src.tensor
+    with _launching(src, dst) as (device, stream):
+        direct = dst is not None and dst.tensor.is_c_contiguous
+        result = None if direct else cupy.empty(t.shape, _CUPY_DTYPES[t.dtype])
+        target = _view(dst.tensor) if direct else _bits(result)
+        data, _keep = _contiguous(t)
+        _fp_run(src, data, fmt, scaling, rounding, groups, stochastic, saturate, seed, offset, 0, 0, 0,
+                target.data.ptr, device, stream)
+        if dst is None:
+            return _wrap(result, src, t.dtype)
+        if not direct and t.numel:
+            _view(dst.tensor)[...] = target
+        return dst.obj
+
+
+@registry.implements("fp_dequantize", "cuda")
+def fp_dequantize(codes: Operand, scales: Operand, tensor_scale: Operand | None, fmt, scaling, groups, numel, dtype,
+                  shape, dst: Operand | None):
+    with _launching(codes, scales, tensor_scale, dst) as (device, stream):
+        q_ptr, _keep_q = _contiguous(codes.tensor)
+        s_ptr, _keep_s = _contiguous(scales.tensor)
+        direct = dst is not None and dst.tensor.is_c_contiguous
+        result = None if direct else cupy.empty(shape, _CUPY_DTYPES[dtype])
+        target = _view(dst.tensor) if direct else _bits(result)
+        per = codes_per_unit(fp_formats.FORMATS[fmt])
+        run(_launch.fp_dequantize(fmt, dtype, per, q_ptr, s_ptr, tensor_scale.tensor.data if tensor_scale else 0,
+                                  target.data.ptr, numel, groups, scaling), device, stream)
+        if dst is None:
+            return _wrap(result, codes, dtype)
+        if not direct and numel:
+            _view(dst.tensor)[...] = target
+        return dst.obj
 
 
 # ------------------------------------------------------------------------------ DeepSpeed FP records

@@ -16,7 +16,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from ...core import dtypes, missing
+from ...core import dtypes, fp_formats, missing
 
 # Options every kernel is compiled with (docs/numerics.md): they are part of the numerics contract.
 PINNED_OPTIONS = ("-ftz=false", "--fmad=false", "-prec-div=true", "-prec-sqrt=true", "-std=c++17",
@@ -134,9 +134,41 @@ def _fp_ds_instantiations() -> tuple[str, ...]:
     return tuple(f(d) for d in range(len(FORMATS)) for f in (fp_ds_quant, fp_ds_dequant))
 
 
+# Minifloat quantization (dsq_fp.cu): element format structs of cuda/dsq_fp_formats.cuh.
+FP_FORMATS = tuple(f"dsq::{f.cxx}" for f in fp_formats.FORMATS)
+
+
+def fp_tensor_amax(dtype: int) -> str:
+    return f"dsq::fp_tensor_amax<{FORMATS[dtype]}>"
+
+
+def fp_group_scales(dtype: int, fmt: int) -> str:
+    return f"dsq::fp_group_scales<{FORMATS[dtype]}, {FP_FORMATS[fmt]}>"
+
+
+def fp_encode_units(dtype: int, fmt: int, stochastic: bool, fake: bool) -> str:
+    return f"dsq::fp_encode_units<{FORMATS[dtype]}, {FP_FORMATS[fmt]}, {_b(stochastic)}, {_b(fake)}>"
+
+
+def fp_dequant_units(fmt: int, dtype: int) -> str:
+    return f"dsq::fp_dequant_units<{FP_FORMATS[fmt]}, {FORMATS[dtype]}>"
+
+
+def _fp_instantiations() -> tuple[str, ...]:
+    names = []
+    for dtype in range(len(FORMATS)):
+        names.append(fp_tensor_amax(dtype))
+        for fmt in range(len(FP_FORMATS)):
+            names.append(fp_group_scales(dtype, fmt))
+            names.extend(fp_encode_units(dtype, fmt, st, fake) for st in (False, True) for fake in (False, True))
+            names.append(fp_dequant_units(fmt, dtype))
+    return tuple(names)
+
+
 # source file in cuda/ -> every instantiation it is compiled with
 MODULES = {"dsq_fake.cu": _fake_instantiations(), "dsq_int.cu": _int_instantiations(),
-           "dsq_zeropp.cu": _zeropp_instantiations(), "dsq_fp_ds.cu": _fp_ds_instantiations()}
+           "dsq_zeropp.cu": _zeropp_instantiations(), "dsq_fp.cu": _fp_instantiations(),
+           "dsq_fp_ds.cu": _fp_ds_instantiations()}
 
 
 def module_of(name: str) -> str:

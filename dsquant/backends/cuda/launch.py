@@ -203,6 +203,84 @@ def quantized_reduction(q_in: int, params_in: int, q: int, params: int, numel: i
     return [Launch(K.quant_reduce(err_dtype), grid, MAX_THREADS, args)]
 
 
+# ------------------------------------------------------------------------------ minifloat codes
+FP_WARP_GROUPS = 1 << 15     # groups of this many elements or more get their statistics from stats_chunks
+
+
+@dataclass(frozen=True)
+class FpScratch:
+    """Byte offsets of the O(groups) scratch of a minifloat plan: per group the element multiplier
+    (the compute type) and the dequantization factor (float32); the absmax keys of large groups;
+    NVFP4's tensor key."""
+    mul: int
+    dq: int
+    keys: int | None
+    tensor_key: int | None
+    nbytes: int
+
+
+def fp_scratch(dtype: int, numel: int, groups: int, scaling: int) -> FpScratch:
+    csize = 8 if dtype == dtypes.FLOAT64.code else 4
+    key = K.KEY_BYTES[dtype]
+    at = _cdiv(groups * csize, 8) * 8
+    dq_at, at = at, at + _cdiv(groups * 4, 8) * 8
+    keys = None
+    if numel // groups >= FP_WARP_GROUPS:
+        keys, at = at, at + 3 * groups * key
+    tensor_key = None
+    if scaling == 2:
+        tensor_key, at = at, at + 3 * key
+    return FpScratch(0, dq_at, keys, tensor_key, at)
+
+
+def fp_quantize(dtype: int, fmt: int, per_unit: int, src: int, codes: int, scales: int, tensor_scale: int, out: int,
+                numel: int, groups: int, scaling: int, rounding: int, stochastic: bool, saturate: bool, seed: int,
+                offset: int, scratch: int, max_grid: int = MAX_GRID) -> list[Launch]:
+    """Launches of fp_quantize (`out` 0: codes and scales) or fake_fp_quantize (`out`: the values;
+    codes, scales and tensor_scale 0). `scratch` points to fp_scratch(...).nbytes bytes."""
+    layout = fp_scratch(dtype, numel, groups, scaling)
+    size = max(numel // groups, 1) if numel else 1
+    mul, dq = scratch + layout.mul, scratch + layout.dq
+    plan = []
+    tensor_key = 0
+    if layout.tensor_key is not None:
+        tensor_key = scratch + layout.tensor_key
+        plan.append(Launch(K.stats_clear(dtype), 1, 32, (_ptr(tensor_key), np.int64(1))))
+        if numel:
+            plan.append(Launch(K.fp_tensor_amax(dtype), min(_cdiv(numel, MAX_THREADS), max_grid), MAX_THREADS,
+                               (_ptr(src), _ptr(tensor_key), np.int64(numel))))
+    keys = 0
+    if layout.keys is not None:
+        keys = scratch + layout.keys
+        items = groups * _cdiv(size, _chunk(dtype))
+        plan += [Launch(K.stats_clear(dtype), min(_cdiv(groups, MAX_THREADS), max_grid), MAX_THREADS,
+                        (_ptr(keys), np.int64(groups))),
+                 Launch(K.stats_chunks(dtype, True), min(items, max_grid), MAX_THREADS,
+                        (_ptr(src), _ptr(keys), np.int64(size), np.int64(groups), np.int64(_chunk(dtype))))]
+    warps = MAX_THREADS // 32
+    plan.append(Launch(K.fp_group_scales(dtype, fmt), min(_cdiv(groups, warps), max_grid), MAX_THREADS,
+                       (_ptr(src), _ptr(keys), _ptr(tensor_key), _ptr(scales), _ptr(tensor_scale), _ptr(mul),
+                        _ptr(dq), np.int64(size if numel else 0), np.int64(groups), np.int32(scaling),
+                        np.int32(rounding))))
+    if numel:
+        units = numel // per_unit
+        plan.append(Launch(K.fp_encode_units(dtype, fmt, stochastic, out != 0), min(_cdiv(units, MAX_THREADS), max_grid),
+                           MAX_THREADS, (_ptr(src), _ptr(codes), _ptr(out), _ptr(mul), _ptr(dq), np.int64(numel),
+                                         np.int64(size), np.bool_(saturate), np.uint64(seed), np.uint64(offset))))
+    return plan
+
+
+def fp_dequantize(fmt: int, dtype: int, per_unit: int, codes: int, scales: int, tensor_scale: int, out: int,
+                  numel: int, groups: int, scaling: int, max_grid: int = MAX_GRID) -> list[Launch]:
+    """The launch of fp_dequantize: `numel` values of `dtype` at `out`."""
+    if numel == 0:
+        return []
+    units = numel // per_unit
+    return [Launch(K.fp_dequant_units(fmt, dtype), min(_cdiv(units, MAX_THREADS), max_grid), MAX_THREADS,
+                   (_ptr(codes), _ptr(scales), _ptr(tensor_scale), _ptr(out), np.int64(numel),
+                    np.int64(numel // groups), np.int32(scaling)))]
+
+
 # ------------------------------------------------------------------------------ DeepSpeed FP records
 def fp_ds_quantize(dtype: int, src: int, codes: int, scales: int, numel: int, group_size: int, code_stride: int,
                    scale_stride: int, bits: int, mantissa: int, stochastic: bool, seed: int, offset: int,
