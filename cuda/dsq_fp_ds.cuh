@@ -27,7 +27,12 @@
 // an LSB-first bit stream (element k in bits [k·q_bits, (k+1)·q_bits) counted from bit 0 of the
 // record's first byte), then the scale as a little-endian float32. Codes move in units of
 // U = 8 / gcd(8, q_bits) elements (1, 2, 4, 2 for 8, 4, 6, 12 bits), U·q_bits/8 whole bytes.
+//
+// The same record layout also carries the standard OCP element codes (the default mode of
+// dsquant.compat.deepspeed_fp): OcpSpace<Fp> below takes its codes and scales from dsq_fp.cuh
+// (dsquant.fp_quantize's math), so those records hold exactly fp_quantize's codes and scales.
 #pragma once
+#include "dsq_fp.cuh"
 #include "dsq_math.cuh"
 
 namespace dsq {
@@ -205,5 +210,44 @@ DSQ_HD float ds_fp_load_scale(const uint8_t* record, int64_t code_bytes) {
 DSQ_HD int64_t ds_fp_source(int64_t t, const int64_t* rows, int64_t row_elems) {
   return rows == nullptr ? t : rows[t / row_elems] * row_elems + t % row_elems;
 }
+
+// ---------------------------------------------------------------------------------------------
+// Code spaces: what the record kernels call to scale, encode and decode. DsSpace is DeepSpeed's
+// (above; the format is a run-time value); OcpSpace<Fp> the OCP format Fp of dsq_fp.cuh, with
+// absmax scaling and saturation, as dsquant.fp_quantize(x, group_size, fmt) computes them.
+// ---------------------------------------------------------------------------------------------
+struct DsSpace {
+  DsFp f;
+  DSQ_HD DsSpace(int bits, int mantissa) : f(ds_fp_format(bits, mantissa)) {}
+  template <class C> struct Params { DsFpParams<C> p; };
+  template <class C> DSQ_HD Params<C> params(C absmax) const { return Params<C>{ds_fp_params(absmax, f)}; }
+  template <class C> DSQ_HD float stored(const Params<C>& q) const { return q.p.scale; }
+  template <class C> DSQ_HD uint32_t encode(C x, const Params<C>& q, bool stochastic, float u) const {
+    return ds_fp_encode(ds_fp_scaled(x, q.p), f, stochastic, u);
+  }
+  template <class Fmt> DSQ_HD typename Fmt::storage decode(uint32_t code, float scale) const {
+    return ds_fp_decode<Fmt>(code, scale, f);
+  }
+};
+
+template <class Fp> struct OcpSpace {
+  DSQ_HD OcpSpace(int, int) {}
+  template <class C> struct Params { FpScale<C> s; };
+  template <class C> DSQ_HD Params<C> params(C absmax) const { return Params<C>{fp_scale_absmax<Fp, C>(absmax)}; }
+  template <class C> DSQ_HD float stored(const Params<C>& q) const { return q.s.stored; }
+  template <class C> DSQ_HD uint32_t encode(C x, const Params<C>& q, bool stochastic, float u) const {
+    return fp_encode<Fp, C>(x * q.s.mul, true, stochastic, u);
+  }
+  template <class Fmt> DSQ_HD typename Fmt::storage decode(uint32_t code, float scale) const {
+    return fp_dequant_element<Fp, Fmt>(code, fp_dq_absmax(scale));
+  }
+};
+
+// X(index, space type) for every code space of the record kernels, in the order of
+// dsquant.core.fp_ds.SPACES.
+#define DSQ_FOR_EACH_FP_DS_SPACE(X) \
+  X(0, dsq::DsSpace) X(1, dsq::OcpSpace<dsq::FpE4M3>) X(2, dsq::OcpSpace<dsq::FpE5M2>) \
+  X(3, dsq::OcpSpace<dsq::FpE3M2>) X(4, dsq::OcpSpace<dsq::FpE2M1>)
+constexpr int NUM_FP_DS_SPACES = 5;
 
 }  // namespace dsq

@@ -139,3 +139,53 @@ def decode(codes: np.ndarray, scales: np.ndarray, group_size: int, q_bits: int, 
 def quantize_records(x: np.ndarray, group_size: int, q_bits: int, m: int) -> np.ndarray:
     v, scale = scaled(x, group_size, q_bits, m)
     return pack_records(encode_nearest(v, q_bits, m), scale, group_size, q_bits)
+
+
+# ---------------------------------------------------------------------------------------------
+# The default mode: OCP element codes (ml_dtypes' conversions of the scaled values) with absmax
+# scaling, saturating, in the same record layout.
+# ---------------------------------------------------------------------------------------------
+OCP = {(8, 3): (ml_dtypes.float8_e4m3fn, 448.0, 0x7F), (8, 2): (ml_dtypes.float8_e5m2, 57344.0, 0x7E),
+       (6, 2): (ml_dtypes.float6_e3m2fn, 28.0, None), (4, 1): (ml_dtypes.float4_e2m1fn, 6.0, None)}
+
+
+def ocp_scaled(x: np.ndarray, group_size: int, fmt_max: float):
+    """(v as float64, float32 scale): inv = C(max / absmax) (1 for absmax 0, saturated at C's
+    largest value), scale = f32(absmax / max), v = C(x · inv)."""
+    c = compute_dtype(x.dtype)
+    xs = x.astype(c).reshape(-1, group_size)
+    absmax = np.where(np.isfinite(xs), np.abs(xs), c(0)).max(axis=1)
+    with np.errstate(divide="ignore", over="ignore"):
+        inv = np.where(absmax == 0, c(1), np.minimum(c(fmt_max) / np.where(absmax == 0, c(1), absmax),
+                                                     np.finfo(c).max)).astype(c)
+    scale = np.minimum(absmax.astype(np.float64) / fmt_max, float(np.finfo(np.float32).max)).astype(np.float32)
+    with np.errstate(invalid="ignore", over="ignore"):
+        v = (xs * inv[:, None]).astype(c)
+    return v.astype(np.float64).reshape(-1), scale
+
+
+def ocp_encode(v: np.ndarray, q_bits: int, m: int) -> np.ndarray:
+    """ml_dtypes' code of v clipped to ±max (saturation); NaN: the format's NaN with v's sign
+    (E4M3, E5M2) or +0 (FP6/FP4, which have none)."""
+    t, fmt_max, nan_code = OCP[(q_bits, m)]
+    with np.errstate(invalid="ignore"):
+        clipped = np.clip(v, -fmt_max, fmt_max)
+    codes = np.where(np.isnan(v), 0.0, clipped).astype(np.float32).astype(t).view(np.uint8).astype(np.int64)
+    nan = np.isnan(v)
+    if nan_code is None:
+        return np.where(nan, 0, codes)
+    return np.where(nan, (np.signbit(v).astype(np.int64) << (q_bits - 1)) | nan_code, codes)
+
+
+def ocp_quantize_records(x: np.ndarray, group_size: int, q_bits: int, m: int) -> np.ndarray:
+    v, scale = ocp_scaled(x, group_size, OCP[(q_bits, m)][1])
+    return pack_records(ocp_encode(v, q_bits, m), scale, group_size, q_bits)
+
+
+def ocp_decode(codes: np.ndarray, scales: np.ndarray, group_size: int, q_bits: int, m: int, dtype) -> np.ndarray:
+    t = OCP[(q_bits, m)][0]
+    vals = np.asarray(codes, np.uint8).view(t).astype(np.float32).reshape(-1, group_size)
+    s = np.asarray(scales, np.float32)[:, None]
+    with np.errstate(invalid="ignore", over="ignore"):
+        y = vals.astype(np.float64) * s.astype(np.float64) if np.dtype(dtype) == np.float64 else vals * s
+        return y.reshape(-1).astype(dtype)

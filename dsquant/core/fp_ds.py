@@ -38,6 +38,21 @@ FORMATS = {
     (6, 2): DsFpFormat(6, 2, "E3M2", 28.0, "e3m2"),
     (4, 1): DsFpFormat(4, 1, "E2M1", 6.0, "e2m1"),
 }
+# The code spaces of the record kernels, in the order of DSQ_FOR_EACH_FP_DS_SPACE (cuda/dsq_fp_ds.cuh):
+# DeepSpeed's ("compat"), then the OCP formats of dsquant.fp_quantize.
+SPACES = ("compat", "e4m3", "e5m2", "e3m2", "e2m1")
+
+
+def space_of(fmt: DsFpFormat, compat: bool) -> int:
+    """The code space index of `fmt` in compat mode (DeepSpeed's code space) or the default (OCP)."""
+    if compat:
+        return 0
+    if fmt.ocp is None:
+        raise ValueError(f"{fmt.name} ({fmt.q_bits} bits) has no OCP format; it exists in DeepSpeed's code space "
+                         f"only: pass compat=True (DeepSpeed's q_range {fmt.q_range:g})")
+    return SPACES.index(fmt.ocp)
+
+
 # The mantissa bits DeepSpeed's FP_Quantize wrapper uses for each q_bits other than 8.
 WRAPPER_MANTISSA = {12: 7, 6: 2, 4: 1}
 

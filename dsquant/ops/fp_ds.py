@@ -1,10 +1,13 @@
-"""DeepSpeed's FP quantizer records in DeepSpeed's own code space (the ``compat`` mode of
-:mod:`dsquant.compat.deepspeed_fp`): quantize to and dequantize from records, whole or split.
+"""DeepSpeed's FP quantizer records (:mod:`dsquant.compat.deepspeed_fp`): quantize to and dequantize
+from records, whole or split.
 
 A record per group of ``group_size`` contiguous elements: the codes as an LSB-first bit stream of
-``q_bits``-bit codes, then the group's scale as a little-endian float32. The code space (every
-exponent code a normal binade, no zero, no Inf/NaN, largest magnitude q_range = 480, 114688, 510,
-28, 6) and every rounding rule are in cuda/dsq_fp_ds.cuh and docs/deepspeed_fp.md.
+``q_bits``-bit codes, then the group's scale as a little-endian float32. Two code spaces: by
+default the standard OCP formats with absmax scaling, exactly as :func:`dsquant.fp_quantize`
+computes codes and scales (E4M3FN, E5M2, E3M2, E2M1; there is no OCP 12-bit format); with
+``compat=True`` DeepSpeed's own (every exponent code a normal binade, no zero, no Inf/NaN, largest
+magnitude q_range = 480, 114688, 510, 28, 6). The rules are in cuda/dsq_fp_ds.cuh and
+docs/deepspeed_fp.md.
 """
 from __future__ import annotations
 
@@ -42,14 +45,15 @@ def _writable_bytes(out: Any, first: Any, nbytes: int, name: str = "out") -> Any
 
 
 def quantize_records(x: Any, group_size: int, q_bits: int = 8, mantissa: int | None = None, *,
-                     stochastic: bool = False, seed: int | None = None, out: Any = None,
+                     compat: bool = False, stochastic: bool = False, seed: int | None = None, out: Any = None,
                      split: bool = False) -> Any:
-    """Records of `x` in DeepSpeed's code space.
+    """Records of `x`: OCP codes (default) or DeepSpeed's (``compat=True``).
 
     Args:
         x: float16, bfloat16, float32 or float64 array; `group_size` must divide its size.
         group_size: elements per group; ``group_size * q_bits / 8`` must be whole. Any size.
-        q_bits, mantissa: 8 with 3 (E4M3) or 2 (E5M2); 12 (E4M7), 6 (E3M2), 4 (E2M1).
+        q_bits, mantissa: 8 with 3 (E4M3) or 2 (E5M2); 12 (E4M7, compat only), 6 (E3M2), 4 (E2M1).
+        compat: DeepSpeed's code space and q_range instead of the OCP formats.
         stochastic: unbiased stochastic rounding between the two neighbouring codes.
         seed: stochastic rounding seed; None draws from the library-global stream.
         out: optional C-contiguous uint8 array of ``groups * record_bytes`` bytes to write into.
@@ -62,13 +66,18 @@ def quantize_records(x: Any, group_size: int, q_bits: int = 8, mantissa: int | N
     Examples:
         >>> import numpy as np
         >>> from dsquant.ops import fp_ds
-        >>> r = fp_ds.quantize_records(np.array([6.0, 2.5, -1.0, 0.0], np.float32), 4, 4, 1)
-        >>> [hex(b) for b in r[0, :2]], r[0, 2:].view(np.float32)     # E2M1: 6, 2 (tie to even), -1, +min
+        >>> x = np.array([6.0, 2.5, -1.0, 0.0], np.float32)
+        >>> r = fp_ds.quantize_records(x, 4, 4, 1, compat=True)          # DeepSpeed's E2M1 (no zero)
+        >>> [hex(b) for b in r[0, :2]], r[0, 2:].view(np.float32)      # 6, 2 (tie to even), -1, +min
         (['0x47', '0xa'], array([1.], dtype=float32))
-        >>> fp_ds.dequantize_records(r, 4, 4, 1)
+        >>> fp_ds.dequantize_records(r, 4, 4, 1, compat=True)
         array([ 6. ,  2. , -1. ,  0.5], dtype=float32)
+        >>> r = fp_ds.quantize_records(x, 4, 4, 1)                       # OCP E2M1 (fp_quantize's codes)
+        >>> [hex(b) for b in r[0, :2]], fp_ds.dequantize_records(r, 4, 4, 1)
+        (['0x47', '0xa'], array([ 6.,  2., -1.,  0.], dtype=float32))
     """
     fmt = _format(q_bits, mantissa)
+    space = fp_ds.space_of(fmt, checks.bool_arg(compat, "compat"))
     stochastic = checks.bool_arg(stochastic, "stochastic_rounding")
     src = take(x, "val")
     group_size = checks.int_arg(group_size, "group_size")
@@ -82,19 +91,19 @@ def quantize_records(x: Any, group_size: int, q_bits: int = 8, mantissa: int | N
         codes_shape = src.tensor.shape if fmt.q_bits == 8 else (fp_ds.code_bytes(n, fmt.q_bits),)
     elif out is not None:
         dst = _writable_bytes(out, src, groups * fp_ds.record_bytes(group_size, fmt.q_bits))
-    return implementation("fp_ds_quantize", src)(src, dst, group_size, fmt.q_bits, fmt.mantissa, stochastic,
+    return implementation("fp_ds_quantize", src)(src, dst, space, group_size, fmt.q_bits, fmt.mantissa, stochastic,
                                                   seed, offset, codes_shape)
 
 
 def dequantize_records(records: Any, group_size: int, q_bits: int = 8, mantissa: int | None = None, *,
-                       scales: Any = None, dtype: Any = None, shape: tuple[int, ...] | None = None,
+                       compat: bool = False, scales: Any = None, dtype: Any = None, shape: tuple[int, ...] | None = None,
                        out: Any = None, rows: Any = None, row_elems: int | None = None) -> Any:
     """Values of records (or, with `scales`, of split codes and scale bytes).
 
     Args:
         records: uint8 records, ``groups * record_bytes`` bytes, C order (any shape); with
             `scales`: the codes, ``groups * group_size * q_bits / 8`` bytes.
-        group_size, q_bits, mantissa: as given to :func:`quantize_records`.
+        group_size, q_bits, mantissa, compat: as given to :func:`quantize_records`.
         scales: uint8 ``[groups, 4]`` scale bytes or float32 ``[groups, 1]`` scales.
         dtype: output dtype (float16, bfloat16, float32, float64); default `out`'s, else float32.
         shape: output shape (default: `out`'s, else one dimension).
@@ -104,6 +113,7 @@ def dequantize_records(records: Any, group_size: int, q_bits: int = 8, mantissa:
             or int64 indexes, checked in bounds (IndexError).
     """
     fmt = _format(q_bits, mantissa)
+    space = fp_ds.space_of(fmt, checks.bool_arg(compat, "compat"))
     group_size = checks.int_arg(group_size, "group_size")
     codes = take(records, "val_q", BYTE_DTYPES)
     nbytes = codes.tensor.numel
@@ -158,7 +168,7 @@ def dequantize_records(records: Any, group_size: int, q_bits: int = 8, mantissa:
     code = dtypes.parse("float32" if dtype is None else dtype).code
     if dst is not None and dst.tensor.dtype != code:
         raise TypeError(f"fp_out has dtype {dst.tensor.dtype_name} but dtype is {dtypes.NAMES[code]}")
-    return implementation("fp_ds_dequantize", codes)(codes, scale_op, group_size, fmt.q_bits, fmt.mantissa, code,
+    return implementation("fp_ds_dequantize", codes)(codes, scale_op, space, group_size, fmt.q_bits, fmt.mantissa, code,
                                                       shape, dst, rows_op, row_elems, source_rows)
 
 

@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cstdint>
 
+#include "dsq_fp.cuh"
 #include "dsq_fp_ds.cuh"
 #include "dsq_math.cuh"
 #include "dsq_philox.cuh"
@@ -20,6 +21,7 @@ struct FpDsQuantArgs {
   uint8_t* scales;       // group g's float32 scale (little-endian bytes) at scales + g * scale_stride
   int64_t n, group_size, code_stride, scale_stride;
   int bits, mantissa;
+  int space;             // index of the code space (dsq::DSQ_FOR_EACH_FP_DS_SPACE)
   bool stochastic;
   uint64_t seed, offset;
   int threads;
@@ -32,13 +34,14 @@ struct FpDsDequantArgs {
   const int64_t* rows;   // selective dequantization: source row of each output row, else nullptr
   int64_t n, group_size, code_stride, scale_stride, row_elems;
   int bits, mantissa;
+  int space;
   int threads;
 };
 
-template <class Fmt> void fp_ds_quantize_typed(const FpDsQuantArgs& a) {
+template <class Space, class Fmt> void fp_ds_quantize_typed(const FpDsQuantArgs& a) {
   typedef typename Fmt::storage T;
   typedef typename Fmt::compute C;
-  const dsq::DsFp f = dsq::ds_fp_format(a.bits, a.mantissa);
+  const Space space(a.bits, a.mantissa);
   const int U = dsq::ds_fp_unit(a.bits), ub = dsq::ds_fp_unit_bytes(a.bits);
   const T* in = static_cast<const T*>(a.in);
   const int64_t S = a.group_size, groups = a.n / S;
@@ -47,15 +50,15 @@ template <class Fmt> void fp_ds_quantize_typed(const FpDsQuantArgs& a) {
     const T* x = in + g * S;
     dsq::Stats<Fmt> st = dsq::stats_empty<Fmt>();
     for (int64_t i = 0; i < S; ++i) dsq::stats_add(st, x[i]);
-    const dsq::DsFpParams<C> p = dsq::ds_fp_params(dsq::stats_absmax(st), f);
-    dsq::ds_fp_store_scale(a.scales + g * a.scale_stride, 0, p.scale);
+    const typename Space::template Params<C> p = space.params(dsq::stats_absmax(st));
+    dsq::ds_fp_store_scale(a.scales + g * a.scale_stride, 0, space.stored(p));
     uint8_t* out = a.codes + g * a.code_stride;
     for (int64_t k = 0; k < S; k += U) {
       uint32_t packed = 0;
       for (int j = 0; j < U; ++j) {
         const int64_t i = g * S + k + j;
         const float u = a.stochastic ? dsq::uniform_at(a.seed, a.offset + (uint64_t)i) : 0.0f;
-        const uint32_t code = dsq::ds_fp_encode(dsq::ds_fp_scaled(Fmt::load(x[k + j]), p), f, a.stochastic, u);
+        const uint32_t code = space.encode(Fmt::load(x[k + j]), p, a.stochastic, u);
         packed = dsq::ds_fp_pack(packed, code, j, a.bits);
       }
       dsq::ds_fp_store_bytes(out + k / U * ub, packed, ub);
@@ -63,9 +66,9 @@ template <class Fmt> void fp_ds_quantize_typed(const FpDsQuantArgs& a) {
   }
 }
 
-template <class Fmt> void fp_ds_dequantize_typed(const FpDsDequantArgs& a) {
+template <class Space, class Fmt> void fp_ds_dequantize_typed(const FpDsDequantArgs& a) {
   typedef typename Fmt::storage T;
-  const dsq::DsFp f = dsq::ds_fp_format(a.bits, a.mantissa);
+  const Space space(a.bits, a.mantissa);
   const int U = dsq::ds_fp_unit(a.bits), ub = dsq::ds_fp_unit_bytes(a.bits);
   T* out = static_cast<T*>(a.out);
   const int64_t S = a.group_size, units = a.n / U;
@@ -75,26 +78,36 @@ template <class Fmt> void fp_ds_dequantize_typed(const FpDsDequantArgs& a) {
     const int64_t g = src / S, k = src % S;   // k is a multiple of U: units never cross groups
     const uint32_t packed = dsq::ds_fp_load_bytes(a.codes + g * a.code_stride + k / U * ub, ub);
     const float scale = dsq::ds_fp_load_scale(a.scales + g * a.scale_stride, 0);
-    for (int i = 0; i < U; ++i) out[t + i] = dsq::ds_fp_decode<Fmt>(dsq::ds_fp_unpack(packed, i, a.bits), scale, f);
+    for (int i = 0; i < U; ++i) out[t + i] = space.template decode<Fmt>(dsq::ds_fp_unpack(packed, i, a.bits), scale);
   }
 }
 
+// Dispatch tables by [code space][dsq::DType].
 typedef void (*FpDsQuantFn)(const FpDsQuantArgs&);
 typedef void (*FpDsDequantFn)(const FpDsDequantArgs&);
-#define DSQ_FP_DS_QUANT_ENTRY(code, Fmt) &fp_ds_quantize_typed<dsq::Fmt>,
-#define DSQ_FP_DS_DEQUANT_ENTRY(code, Fmt) &fp_ds_dequantize_typed<dsq::Fmt>,
-static const FpDsQuantFn kFpDsQuantTable[dsq::NUM_DTYPES] = {DSQ_FOR_EACH_DTYPE(DSQ_FP_DS_QUANT_ENTRY)};
-static const FpDsDequantFn kFpDsDequantTable[dsq::NUM_DTYPES] = {DSQ_FOR_EACH_DTYPE(DSQ_FP_DS_DEQUANT_ENTRY)};
+template <class Space> struct FpDsTables {
+#define DSQ_FP_DS_QUANT_ENTRY(code, Fmt) &fp_ds_quantize_typed<Space, dsq::Fmt>,
+#define DSQ_FP_DS_DEQUANT_ENTRY(code, Fmt) &fp_ds_dequantize_typed<Space, dsq::Fmt>,
+  static constexpr FpDsQuantFn quant[dsq::NUM_DTYPES] = {DSQ_FOR_EACH_DTYPE(DSQ_FP_DS_QUANT_ENTRY)};
+  static constexpr FpDsDequantFn dequant[dsq::NUM_DTYPES] = {DSQ_FOR_EACH_DTYPE(DSQ_FP_DS_DEQUANT_ENTRY)};
 #undef DSQ_FP_DS_QUANT_ENTRY
 #undef DSQ_FP_DS_DEQUANT_ENTRY
+};
+#define DSQ_FP_DS_SPACE_QUANT(i, Space) FpDsTables<Space>::quant,
+#define DSQ_FP_DS_SPACE_DEQUANT(i, Space) FpDsTables<Space>::dequant,
+static const FpDsQuantFn* const kFpDsQuant[dsq::NUM_FP_DS_SPACES] = {DSQ_FOR_EACH_FP_DS_SPACE(DSQ_FP_DS_SPACE_QUANT)};
+static const FpDsDequantFn* const kFpDsDequant[dsq::NUM_FP_DS_SPACES] = {
+    DSQ_FOR_EACH_FP_DS_SPACE(DSQ_FP_DS_SPACE_DEQUANT)};
+#undef DSQ_FP_DS_SPACE_QUANT
+#undef DSQ_FP_DS_SPACE_DEQUANT
 
 inline void fp_ds_quantize(int dtype, const FpDsQuantArgs& a) {
   if (a.n == 0) return;
-  kFpDsQuantTable[dtype](a);
+  kFpDsQuant[a.space][dtype](a);
 }
 inline void fp_ds_dequantize(int dtype, const FpDsDequantArgs& a) {
   if (a.n == 0) return;
-  kFpDsDequantTable[dtype](a);
+  kFpDsDequant[a.space][dtype](a);
 }
 
 }  // namespace dsq_cpu

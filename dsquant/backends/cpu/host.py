@@ -251,7 +251,7 @@ def _host_rows(rows: Operand | None, source_rows: int):
 
 
 @registry.implements("fp_ds_quantize", "cpu")
-def fp_ds_quantize(src: Operand, dst: Operand | None, group_size, bits, mantissa, stochastic, seed, offset,
+def fp_ds_quantize(src: Operand, dst: Operand | None, space, group_size, bits, mantissa, stochastic, seed, offset,
                    codes_shape=None):
     """Records [G, R] into dst (or a new uint8 array); with codes_shape, the split layout: (codes of
     that shape, scale bytes [G, 4])."""
@@ -269,14 +269,14 @@ def fp_ds_quantize(src: Operand, dst: Operand | None, group_size, bits, mantissa
         codes_ptr, scales_ptr, code_stride, scale_stride = codes.data, scales.data, cb, 4
     sig.FP_DS_QUANTIZE(t.dtype, in_=data, codes=codes_ptr, scales=scales_ptr, n=t.numel, group_size=group_size,
                        code_stride=code_stride, scale_stride=scale_stride, bits=bits, mantissa=mantissa,
-                       stochastic=stochastic, seed=seed, offset=offset, threads=num_threads())
+                       space=space, stochastic=stochastic, seed=seed, offset=offset, threads=num_threads())
     if codes_shape is not None:
         return src.adapter.from_host(codes, "uint8"), src.adapter.from_host(scales, "uint8")
     return dst.obj if dst is not None else src.adapter.from_host(records, "uint8")
 
 
 @registry.implements("fp_ds_dequantize", "cpu")
-def fp_ds_dequantize(codes: Operand, scales: Operand | None, group_size, bits, mantissa, dtype, shape,
+def fp_ds_dequantize(codes: Operand, scales: Operand | None, space, group_size, bits, mantissa, dtype, shape,
                      dst: Operand | None, rows: Operand | None = None, row_elems=0, source_rows=0):
     """Values of records (scales None) or of split codes and scales, optionally of selected rows."""
     cb = fp_ds.code_bytes(group_size, bits)
@@ -291,7 +291,7 @@ def fp_ds_dequantize(codes: Operand, scales: Operand | None, group_size, bits, m
     target, buffer = _result(codes, shape, dtype, dst)
     sig.FP_DS_DEQUANTIZE(dtype, codes=c_ptr, scales=s_ptr, out=target, rows=r_ptr, n=math.prod(shape),
                          group_size=group_size, code_stride=code_stride, scale_stride=scale_stride,
-                         row_elems=row_elems, bits=bits, mantissa=mantissa, threads=num_threads())
+                         row_elems=row_elems, bits=bits, mantissa=mantissa, space=space, threads=num_threads())
     return _deliver(buffer, dst, codes, dtype)
 
 

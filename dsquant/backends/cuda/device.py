@@ -428,7 +428,7 @@ def _device_rows(rows: Operand | None, source_rows: int):
 
 
 @registry.implements("fp_ds_quantize", "cuda")
-def fp_ds_quantize(src: Operand, dst: Operand | None, group_size, bits, mantissa, stochastic, seed, offset,
+def fp_ds_quantize(src: Operand, dst: Operand | None, space, group_size, bits, mantissa, stochastic, seed, offset,
                    codes_shape=None):
     t = src.tensor
     groups = t.numel // group_size
@@ -443,7 +443,7 @@ def fp_ds_quantize(src: Operand, dst: Operand | None, group_size, bits, mantissa
             codes = cupy.empty(codes_shape, np.uint8)
             scales = cupy.empty((groups, 4), np.uint8)
             plan = (codes.data.ptr, scales.data.ptr, cb, 4)
-        run(_launch.fp_ds_quantize(t.dtype, data, plan[0], plan[1], t.numel, group_size, plan[2], plan[3], bits,
+        run(_launch.fp_ds_quantize(space, t.dtype, data, plan[0], plan[1], t.numel, group_size, plan[2], plan[3], bits,
                                     mantissa, stochastic, seed, offset), device, stream)
         if codes_shape is not None:
             return _wrap(codes, src), _wrap(scales, src)
@@ -451,7 +451,7 @@ def fp_ds_quantize(src: Operand, dst: Operand | None, group_size, bits, mantissa
 
 
 @registry.implements("fp_ds_dequantize", "cuda")
-def fp_ds_dequantize(codes: Operand, scales: Operand | None, group_size, bits, mantissa, dtype, shape,
+def fp_ds_dequantize(codes: Operand, scales: Operand | None, space, group_size, bits, mantissa, dtype, shape,
                      dst: Operand | None, rows: Operand | None = None, row_elems=0, source_rows=0):
     cb = fp_ds.code_bytes(group_size, bits)
     unit = fp_ds.FORMATS[(bits, mantissa)].unit
@@ -467,7 +467,7 @@ def fp_ds_dequantize(codes: Operand, scales: Operand | None, group_size, bits, m
         result = None if direct else cupy.empty(shape, _CUPY_DTYPES[dtype])
         target = _view(dst.tensor) if direct else _bits(result)
         n = int(np.prod(shape, dtype=np.int64))
-        run(_launch.fp_ds_dequantize(dtype, c_ptr, s_ptr, target.data.ptr, r_ptr, n, group_size, code_stride,
+        run(_launch.fp_ds_dequantize(space, dtype, c_ptr, s_ptr, target.data.ptr, r_ptr, n, group_size, code_stride,
                                       scale_stride, row_elems, bits, mantissa, unit), device, stream)
         if dst is None:
             return _wrap(result, codes, dtype)

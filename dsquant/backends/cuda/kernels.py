@@ -16,7 +16,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from ...core import dtypes, fp_formats, missing
+from ...core import dtypes, fp_ds, fp_formats, missing
 
 # Options every kernel is compiled with (docs/numerics.md): they are part of the numerics contract.
 PINNED_OPTIONS = ("-ftz=false", "--fmad=false", "-prec-div=true", "-prec-sqrt=true", "-std=c++17",
@@ -121,17 +121,22 @@ def _zeropp_instantiations() -> tuple[str, ...]:
         quant_reduce(e) for e in errors)
 
 
-# DeepSpeed's FP quantizer records (dsq_fp_ds.cu): one quantize and one dequantize per dtype.
-def fp_ds_quant(dtype: int) -> str:
-    return f"dsq::fp_ds_quant<{FORMATS[dtype]}>"
+# DeepSpeed's FP quantizer records (dsq_fp_ds.cu): quantize and dequantize per code space
+# (dsquant.core.fp_ds.SPACES: DeepSpeed's, then the OCP formats of dsq_fp.cuh) and dtype.
+FP_DS_SPACES = ("dsq::DsSpace", *(f"dsq::OcpSpace<dsq::{fp_formats.parse(name).cxx}>" for name in fp_ds.SPACES[1:]))
 
 
-def fp_ds_dequant(dtype: int) -> str:
-    return f"dsq::fp_ds_dequant<{FORMATS[dtype]}>"
+def fp_ds_quant(space: int, dtype: int) -> str:
+    return f"dsq::fp_ds_quant<{FP_DS_SPACES[space]}, {FORMATS[dtype]}>"
+
+
+def fp_ds_dequant(space: int, dtype: int) -> str:
+    return f"dsq::fp_ds_dequant<{FP_DS_SPACES[space]}, {FORMATS[dtype]}>"
 
 
 def _fp_ds_instantiations() -> tuple[str, ...]:
-    return tuple(f(d) for d in range(len(FORMATS)) for f in (fp_ds_quant, fp_ds_dequant))
+    return tuple(f(s, d) for s in range(len(FP_DS_SPACES)) for d in range(len(FORMATS))
+                 for f in (fp_ds_quant, fp_ds_dequant))
 
 
 # Minifloat quantization (dsq_fp.cu): element format structs of cuda/dsq_fp_formats.cuh.
