@@ -2,26 +2,34 @@
 and an ``FP_Quantize`` with the Python signatures of ``deepspeed.ops.fp_quantizer.FP_Quantize``.
 
 Records keep DeepSpeed's layout: per group of ``group_size`` elements, the codes as an LSB-first
-bit stream of ``q_bits``-bit codes, then the group's scale as a little-endian float32. This module
-writes and reads them in DeepSpeed's own code space (the ``compat`` mode: q_range 480 / 114688
-for 8 bits with 3 / 2 mantissa bits, 510 for 12 bits (E4M7), 28 for 6, 6 for 4; every exponent
-code a normal binade), so its records and DeepSpeed's kernels' records can be exchanged both ways.
-DeepSpeed's defects are fixed or refused (round to nearest even, real stochastic rounding, any
-group size and float dtype, bounds-checked indexes, errors instead of silent no-ops); every
-difference is listed in docs/deepspeed_fp.md.
+bit stream of ``q_bits``-bit codes, then the group's scale as a little-endian float32. Two code
+spaces: the module's functions (and :data:`OCP`) write the standard OCP formats with absmax
+scaling, exactly dsquant.fp_quantize's codes and scales (E4M3FN max 448, E5M2, E3M2, E2M1; no
+12-bit format); :data:`DEEPSPEED` (and ``FP_Quantize(compat=True)``) writes DeepSpeed's own code
+space (q_range 480 / 114688 for 8 bits with 3 / 2 mantissa bits, 510 for 12 bits (E4M7), 28 for
+6, 6 for 4; every exponent code a normal binade), so records move between dsquant and DeepSpeed's
+kernels both ways. DeepSpeed's defects are fixed or refused (round to nearest even, real
+stochastic rounding, any group size and float dtype, bounds-checked indexes, errors instead of
+silent no-ops); every difference is listed in docs/deepspeed_fp.md.
 
 Examples:
     >>> import numpy as np
     >>> from dsquant.compat import deepspeed_fp
     >>> x = np.array([1.0, -3.3, 360.0, 480.0], dtype=np.float32)
     >>> out = np.ones((1, 4 + 4), np.uint8)
-    >>> records = deepspeed_fp.quantize(out, x, 4, False, 8, 3)
+    >>> records = deepspeed_fp.DEEPSPEED.quantize(out, x, 4, False, 8, 3)     # DeepSpeed's E4M3 (480)
     >>> [hex(b) for b in records[0, :4]], records[0, 4:].view(np.float32)
     (['0x38', '0xc5', '0x7b', '0x7f'], array([1.], dtype=float32))
     >>> y = np.empty(4, np.float32)
-    >>> _ = deepspeed_fp.dequantize(y, records, 4, 3, 4)
+    >>> _ = deepspeed_fp.DEEPSPEED.dequantize(y, records, 4, 3, 4)
     >>> y
     array([  1.  ,  -3.25, 352.  , 480.  ], dtype=float32)
+    >>> records = deepspeed_fp.quantize(out, x, 4, False, 8, 3)               # OCP E4M3FN (448)
+    >>> [hex(b) for b in records[0, :4]], records[0, 4:].view(np.float32)    # 336 = 448/480 * 360: a tie
+    (['0x37', '0xc4', '0x7a', '0x7e'], array([1.0714285], dtype=float32))
+    >>> _ = deepspeed_fp.dequantize(y, records, 4, 3, 4)
+    >>> y
+    array([  1.0044643,  -3.2142856, 342.85712  , 480.       ], dtype=float32)
 """
 from __future__ import annotations
 
@@ -32,7 +40,8 @@ from typing import Any
 from ..core import checks, fp_ds
 from ..ops import fp_ds as ops
 
-__all__ = ["CUDA_IMPL", "FP_Quantize", "dequantize", "get_scales", "quantize", "selective_dequantize"]
+__all__ = ["CUDA_IMPL", "DEEPSPEED", "FP_Quantize", "FpQuantizerOps", "OCP", "dequantize", "get_scales", "quantize",
+           "selective_dequantize"]
 
 # DeepSpeed's FP_Quantize reads this attribute of the loaded module (True: its CUDA path). The
 # same functions serve CPU and GPU arrays here.
@@ -45,52 +54,72 @@ def _bits_of(q_mantisa_bits: int, q_exponent_bits: int) -> int:
     return m + e + 1
 
 
-def quantize(out: Any, val: Any, group_size: int, stochastic_rounding: bool | int, q_bits: int,
-             q_mantisa_bits: int, *, seed: int | None = None) -> Any:
-    """DeepSpeed's ``quantize(out, val, group_size, stochastic_rounding, q_bits, q_mantisa_bits)``:
-    writes the records of `val` into `out` (uint8, ``groups * (group_size*q_bits/8 + 4)`` bytes,
-    C-contiguous) and returns `out`.
+class FpQuantizerOps:
+    """The extension's four functions in one code space: the OCP formats (``compat=False``, this
+    module's own functions) or DeepSpeed's (``compat=True``, :data:`DEEPSPEED`), for records that
+    DeepSpeed's kernels write and read."""
+    CUDA_IMPL = CUDA_IMPL
 
-    `val`: float16, bfloat16, float32 or float64 (DeepSpeed: float16/bfloat16, anything else
-    silently ignored); `group_size` must divide its size (any size; DeepSpeed: at most 1,536).
-    `stochastic_rounding`: unbiased stochastic rounding (DeepSpeed's is in effect truncation);
-    `seed` for it, else the library-global stream (``dsquant.manual_seed``)."""
-    # DeepSpeed's binding takes an int; a bool is one
-    stochastic = bool(operator.index(stochastic_rounding))
-    return ops.quantize_records(val, group_size, q_bits, q_mantisa_bits, stochastic=stochastic, seed=seed, out=out)
+    def __init__(self, compat: bool):
+        self.compat = checks.bool_arg(compat, "compat")
+
+    def __repr__(self) -> str:
+        return f"dsquant.compat.deepspeed_fp.{'DEEPSPEED' if self.compat else 'OCP'}"
+
+    def quantize(self, out: Any, val: Any, group_size: int, stochastic_rounding: bool | int, q_bits: int,
+                 q_mantisa_bits: int, *, seed: int | None = None) -> Any:
+        """DeepSpeed's ``quantize(out, val, group_size, stochastic_rounding, q_bits, q_mantisa_bits)``:
+        writes the records of `val` into `out` (uint8, ``groups * (group_size*q_bits/8 + 4)`` bytes,
+        C-contiguous) and returns `out`.
+
+        `val`: float16, bfloat16, float32 or float64 (DeepSpeed: float16/bfloat16, anything else
+        silently ignored); `group_size` must divide its size (any size; DeepSpeed: at most 1,536).
+        `stochastic_rounding`: unbiased stochastic rounding (DeepSpeed's is in effect truncation);
+        `seed` for it, else the library-global stream (``dsquant.manual_seed``)."""
+        # DeepSpeed's binding takes an int; a bool is one
+        stochastic = bool(operator.index(stochastic_rounding))
+        return ops.quantize_records(val, group_size, q_bits, q_mantisa_bits, compat=self.compat, stochastic=stochastic,
+                                    seed=seed, out=out)
+
+    def dequantize(self, val: Any, val_q: Any, group_size: int, q_mantisa_bits: int, q_exponent_bits: int) -> Any:
+        """DeepSpeed's ``dequantize(val, val_q, group_size, q_mantisa_bits, q_exponent_bits)``: writes
+        the values of the records `val_q` into `val` (any float dtype; its size must be the records'
+        element count) and returns `val`. ``q_mantisa_bits + q_exponent_bits + 1`` is q_bits; DeepSpeed's
+        wrapper passes (4, 7) for 12 bits, which is E4M7 as in DeepSpeed's kernel."""
+        q_bits = _bits_of(q_mantisa_bits, q_exponent_bits)
+        return ops.dequantize_records(val_q, group_size, q_bits, q_mantisa_bits, compat=self.compat, out=val)
+
+    def selective_dequantize(self, val: Any, val_q: Any, indexes: Any, group_size: int, q_mantisa_bits: int,
+                             q_exponent_bits: int) -> Any:
+        """DeepSpeed's ``selective_dequantize``: the quantized tensor is viewed as rows of
+        ``Rw = val.size / len(indexes)`` elements (a multiple of group_size); row i of `val` gets source
+        row ``indexes[i]``. Indexes (int32 or int64) are checked in bounds (DeepSpeed reads out of
+        bounds); returns `val`."""
+        q_bits = _bits_of(q_mantisa_bits, q_exponent_bits)
+        numel = math.prod(ops.shape_and_dtype(val, "val")[0])
+        count = math.prod(ops.shape_and_dtype(indexes, "indexes", ops.INDEX_DTYPES)[0])
+        if count == 0 or numel % count:
+            raise ValueError(f"val has {numel} elements: not a whole number of rows for {count} indexes")
+        return ops.dequantize_records(val_q, group_size, q_bits, q_mantisa_bits, compat=self.compat, out=val,
+                                      rows=indexes, row_elems=numel // count)
+
+    def get_scales(self, out: Any, num_groups: int) -> Any:
+        """DeepSpeed's ``get_scales(out, num_groups)``: the float32 ``[num_groups, 1]`` scales of the
+        uint8 ``[num_groups, 4]`` scale tensor of the meta-tensor path, as a view of its memory where
+        the framework allows (NumPy, torch, CuPy), else a copy. (DeepSpeed reinterprets whatever it is
+        given; on a whole record buffer that is code bytes. Use ``ops.fp_ds.scales(records, G,
+        group_size, q_bits)`` for the scales of records.)"""
+        return ops.scales(out, num_groups)
 
 
-def dequantize(val: Any, val_q: Any, group_size: int, q_mantisa_bits: int, q_exponent_bits: int) -> Any:
-    """DeepSpeed's ``dequantize(val, val_q, group_size, q_mantisa_bits, q_exponent_bits)``: writes
-    the values of the records `val_q` into `val` (any float dtype; its size must be the records'
-    element count) and returns `val`. ``q_mantisa_bits + q_exponent_bits + 1`` is q_bits; DeepSpeed's
-    wrapper passes (4, 7) for 12 bits, which is E4M7 as in DeepSpeed's kernel."""
-    q_bits = _bits_of(q_mantisa_bits, q_exponent_bits)
-    return ops.dequantize_records(val_q, group_size, q_bits, q_mantisa_bits, out=val)
+OCP = FpQuantizerOps(compat=False)
+DEEPSPEED = FpQuantizerOps(compat=True)
 
-
-def selective_dequantize(val: Any, val_q: Any, indexes: Any, group_size: int, q_mantisa_bits: int,
-                         q_exponent_bits: int) -> Any:
-    """DeepSpeed's ``selective_dequantize``: the quantized tensor is viewed as rows of
-    ``Rw = val.size / len(indexes)`` elements (a multiple of group_size); row i of `val` gets source
-    row ``indexes[i]``. Indexes (int32 or int64) are checked in bounds (DeepSpeed reads out of
-    bounds); returns `val`."""
-    q_bits = _bits_of(q_mantisa_bits, q_exponent_bits)
-    numel = math.prod(ops.shape_and_dtype(val, "val")[0])
-    count = math.prod(ops.shape_and_dtype(indexes, "indexes", ops.INDEX_DTYPES)[0])
-    if count == 0 or numel % count:
-        raise ValueError(f"val has {numel} elements: not a whole number of rows for {count} indexes")
-    return ops.dequantize_records(val_q, group_size, q_bits, q_mantisa_bits, out=val, rows=indexes,
-                                  row_elems=numel // count)
-
-
-def get_scales(out: Any, num_groups: int) -> Any:
-    """DeepSpeed's ``get_scales(out, num_groups)``: the float32 ``[num_groups, 1]`` scales of the
-    uint8 ``[num_groups, 4]`` scale tensor of the meta-tensor path, as a view of its memory where
-    the framework allows (NumPy, torch, CuPy), else a copy. (DeepSpeed reinterprets whatever it is
-    given; on a whole record buffer that is code bytes. Use ``ops.fp_ds.scales(records, G,
-    group_size, q_bits)`` for the scales of records.)"""
-    return ops.scales(out, num_groups)
+# The module's own functions: the default mode (OCP codes).
+quantize = OCP.quantize
+dequantize = OCP.dequantize
+selective_dequantize = OCP.selective_dequantize
+get_scales = OCP.get_scales
 
 
 class FP_Quantize:  # noqa: N801 - DeepSpeed's name
@@ -105,13 +134,16 @@ class FP_Quantize:  # noqa: N801 - DeepSpeed's name
         quantization_config: any object with a ``group_size`` attribute (DeepSpeed's
             ``QuantizationConfig``), or None with ``group_size=``.
         group_size: elements per group (default 512, DeepSpeed's).
+        compat: DeepSpeed's code space (records DeepSpeed's kernels read and write; 12 bits is
+            E4M7) instead of the OCP formats (E4M3FN, E5M2, E3M2, E2M1; no 12-bit format).
     """
 
-    def __init__(self, quantization_config: Any = None, *, group_size: int | None = None):
+    def __init__(self, quantization_config: Any = None, *, group_size: int | None = None, compat: bool = False):
         if group_size is None:
             group_size = 512 if quantization_config is None else quantization_config.group_size
         self.group_size = checks.positive(group_size, "group_size")
         self.q_config = quantization_config
+        self.compat = checks.bool_arg(compat, "compat")
         self.cuda_impl = CUDA_IMPL
         self.orig_dtype: Any = None
         self.orig_shape: tuple[int, ...] | None = None
@@ -133,7 +165,7 @@ class FP_Quantize:  # noqa: N801 - DeepSpeed's name
         fmt = self._format(q_bits, q_mantisa_bits)
         self.orig_shape, self.orig_dtype = ops.shape_and_dtype(input, "input")
         self.num_groups = math.prod(self.orig_shape) // self.group_size
-        result = ops.quantize_records(input, self.group_size, fmt.q_bits, fmt.mantissa,
+        result = ops.quantize_records(input, self.group_size, fmt.q_bits, fmt.mantissa, compat=self.compat,
                                       stochastic=checks.bool_arg(stochastic_mode, "stochastic_mode"), seed=seed,
                                       split=bool(return_meta_tensor))
         if return_meta_tensor:
@@ -144,7 +176,7 @@ class FP_Quantize:  # noqa: N801 - DeepSpeed's name
         """float32 ``[groups, 1]`` scales of the last meta-tensor :meth:`quantize`, a view of them."""
         if self.scale is None or self.num_groups is None:
             raise RuntimeError("get_scales() needs a quantize(..., return_meta_tensor=True) first")
-        return get_scales(self.scale, self.num_groups)
+        return ops.scales(self.scale, self.num_groups)
 
     def _like_last(self, shape: tuple[int, ...] | None, dtype: Any) -> tuple[tuple[int, ...], Any]:
         """(shape, dtype) of a new result: the given ones, else those of the last quantize()."""
@@ -162,8 +194,8 @@ class FP_Quantize:  # noqa: N801 - DeepSpeed's name
         quantized tensor's shape and dtype (or `shape`, `dtype`)."""
         fmt = self._format(q_bits, q_mantisa_bits)
         out_shape, out_dtype = (None, dtype) if fp_out is not None else self._like_last(shape, dtype)
-        return ops.dequantize_records(input_q, self.group_size, fmt.q_bits, fmt.mantissa, scales=scale,
-                                      out=fp_out, shape=out_shape, dtype=out_dtype)
+        return ops.dequantize_records(input_q, self.group_size, fmt.q_bits, fmt.mantissa, compat=self.compat,
+                                      scales=scale, out=fp_out, shape=out_shape, dtype=out_dtype)
 
     def selective_dequantize(self, input_q: Any, indexes: Any, fp_out: Any = None, q_bits: int = 8,
                              q_mantisa_bits: int = 3, scale: Any = None, *, shape: tuple[int, ...] | None = None,
@@ -178,8 +210,8 @@ class FP_Quantize:  # noqa: N801 - DeepSpeed's name
         if len(idx_shape) != 1:
             raise ValueError(f"indexes must be 1-D, got shape {idx_shape}")
         out_shape = (idx_shape[0], *src_shape[1:])
-        return ops.dequantize_records(input_q, self.group_size, fmt.q_bits, fmt.mantissa, scales=scale,
-                                      out=fp_out, shape=None if fp_out is not None else out_shape,
+        return ops.dequantize_records(input_q, self.group_size, fmt.q_bits, fmt.mantissa, compat=self.compat,
+                                      scales=scale, out=fp_out, shape=None if fp_out is not None else out_shape,
                                       dtype=None if fp_out is not None else out_dtype, rows=indexes,
                                       row_elems=math.prod(src_shape[1:]))
 

@@ -140,7 +140,7 @@ def install(ops, fp_ops=None) -> list[str]:
         setattr(target, attribute, ops)
         done.append(f"{module_name}.{path}")
     if fp_ops is None:
-        fp_ops = importlib.import_module("dsquant.compat.deepspeed_fp")
+        fp_ops = importlib.import_module("dsquant.compat.deepspeed_fp")   # the OCP codes
     return done + _install_fp(fp_ops)
 
 

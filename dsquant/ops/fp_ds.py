@@ -96,8 +96,9 @@ def quantize_records(x: Any, group_size: int, q_bits: int = 8, mantissa: int | N
 
 
 def dequantize_records(records: Any, group_size: int, q_bits: int = 8, mantissa: int | None = None, *,
-                       compat: bool = False, scales: Any = None, dtype: Any = None, shape: tuple[int, ...] | None = None,
-                       out: Any = None, rows: Any = None, row_elems: int | None = None) -> Any:
+                       compat: bool = False, scales: Any = None, dtype: Any = None,
+                       shape: tuple[int, ...] | None = None, out: Any = None, rows: Any = None,
+                       row_elems: int | None = None) -> Any:
     """Values of records (or, with `scales`, of split codes and scale bytes).
 
     Args:

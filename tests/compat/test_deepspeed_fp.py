@@ -18,18 +18,18 @@ def test_module_functions_on_every_backend(backend, q_bits, m):
     x = np.random.default_rng(q_bits + m).standard_normal((3, 32)).astype(np.float16)
     out = backend.put(np.ones((6, group_size * q_bits // 8 + 4), np.uint8))
     # DeepSpeed's wrapper passes q_mantisa_bits 4 for 12 bits; its kernel runs E4M7
-    assert deepspeed_fp.quantize(out, backend.put(x), group_size, 0, q_bits, 4 if q_bits == 12 else m) is out
+    ops = deepspeed_fp.DEEPSPEED
+    assert ops.quantize(out, backend.put(x), group_size, 0, q_bits, 4 if q_bits == 12 else m) is out
     want = ref.quantize_records(x.reshape(-1), group_size, q_bits, m)
     np.testing.assert_array_equal(backend.get(out), want)
     val = backend.put(np.zeros((3, 32), np.float32))
     m_ds = 4 if q_bits == 12 else m
-    deepspeed_fp.dequantize(val, out, group_size, m_ds, q_bits - m_ds - 1)
+    ops.dequantize(val, out, group_size, m_ds, q_bits - m_ds - 1)
     codes, scales = ref.unpack_records(want, group_size, q_bits)
     np.testing.assert_array_equal(backend.get(val).reshape(-1), ref.decode(codes, scales, group_size, q_bits, m,
                                                                         np.float32))
     part = backend.put(np.zeros((2, 32), np.float32))
-    deepspeed_fp.selective_dequantize(part, out, backend.put(np.array([2, 0], np.int32)), group_size, m_ds,
-                                      q_bits - m_ds - 1)
+    ops.selective_dequantize(part, out, backend.put(np.array([2, 0], np.int32)), group_size, m_ds, q_bits - m_ds - 1)
     np.testing.assert_array_equal(backend.get(part), backend.get(val)[[2, 0]])
 
 
@@ -47,7 +47,7 @@ def test_fp_quantize_on_torch_and_jax():
     x = np.random.default_rng(1).standard_normal((2, 4, 16)).astype(np.float32)
     want = ref.quantize_records(x.reshape(-1), 32, 8, 3)
     for arr in (torch.from_numpy(x), jax.numpy.asarray(x)):
-        q = deepspeed_fp.FP_Quantize(group_size=32)
+        q = deepspeed_fp.FP_Quantize(group_size=32, compat=True)
         data, scale = q.quantize(arr, return_meta_tensor=True)
         assert type(data) is type(arr) and tuple(data.shape) == x.shape
         np.testing.assert_array_equal(np.asarray(data).reshape(4, 32), want[:, :32])
@@ -61,7 +61,7 @@ def test_fp_quantize_on_torch_and_jax():
 
 def test_one_object_serves_several_tensors():
     """DeepSpeed's wrapper decodes with the last quantize's shape and dtype; shape=/dtype= override it."""
-    q = deepspeed_fp.FP_Quantize(group_size=8)
+    q = deepspeed_fp.FP_Quantize(group_size=8, compat=True)
     a = np.arange(16, dtype=np.float32).reshape(2, 8)
     b = np.ones(24, ml_dtypes.bfloat16)
     ra, rb = q.quantize(a), q.quantize(b)
@@ -102,5 +102,8 @@ def test_random_shapes_and_values(groups, units, fmt, scale, seed, dtype):
         x = (rng.standard_normal(groups * group_size) * scale).astype(dtype)
     x[rng.integers(0, x.size, 3)] = 0
     out = np.ones((groups, group_size * q_bits // 8 + 4), np.uint8)
-    deepspeed_fp.quantize(out, x, group_size, False, q_bits, m)
+    deepspeed_fp.DEEPSPEED.quantize(out, x, group_size, False, q_bits, m)
     np.testing.assert_array_equal(out, ref.quantize_records(x, group_size, q_bits, m))
+    if q_bits != 12:                                 # the default mode: OCP codes
+        deepspeed_fp.quantize(out, x, group_size, False, q_bits, m)
+        np.testing.assert_array_equal(out, ref.ocp_quantize_records(x, group_size, q_bits, m))

@@ -1,7 +1,7 @@
 """DeepSpeed's own FP_Quantize (deepspeed.ops.fp_quantizer, 0.19.8) running on dsquant after
-dsquant.compat.deepspeed.install(), on the CPU accelerator (DS_ACCELERATOR=cpu, no op build):
-records, meta tensors, scales and selective dequantization bit for bit against the NumPy
-reference of tests/reference_fp_ds.py."""
+dsquant.compat.deepspeed.install() (OCP codes) and install(fp_compat=True) (DeepSpeed's code
+space), on the CPU accelerator (DS_ACCELERATOR=cpu, no op build): records, meta tensors, scales
+and selective dequantization bit for bit against the NumPy reference of tests/reference_fp_ds.py."""
 import os
 import types
 
@@ -37,6 +37,14 @@ def installed():
     return ds_ops.install()
 
 
+@pytest.fixture
+def compat_installed():
+    """install(fp_compat=True) for one test, then back to the default."""
+    done = ds_ops.install(fp_compat=True)
+    yield done
+    ds_ops.install()
+
+
 def _quantizer(group_size):
     return fp_quantize.FP_Quantize(types.SimpleNamespace(group_size=group_size))
 
@@ -57,8 +65,31 @@ def test_install_routes_the_fp_quantizer(installed):
     assert not hasattr(other, "ops")
 
 
+def test_install_fp_compat_routes_deepspeeds_code_space(compat_installed):
+    assert fp_quantize.fp_quant_module is deepspeed_fp.DEEPSPEED
+    assert op_builder.FPQuantizerBuilder().load() is deepspeed_fp.DEEPSPEED
+    assert ds_ops.install(fp_compat=True) == compat_installed                 # idempotent
+
+
+@pytest.mark.parametrize("q_bits,m,fmt", FORMATS[:2] + FORMATS[3:], ids=IDS[:2] + IDS[3:])
+def test_ocp_records_round_trip(q_bits, m, fmt):
+    """The default install: DeepSpeed's FP_Quantize writes and reads OCP records."""
+    group_size = 64
+    x, t = _bf16((4, 8, 32), q_bits * 10 + m + 1)
+    q = _quantizer(group_size)
+    records = q.quantize(t, q_bits=q_bits, q_mantisa_bits=m if q_bits == 8 else 3)
+    want = ref.ocp_quantize_records(x.reshape(-1), group_size, *fmt)
+    np.testing.assert_array_equal(records.numpy(), want)
+    y = q.dequantize(records, q_bits=q_bits, q_mantisa_bits=m if q_bits == 8 else 3)
+    codes, scales = ref.unpack_records(want, group_size, fmt[0])
+    expected = ref.ocp_decode(codes, scales, group_size, *fmt, ml_dtypes.bfloat16)
+    np.testing.assert_array_equal(y.view(torch.uint16).numpy().reshape(-1), expected.view(np.uint16))
+    with pytest.raises(ValueError, match="compat=True"):
+        q.quantize(t, q_bits=12)
+
+
 @pytest.mark.parametrize("q_bits,m,fmt", FORMATS, ids=IDS)
-def test_records_round_trip(q_bits, m, fmt):
+def test_records_round_trip(compat_installed, q_bits, m, fmt):
     group_size = 64
     x, t = _bf16((4, 8, 32), q_bits * 10 + m)
     q = _quantizer(group_size)
@@ -73,7 +104,7 @@ def test_records_round_trip(q_bits, m, fmt):
     np.testing.assert_array_equal(y.view(torch.uint16).numpy().reshape(-1), expected.view(np.uint16))
 
 
-def test_meta_tensors_and_scales():
+def test_meta_tensors_and_scales(compat_installed):
     x, t = _bf16((2, 4, 64), 1)
     q = _quantizer(128)
     data, scale = q.quantize(t, return_meta_tensor=True)
@@ -89,7 +120,7 @@ def test_meta_tensors_and_scales():
                                   full.view(torch.uint16).numpy())
 
 
-def test_selective_dequantize():
+def test_selective_dequantize(compat_installed):
     x, t = _bf16((6, 4, 32), 2)
     q = _quantizer(32)
     records = q.quantize(t)
@@ -102,7 +133,7 @@ def test_selective_dequantize():
         q.selective_dequantize(records, torch.tensor([6], dtype=torch.int32))
 
 
-def test_records_written_by_deepspeeds_kernel_decode_as_it_means():
+def test_records_written_by_deepspeeds_kernel_decode_as_it_means(compat_installed):
     """Codes DeepSpeed's encoder writes (spec §7.3: 1.0 -> 0x38, 3.3 -> 0x45, 360 -> 0x7B, 480 -> 0x7F,
     -480 -> 0xFF, 0.001 -> 0x08, 0.0 -> 0x40, the NaN code 0x80), scale 0.25."""
     q = _quantizer(8)
@@ -116,5 +147,5 @@ def test_any_dtype_and_group_size_past_deepspeeds_limit():
     """DeepSpeed's wrapper asserts bf16; the module functions take float32 and groups > 1,536."""
     x = np.random.default_rng(4).standard_normal(2 * 2048).astype(np.float32)
     out = torch.ones(2, 2048 + 4, dtype=torch.uint8)
-    deepspeed_fp.quantize(out, torch.from_numpy(x), 2048, False, 8, 3)
+    deepspeed_fp.DEEPSPEED.quantize(out, torch.from_numpy(x), 2048, False, 8, 3)
     np.testing.assert_array_equal(out.numpy(), ref.quantize_records(x, 2048, 8, 3))

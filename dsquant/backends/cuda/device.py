@@ -22,8 +22,8 @@ except ImportError as exc:   # the message is the whole fix
 import numpy as np
 
 from ...core import dtypes, fp_ds, fp_formats, registry
-from ...core.fp_formats import codes_per_unit
 from ...core.formats import codes_per_byte, params_shape
+from ...core.fp_formats import codes_per_unit
 from ...interop import _array
 from ...interop.operand import Operand
 from . import kernels as _kernels
