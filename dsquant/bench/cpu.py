@@ -109,4 +109,7 @@ def main(argv=None, prog: str = "python -m dsquant bench") -> int:
     if more:
         print("\n## integer codes (quantize, dequantize) and the ZeRO++ ops (2 nodes x 4 devices)\n")
         print(format_table(more))
+    from .fp import fp_rows
+    print("\n## minifloat codes (fp_quantize, fp_dequantize; peers: casts without scaling or packing)\n")
+    print(format_table(fp_rows(n, reps)))
     return 0

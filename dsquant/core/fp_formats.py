@@ -142,7 +142,8 @@ def cxx_header() -> str:
         lines.append(f"struct {f.cxx} {{  // {f.name}: max {f.max!r}, min subnormal {f.min_subnormal!r}")
         lines.append(f"  static constexpr int CODE = {f.code}, BITS = {f.bits}, E = {f.ebits}, M = {f.mbits}, "
                      f"BIAS = {f.bias}, EMAX = {f.emax};")
-        lines.append(f"  static constexpr FpNonFinite NONFINITE = {('FP_FINITE_ONLY', 'FP_NAN_ONLY', 'FP_IEEE')[f.nonfinite]};")
+        policy = ("FP_FINITE_ONLY", "FP_NAN_ONLY", "FP_IEEE")[f.nonfinite]
+        lines.append(f"  static constexpr FpNonFinite NONFINITE = {policy};")
         lines.append(f"  static constexpr uint32_t MAX_CODE = {f.max_code:#x}u, NAN_CODE = {f.nan_code:#x}u, "
                      f"INF_CODE = {f.inf_code:#x}u;")
         lines.append(f"  static constexpr float MAX = {f.max!r}f;")

@@ -80,6 +80,15 @@ class Adapter:
         when the framework cannot write through such a view."""
         return values
 
+    def float8_view(self, codes: Any, name: str) -> Any:
+        """uint8 FP8 codes (a result of this framework) viewed as its float8 type `name`
+        (ml_dtypes' spelling: float8_e4m3fn, float8_e5m2), zero-copy."""
+        raise TypeError(f"{self.name} arrays have no {name} type here; pass as_float8=False (uint8 codes)")
+
+    def code_bytes(self, obj: Any) -> Any:
+        """`obj` itself, or its bytes (uint8, zero-copy) when it is an array of a float8 type."""
+        return obj
+
     def graph_device(self, obj: Any, autograd: bool = True, in_place: bool = False) -> str | None:
         """The registry device whose implementation records a call on `obj` in the framework's
         own op graph (autograd, tracing, version counters of in-place writes), or None to run
@@ -104,6 +113,13 @@ class NumpyAdapter(Adapter):
 
     def immutable(self, obj: Any) -> bool:
         return not obj.flags.writeable
+
+    def float8_view(self, codes: Any, name: str) -> Any:
+        import ml_dtypes
+        return codes.view(getattr(ml_dtypes, name))
+
+    def code_bytes(self, obj: Any) -> Any:
+        return obj.view(np.uint8) if obj.dtype.name.startswith("float8") else obj
 
     def from_host(self, buffer: Any, dtype_name: str) -> Any:
         arr = _writable(np.from_dlpack(buffer))
@@ -130,6 +146,13 @@ class TorchAdapter(Adapter):
 
     def from_device(self, result: Any, relabel: Any) -> Any:
         return sys.modules["torch"].from_dlpack(relabel or result)
+
+    def float8_view(self, codes: Any, name: str) -> Any:
+        return codes.view(getattr(sys.modules["torch"], name))
+
+    def code_bytes(self, obj: Any) -> Any:
+        torch = sys.modules["torch"]
+        return obj.view(torch.uint8) if str(obj.dtype).startswith("torch.float8") else obj
 
     def cast_float32(self, values: Any, dtype_name: str) -> Any:
         torch = sys.modules["torch"]
@@ -182,6 +205,14 @@ class JaxAdapter(Adapter):
     def from_device(self, result: Any, relabel: Any) -> Any:
         import jax.dlpack
         return jax.dlpack.from_dlpack(relabel or result)
+
+    def float8_view(self, codes: Any, name: str) -> Any:
+        jax = sys.modules["jax"]
+        return jax.lax.bitcast_convert_type(codes, getattr(jax.numpy, name))
+
+    def code_bytes(self, obj: Any) -> Any:
+        jax = sys.modules["jax"]
+        return jax.lax.bitcast_convert_type(obj, jax.numpy.uint8) if str(obj.dtype).startswith("float8") else obj
 
     def cast_float32(self, values: Any, dtype_name: str) -> Any:
         jax = sys.modules["jax"]

@@ -7,6 +7,7 @@ from typing import Any
 
 from ..core import checks, dtypes, fp_formats, rng
 from ..interop import operand
+from ..interop.adapters import adapter_of
 from ._args import implementation, take, take_out, take_peer
 
 _CODE_DTYPES = ("uint8", "int8")
@@ -37,7 +38,7 @@ def _groups(group_size: int, numel: int) -> int:
 
 
 def _common(x: Any, group_size: int, fmt: str, scaling: str, stochastic: bool, seed: int | None, saturate: bool,
-            mx_rounding: str):
+            mx_rounding: str) -> tuple[fp_formats.FpFormat, int, int, bool, bool, operand.Operand, int, int, int]:
     f = fp_formats.parse(fmt)
     scaling_code = _scaling(scaling, f)
     rounding = _mx_rounding(mx_rounding)
@@ -50,7 +51,8 @@ def _common(x: Any, group_size: int, fmt: str, scaling: str, stochastic: bool, s
 
 
 def fp_quantize(x: Any, group_size: int, fmt: str = "e4m3", *, scaling: str = "absmax", stochastic: bool = False,
-                seed: int | None = None, saturate: bool = True, mx_rounding: str = "floor") -> tuple[Any, Any]:
+                seed: int | None = None, saturate: bool = True, mx_rounding: str = "floor",
+                as_float8: bool = False) -> tuple[Any, Any]:
     """Minifloat codes of `x` with one scale per group of `group_size` contiguous elements.
 
     Each group's values are multiplied by a scale factor and rounded to the element format
@@ -73,6 +75,9 @@ def fp_quantize(x: Any, group_size: int, fmt: str = "e4m3", *, scaling: str = "a
             FP6/FP4 ±max since they have neither).
         mx_rounding: ``"floor"`` (OCP MX: ``floor(log2(amax)) - emax``) or ``"rceil"``
             (``ceil(log2(amax / max))``, torchao's RCEIL) for ``scaling="mx"``.
+        as_float8: FP8 formats only: return the codes as the framework's float8 array
+            (``ml_dtypes.float8_e4m3fn`` / ``float8_e5m2`` for NumPy, ``torch.float8_e4m3fn`` /
+            ``torch.float8_e5m2``, JAX's float8 types), zero-copy; CuPy has no float8 type.
 
     Returns:
         ``(codes, scales)`` in `x`'s framework and device: `codes` uint8 of `x`'s shape with the last
@@ -90,10 +95,15 @@ def fp_quantize(x: Any, group_size: int, fmt: str = "e4m3", *, scaling: str = "a
     """
     f, scaling_code, rounding, stochastic, saturate, src, groups, seed, offset = _common(
         x, group_size, fmt, scaling, stochastic, seed, saturate, mx_rounding)
+    as_float8 = checks.bool_arg(as_float8, "as_float8")
+    if as_float8 and f.bits != 8:
+        raise ValueError(f"as_float8=True needs an FP8 format (e4m3, e5m2), got fmt={f.name!r}")
     code_shape = fp_formats.code_shape(src.tensor.shape, f)
-    result: tuple[Any, Any] = implementation("fp_quantize", src)(
+    codes, scales = implementation("fp_quantize", src)(
         src, f.code, scaling_code, rounding, groups, code_shape, stochastic, saturate, seed, offset)
-    return result
+    if as_float8:
+        codes = src.adapter.float8_view(codes, f.ml_dtypes)
+    return codes, scales
 
 
 def fake_fp_quantize(x: Any, group_size: int, fmt: str = "e4m3", *, scaling: str = "absmax",
@@ -124,7 +134,8 @@ def fp_dequantize(codes: Any, scales: Any, fmt: str = "e4m3", *, scaling: str = 
     tensor_scale)`` (nvfp4), computed in float32 (float64 for a float64 result).
 
     Args:
-        codes: uint8 (or int8) code bytes, as :func:`fp_quantize` returns them.
+        codes: uint8 (or int8) code bytes, as :func:`fp_quantize` returns them (FP8: also a
+            float8 array of NumPy/ml_dtypes, torch or JAX).
         scales: as :func:`fp_quantize` returns them for `scaling` (same framework and device as
             `codes`); their count is the group count, which must divide the number of values.
         fmt, scaling: as given to :func:`fp_quantize`.
@@ -136,7 +147,8 @@ def fp_dequantize(codes: Any, scales: Any, fmt: str = "e4m3", *, scaling: str = 
     """
     f = fp_formats.parse(fmt)
     scaling_code = _scaling(scaling, f)
-    q = take(codes, "codes", _CODE_DTYPES)
+    framework = adapter_of(codes)
+    q = take(framework.code_bytes(codes) if framework is not None else codes, "codes", _CODE_DTYPES)
     tensor_scale = None
     if scaling == "nvfp4":
         if not isinstance(scales, (tuple, list)) or len(scales) != 2:

@@ -5,11 +5,11 @@ every float16 and bfloat16 input, random and adversarial data, group sizes above
 ones, the NaN/Inf policy, unbiasedness and reproducibility of stochastic rounding, errors."""
 import numpy as np
 import pytest
+import reference_fp as rf
 
 import dsquant
 import helpers
 import reference as ref
-import reference_fp as rf
 from _optional import require
 
 ml_dtypes = require("ml_dtypes")
@@ -40,7 +40,8 @@ def assert_codes(codes, expected, fmt, shape):
     assert c.shape == shape[:-1] + (shape[-1] * rf.bits(fmt) // 8,)
     got = rf.unpack(c.ravel(), fmt)
     bad = np.flatnonzero(got != expected)
-    assert bad.size == 0, f"{bad.size} codes differ, first at {bad[0]}: got {got[bad[0]]:#x}, expected {expected[bad[0]]:#x}"
+    assert bad.size == 0, (f"{bad.size} codes differ, first at {bad[0]}: got {got[bad[0]]:#x}, "
+                           f"expected {expected[bad[0]]:#x}")
 
 
 def check_all(backend, x, group_size, fmt, scaling="absmax", saturate=True, mx_rounding="floor", **kw):
@@ -317,3 +318,24 @@ def test_errors(call, error, match):
     x = np.ones((4, 64), np.float32)
     with pytest.raises(error, match=match):
         call(x)
+
+
+def test_as_float8():
+    torch = require("torch")
+    jnp = require("jax.numpy")
+    x = helpers.sample("float32", (4, 32), seed=12)
+    e_codes = rf.fp_quantize(x, 32, "e4m3")[0]
+    codes, scales = dsquant.fp_quantize(x, 32, "e4m3", as_float8=True)
+    assert codes.dtype == ml_dtypes.float8_e4m3fn and np.array_equal(codes.view(np.uint8).ravel(), e_codes)
+    helpers.check_exact(dsquant.fp_dequantize(codes, scales, "e4m3"), dsquant.fp_dequantize(codes.view(np.uint8),
+                                                                                            scales, "e4m3"))
+    t, ts = dsquant.fp_quantize(torch.from_numpy(x), 32, "e5m2", as_float8=True)
+    assert t.dtype == torch.float8_e5m2
+    assert np.array_equal(t.view(torch.uint8).numpy().ravel(), rf.fp_quantize(x, 32, "e5m2")[0])
+    assert torch.equal(dsquant.fp_dequantize(t, ts, "e5m2"), dsquant.fp_dequantize(t.view(torch.uint8), ts, "e5m2"))
+    j, js = dsquant.fp_quantize(jnp.asarray(x), 32, "e4m3", as_float8=True)
+    assert j.dtype == jnp.float8_e4m3fn
+    assert np.array_equal(np.asarray(dsquant.fp_dequantize(j, js, "e4m3")),
+                          dsquant.fp_dequantize(codes, scales, "e4m3"))
+    with pytest.raises(ValueError, match="FP8"):
+        dsquant.fp_quantize(x, 32, "e2m1", as_float8=True)

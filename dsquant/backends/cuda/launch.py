@@ -264,9 +264,10 @@ def fp_quantize(dtype: int, fmt: int, per_unit: int, src: int, codes: int, scale
                         np.int32(rounding))))
     if numel:
         units = numel // per_unit
-        plan.append(Launch(K.fp_encode_units(dtype, fmt, stochastic, out != 0), min(_cdiv(units, MAX_THREADS), max_grid),
-                           MAX_THREADS, (_ptr(src), _ptr(codes), _ptr(out), _ptr(mul), _ptr(dq), np.int64(numel),
-                                         np.int64(size), np.bool_(saturate), np.uint64(seed), np.uint64(offset))))
+        plan.append(Launch(K.fp_encode_units(dtype, fmt, stochastic, out != 0),
+                           min(_cdiv(units, MAX_THREADS), max_grid), MAX_THREADS,
+                           (_ptr(src), _ptr(codes), _ptr(out), _ptr(mul), _ptr(dq), np.int64(numel), np.int64(size),
+                            np.bool_(saturate), np.uint64(seed), np.uint64(offset))))
     return plan
 
 

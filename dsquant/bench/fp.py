@@ -1,0 +1,93 @@
+"""Benchmark rows for minifloat quantization on the CPU (included in ``python -m dsquant bench``).
+
+As in ``bench.integer``: each row counts the bytes the op must move (input read, codes and scales
+written; or codes and scales read, values written) and is compared with ``numpy.copyto`` moving
+the same number of bytes, timed alternately with the op. Peers in the same run, where installed:
+ml_dtypes ``astype`` to the element type (a cast only: no scaling, no packing) and torch's
+``Tensor.to(torch.float8_e4m3fn)`` (the same); their ``vs copy`` counts the bytes they move.
+"""
+from __future__ import annotations
+
+import importlib.util
+
+import numpy as np
+
+from .. import fp_dequantize, fp_quantize
+from .integer import timed_against_copy
+
+# (fmt, scaling, group size)
+CASES = (("e4m3", "absmax", 128), ("e5m2", "absmax", 128), ("e4m3", "mx", 32), ("e3m2", "absmax", 128),
+         ("e2m1", "mx", 32), ("e2m1", "nvfp4", 16))
+ML_DTYPES = {"e4m3": "float8_e4m3fn", "e5m2": "float8_e5m2", "e3m2": "float6_e3m2fn", "e2m3": "float6_e2m3fn",
+             "e2m1": "float4_e2m1fn"}
+
+
+def _nbytes(a) -> int:
+    return sum(_nbytes(b) for b in a) if isinstance(a, tuple) else int(a.nbytes)
+
+
+def _row(op, dtype, fmt, scaling, group, rounding, moved, seconds, copy) -> dict:
+    return {"op": op, "dtype": dtype, "fmt": fmt, "scaling": scaling, "group": group, "rounding": rounding,
+            "GB/s": round(moved / seconds / 1e9, 2), "vs copy": round(copy / seconds, 2)}
+
+
+def fp_rows(numel: int = 1 << 24, reps: int = 7, dtypes: tuple[str, ...] = ("float32", "bfloat16")) -> list[dict]:
+    """Throughput of fp_quantize and fp_dequantize, with ml_dtypes and torch casts as peers.
+
+    Example:
+        >>> rows = fp_rows(numel=1 << 12, reps=1, dtypes=("float32",))
+        >>> sorted(rows[0])
+        ['GB/s', 'dtype', 'fmt', 'group', 'op', 'rounding', 'scaling', 'vs copy']
+    """
+    rows = []
+    rng = np.random.default_rng(0)
+    for dtype in dtypes:
+        if dtype == "bfloat16":
+            if importlib.util.find_spec("ml_dtypes") is None:
+                continue
+            import ml_dtypes
+            x = rng.standard_normal(numel).astype(np.float32).astype(ml_dtypes.bfloat16)
+        else:
+            x = rng.standard_normal(numel).astype(dtype)
+        for fmt, scaling, group in CASES:
+            codes, scales = fp_quantize(x, group, fmt, scaling=scaling)
+            out = np.empty(numel, np.float32 if dtype == "float32" else x.dtype)
+            moved_q = x.nbytes + codes.nbytes + _nbytes(scales)
+            moved_d = codes.nbytes + _nbytes(scales) + out.nbytes
+            for op, fn, moved, rounding in (
+                    ("fp_quantize", lambda: fp_quantize(x, group, fmt, scaling=scaling), moved_q, "nearest"),
+                    ("fp_quantize", lambda: fp_quantize(x, group, fmt, scaling=scaling, stochastic=True, seed=1),
+                     moved_q, "stochastic"),
+                    ("fp_dequantize", lambda: fp_dequantize(codes, scales, fmt, scaling=scaling, out=out), moved_d,
+                     "nearest")):
+                if rounding == "stochastic" and (fmt, scaling) != ("e4m3", "absmax"):
+                    continue
+                seconds, copy = timed_against_copy(fn, moved, reps)
+                rows.append(_row(op, dtype, fmt, scaling, group, rounding, moved, seconds, copy))
+        rows += peer_rows(x, dtype, reps)
+    return rows
+
+
+def peer_rows(x: np.ndarray, dtype: str, reps: int) -> list[dict]:
+    """ml_dtypes astype and torch float8 casts of the same array (casts only, no scales)."""
+    rows = []
+    if importlib.util.find_spec("ml_dtypes") is not None:
+        import ml_dtypes
+        for fmt in ("e4m3", "e2m1"):
+            t = getattr(ml_dtypes, ML_DTYPES[fmt])
+            moved = x.nbytes + x.size           # one byte per element out
+            seconds, copy = timed_against_copy(lambda: x.astype(t), moved, reps)
+            rows.append(_row("ml_dtypes astype", dtype, fmt, "none", "-", "nearest", moved, seconds, copy))
+    if importlib.util.find_spec("torch") is not None:
+        import torch
+        tx = torch.from_numpy(x.view(np.uint16)).view(torch.bfloat16) if dtype == "bfloat16" else torch.from_numpy(x)
+        for fmt, t in (("e4m3", torch.float8_e4m3fn), ("e5m2", torch.float8_e5m2)):
+            moved = x.nbytes + x.size
+            seconds, copy = timed_against_copy(lambda: tx.to(t), moved, reps)
+            rows.append(_row("torch .to(float8)", dtype, fmt, "none", "-", "nearest", moved, seconds, copy))
+    return rows
+
+
+if __name__ == "__main__":
+    for row in fp_rows():
+        print(row)
