@@ -7,6 +7,7 @@ import pytest
 
 MODULES = ["dsquant.ops.fake", "dsquant.ops.fp",
            "dsquant.ops.integer", "dsquant.ops.zeropp", "dsquant._info", "dsquant.compat.deepspeed",
+           "dsquant.compat.deepspeed_fp", "dsquant.ops.fp_ds",
            "dsquant.torch",
            "dsquant.bench.integer", "dsquant.bench.zeropp", "dsquant.bench.fp"]
 
@@ -18,7 +19,7 @@ def test_docstring_examples(name):
     assert result.failed == 0
 
 
-DOCS = ["api.md", "format.md", "fp.md"]   # pages whose >>> examples are exact (quickstart's are illustrative)
+DOCS = ["api.md", "format.md", "fp.md", "deepspeed_fp.md"]   # pages whose >>> examples are exact (quickstart's are illustrative)
 
 
 @pytest.mark.parametrize("name", DOCS)

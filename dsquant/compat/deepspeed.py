@@ -214,11 +214,15 @@ def loco_quantized_reduction(q_in: ArrayT, scales_in: ArrayT, error_feedback: DL
 
 
 # ------------------------------------------------------------------------------ plugging into DeepSpeed
-def install() -> list[str]:
+def install(fp_compat: bool = False) -> list[str]:
     """Make the imported DeepSpeed use this module: every cached quantizer module global and the
-    quantizer's own op builder (docs/deepspeed.md). Idempotent; call it on every rank before
-    ``deepspeed.initialize``. Returns the names it set (those this DeepSpeed version has)."""
-    return deepspeed_plugin.install(sys.modules[__name__])
+    quantizer's own op builder (docs/deepspeed.md), and its FP quantizer use
+    :mod:`dsquant.compat.deepspeed_fp` (OCP codes; ``fp_compat=True``: DeepSpeed's code space,
+    docs/deepspeed_fp.md). Idempotent; call it on every rank before ``deepspeed.initialize``.
+    Returns the names it set (those this DeepSpeed version has)."""
+    from . import deepspeed_fp
+    fp_ops = deepspeed_fp.DEEPSPEED if checks.bool_arg(fp_compat, "fp_compat") else deepspeed_fp
+    return deepspeed_plugin.install(sys.modules[__name__], fp_ops)
 
 
 def install_from_env() -> bool:

@@ -12,6 +12,11 @@ CPU accelerator ``QuantizerBuilder`` is DeepSpeed's generic ``NotImplementedBuil
 * ``deepspeed.inference.quantization.utils.quantizer_module`` (inference int4/int8 weights)
 * ``deepspeed.ops.op_builder.QuantizerBuilder`` and the accelerator's ``get_op_builder("QuantizerBuilder")``
 
+and routes DeepSpeed's FP quantizer (``FP_Quantize``) to :mod:`dsquant.compat.deepspeed_fp` the same
+way: ``deepspeed.ops.fp_quantizer.quantize.fp_quant_module`` (its cache), the builder name that
+module imported, ``deepspeed.ops.op_builder.FPQuantizerBuilder`` and the accelerator's
+``get_op_builder("FPQuantizerBuilder")``.
+
 It is idempotent and cheap after the first call; call it on every rank after importing deepspeed
 and before ``deepspeed.initialize``. For ranks started by DeepSpeed's launcher, set
 ``DSQUANT_DEEPSPEED=1`` (the launcher passes the environment on) and have every rank's interpreter
@@ -63,21 +68,56 @@ class QuantizerBuilder:
         return self.ops
 
 
+class FPQuantizerBuilder(QuantizerBuilder):
+    """DeepSpeed's op-builder interface for the FP quantizer, loading :mod:`dsquant.compat.deepspeed_fp`."""
+    BUILD_VAR = "DS_BUILD_FP_QUANTIZER"
+    NAME = "fp_quantizer"
+    ops = None
+
+    def absolute_name(self):
+        return "dsquant.compat.deepspeed_fp"
+
+
+# builder name -> dsquant's builder, answered by the accelerator's get_op_builder
+BUILDERS = {"QuantizerBuilder": QuantizerBuilder, "FPQuantizerBuilder": FPQuantizerBuilder}
+
+
 def _wrap_get_op_builder(accelerator) -> None:
-    """The accelerator's get_op_builder answering "QuantizerBuilder" with dsquant's builder (this
-    instance only; every other name goes to the original)."""
+    """The accelerator's get_op_builder answering the names of BUILDERS with dsquant's builders
+    (this instance only; every other name goes to the original)."""
     original = accelerator.get_op_builder
     if getattr(original, "dsquant", False):
         return
 
     def get_op_builder(class_name):
-        return QuantizerBuilder if class_name == "QuantizerBuilder" else original(class_name)
+        return BUILDERS.get(class_name) or original(class_name)
     get_op_builder.dsquant = True
     accelerator.get_op_builder = get_op_builder
 
 
-def install(ops) -> list[str]:
-    """Point every quantizer cache of the imported DeepSpeed at `ops`; returns what was set.
+def _install_fp(fp_ops) -> list[str]:
+    """Route DeepSpeed's FP quantizer to `fp_ops`: its builder names and FP_Quantize's module cache."""
+    import deepspeed.ops.op_builder as op_builder
+
+    FPQuantizerBuilder.ops = fp_ops
+    op_builder.FPQuantizerBuilder = FPQuantizerBuilder
+    done = ["deepspeed.ops.op_builder.FPQuantizerBuilder", "get_accelerator().get_op_builder('FPQuantizerBuilder')"]
+    try:
+        quantize = importlib.import_module("deepspeed.ops.fp_quantizer.quantize")
+    except ImportError:              # a DeepSpeed without the FP quantizer (or its imports fail here)
+        return done
+    if hasattr(quantize, "FPQuantizerBuilder"):
+        quantize.FPQuantizerBuilder = FPQuantizerBuilder
+        done.append("deepspeed.ops.fp_quantizer.quantize.FPQuantizerBuilder")
+    if hasattr(quantize, "fp_quant_module"):
+        quantize.fp_quant_module = fp_ops
+        done.append("deepspeed.ops.fp_quantizer.quantize.fp_quant_module")
+    return done
+
+
+def install(ops, fp_ops=None) -> list[str]:
+    """Point every quantizer cache of the imported DeepSpeed at `ops` (and the FP quantizer's at
+    `fp_ops`, by default :mod:`dsquant.compat.deepspeed_fp`); returns what was set.
 
     Modules of the list above that this DeepSpeed version lacks are skipped."""
     import deepspeed.ops.op_builder as op_builder
@@ -99,7 +139,9 @@ def install(ops) -> list[str]:
             continue
         setattr(target, attribute, ops)
         done.append(f"{module_name}.{path}")
-    return done
+    if fp_ops is None:
+        fp_ops = importlib.import_module("dsquant.compat.deepspeed_fp")   # the OCP codes
+    return done + _install_fp(fp_ops)
 
 
 class _AfterImport(importlib.abc.MetaPathFinder):

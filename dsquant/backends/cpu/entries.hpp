@@ -4,6 +4,7 @@
 #pragma once
 #include <cstddef>
 
+#include "fp_ds.hpp"
 #include "kernels.hpp"
 #include "zeropp.hpp"
 #include "fp.hpp"
@@ -28,6 +29,8 @@ inline const Entry kEntries[] = {
     {"uint_dequantize_half", &untyped_entry<UintHalfArgs, uint_dequantize_half>, sizeof(UintHalfArgs)},
     {"swizzle_quantize", &typed_entry<SwizzleArgs, swizzle_quantize>, sizeof(SwizzleArgs)},
     {"quantized_reduction", &untyped_entry<ReduceArgs, quantized_reduction>, sizeof(ReduceArgs)},
+    {"fp_ds_quantize", &typed_entry<FpDsQuantArgs, fp_ds_quantize>, sizeof(FpDsQuantArgs)},
+    {"fp_ds_dequantize", &typed_entry<FpDsDequantArgs, fp_ds_dequantize>, sizeof(FpDsDequantArgs)},
     {"fp_quantize", &typed_entry<FpQuantArgs, fp_quantize>, sizeof(FpQuantArgs)},
     {"fp_dequantize", &typed_entry<FpDequantArgs, fp_dequantize>, sizeof(FpDequantArgs)},
 };

@@ -9,12 +9,14 @@ backend registers the same operations for "cuda"). Arguments arrive checked and 
 * ``quantize(src, groups, bits, symmetric, q_shape) -> (q, params)``
 * ``dequantize(codes, params, groups, bits, symmetric, dtype, shape, dst) -> array``
 * ``dequantize_unsigned_half(codes, scale, minimum, num_group, group_size, bits) -> array``
+* ``fp_ds_quantize`` / ``fp_ds_dequantize``: DeepSpeed's FP quantizer records (docs/deepspeed_fp.md)
 """
 from __future__ import annotations
 
+import ctypes
 import math
 
-from ...core import dtypes, registry, threads
+from ...core import dtypes, fp_ds, registry, threads
 from ...core.formats import codes_per_byte, params_shape
 from ...interop import _array
 from ...interop.operand import Operand
@@ -251,3 +253,87 @@ def fp_dequantize(codes: Operand, scales: Operand, tensor_scale: Operand | None,
     sig.FP_DEQUANTIZE(dtype, codes=q_ptr, scales=s_ptr, tensor_scale=t_ptr, out=target, n=numel, groups=groups,
                       fmt=fmt, scaling=scaling, threads=num_threads())
     return _deliver(buffer, dst, codes, dtype)
+
+
+# ------------------------------------------------------------------------------ DeepSpeed FP records
+_DL_UINT8 = (1, 8)   # DLPack kDLUInt, 8 bits: records, codes and scale bytes are uint8 (DeepSpeed's dtype)
+
+
+def _host_rows(rows: Operand | None, source_rows: int):
+    """(address of the row indexes as int64, the array that must stay alive), checked in bounds."""
+    if rows is None:
+        return 0, None
+    import numpy as np
+
+    from ...core.fp_ds import check_rows
+    t = rows.tensor
+    data, keep = _contiguous(t)
+    ctype = np.int32 if t.itemsize == 4 else np.int64
+    values = np.frombuffer((ctypes.c_char * (t.numel * t.itemsize)).from_address(data), dtype=ctype)
+    wide = np.array(values, dtype=np.int64)     # a copy: the caller's indexes are checked as used
+    del keep
+    check_rows(wide, source_rows)
+    return wide.ctypes.data, wide
+
+
+@registry.implements("fp_ds_quantize", "cpu")
+def fp_ds_quantize(src: Operand, dst: Operand | None, space, group_size, bits, mantissa, stochastic, seed, offset,
+                   codes_shape=None):
+    """Records [G, R] into dst (or a new uint8 array); with codes_shape, the split layout: (codes of
+    that shape, scale bytes [G, 4])."""
+    t = src.tensor
+    groups = t.numel // group_size
+    cb = fp_ds.code_bytes(group_size, bits)
+    data, _keep = _contiguous(t)
+    if codes_shape is None:
+        records = None if dst is not None else _array.HostBuffer((groups, cb + 4), _DL_UINT8)
+        base = dst.tensor.data if dst is not None else records.data
+        codes_ptr, scales_ptr, code_stride, scale_stride = base, base + cb, cb + 4, cb + 4
+    else:
+        codes = _array.HostBuffer(codes_shape, _DL_UINT8)
+        scales = _array.HostBuffer((groups, 4), _DL_UINT8)
+        codes_ptr, scales_ptr, code_stride, scale_stride = codes.data, scales.data, cb, 4
+    sig.FP_DS_QUANTIZE(t.dtype, in_=data, codes=codes_ptr, scales=scales_ptr, n=t.numel, group_size=group_size,
+                       code_stride=code_stride, scale_stride=scale_stride, bits=bits, mantissa=mantissa,
+                       space=space, stochastic=stochastic, seed=seed, offset=offset, threads=num_threads())
+    if codes_shape is not None:
+        return src.adapter.from_host(codes, "uint8"), src.adapter.from_host(scales, "uint8")
+    return dst.obj if dst is not None else src.adapter.from_host(records, "uint8")
+
+
+@registry.implements("fp_ds_dequantize", "cpu")
+def fp_ds_dequantize(codes: Operand, scales: Operand | None, space, group_size, bits, mantissa, dtype, shape,
+                     dst: Operand | None, rows: Operand | None = None, row_elems=0, source_rows=0):
+    """Values of records (scales None) or of split codes and scales, optionally of selected rows."""
+    cb = fp_ds.code_bytes(group_size, bits)
+    c_ptr, _keep_c = _contiguous(codes.tensor)
+    if scales is None:
+        s_ptr, code_stride, scale_stride = c_ptr + cb, cb + 4, cb + 4
+        _keep_s = None
+    else:
+        s_ptr, _keep_s = _contiguous(scales.tensor)
+        code_stride, scale_stride = cb, 4
+    r_ptr, _keep_r = _host_rows(rows, source_rows)
+    target, buffer = _result(codes, shape, dtype, dst)
+    sig.FP_DS_DEQUANTIZE(dtype, codes=c_ptr, scales=s_ptr, out=target, rows=r_ptr, n=math.prod(shape),
+                         group_size=group_size, code_stride=code_stride, scale_stride=scale_stride,
+                         row_elems=row_elems, bits=bits, mantissa=mantissa, space=space, threads=num_threads())
+    return _deliver(buffer, dst, codes, dtype)
+
+
+class _Float32Alias:
+    """float32 elements at `address` with byte strides, through the array interface, keeping the
+    operand (its owning DLPack view) alive."""
+    __slots__ = ("base", "__array_interface__")
+
+    def __init__(self, op: Operand, address: int, shape, strides):
+        self.base = op
+        self.__array_interface__ = {"version": 3, "typestr": "<f4", "shape": tuple(shape),
+                                    "strides": tuple(strides), "data": (address, op.immutable)}
+
+
+@registry.implements("fp_ds_scales_view", "cpu")
+def fp_ds_scales_view(op: Operand, offset: int, groups: int, row_stride: int):
+    """A NumPy float32 [groups, 1] array aliasing the scales at op's bytes offset + g·row_stride."""
+    import numpy as np
+    return np.asarray(_Float32Alias(op, op.tensor.data + offset, (groups, 1), (row_stride, 4)))

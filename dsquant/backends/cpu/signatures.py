@@ -59,6 +59,12 @@ QUANTIZED_REDUCTION = Signature("quantized_reduction", "q_in:ptr params_in:ptr q
                                                        "err_dtype:int beta:float n:i64 in_groups:i64 groups:i64 "
                                                        "devices:i64 bits:int symmetric:bool half_accumulate:bool "
                                                        "threads:int")
+FP_DS_QUANTIZE = Signature("fp_ds_quantize", "in_:ptr codes:ptr scales:ptr n:i64 group_size:i64 code_stride:i64 "
+                                             "scale_stride:i64 bits:int mantissa:int space:int stochastic:bool "
+                                             "seed:u64 offset:u64 threads:int")
+FP_DS_DEQUANTIZE = Signature("fp_ds_dequantize", "codes:ptr scales:ptr out:ptr rows:ptr n:i64 group_size:i64 "
+                                                 "code_stride:i64 scale_stride:i64 row_elems:i64 bits:int "
+                                                 "mantissa:int space:int threads:int")
 FP_QUANTIZE = Signature("fp_quantize", "in_:ptr codes:ptr scales:ptr tensor_scale:ptr out:ptr n:i64 groups:i64 "
                                        "fmt:int scaling:int rounding:int stochastic:bool saturate:bool seed:u64 "
                                        "offset:u64 threads:int")

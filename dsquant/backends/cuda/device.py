@@ -21,7 +21,7 @@ except ImportError as exc:   # the message is the whole fix
 
 import numpy as np
 
-from ...core import dtypes, fp_formats, registry
+from ...core import dtypes, fp_ds, fp_formats, registry
 from ...core.formats import codes_per_byte, params_shape
 from ...core.fp_formats import codes_per_unit
 from ...interop import _array
@@ -425,3 +425,73 @@ def fp_dequantize(codes: Operand, scales: Operand, tensor_scale: Operand | None,
         if not direct and numel:
             _view(dst.tensor)[...] = target
         return dst.obj
+
+
+# ------------------------------------------------------------------------------ DeepSpeed FP records
+def _device_rows(rows: Operand | None, source_rows: int):
+    """(address of the row indexes as int64 on the device, the array that must stay alive), checked
+    in bounds (the indexes are copied to the host for the check: one synchronisation)."""
+    if rows is None:
+        return 0, None
+    from ...core.fp_ds import check_rows
+    wide = _view(rows.tensor).view(np.int32 if rows.tensor.itemsize == 4 else np.int64).astype(np.int64)
+    check_rows(wide.get(), source_rows)
+    return wide.data.ptr, wide
+
+
+@registry.implements("fp_ds_quantize", "cuda")
+def fp_ds_quantize(src: Operand, dst: Operand | None, space, group_size, bits, mantissa, stochastic, seed, offset,
+                   codes_shape=None):
+    t = src.tensor
+    groups = t.numel // group_size
+    cb = fp_ds.code_bytes(group_size, bits)
+    with _launching(src, dst) as (device, stream):
+        data, _keep = _contiguous(t)
+        if codes_shape is None:
+            records = None if dst is not None else cupy.empty((groups, cb + 4), np.uint8)
+            base = dst.tensor.data if dst is not None else records.data.ptr
+            plan = (base, base + cb, cb + 4, cb + 4)
+        else:
+            codes = cupy.empty(codes_shape, np.uint8)
+            scales = cupy.empty((groups, 4), np.uint8)
+            plan = (codes.data.ptr, scales.data.ptr, cb, 4)
+        run(_launch.fp_ds_quantize(space, t.dtype, data, plan[0], plan[1], t.numel, group_size, plan[2], plan[3], bits,
+                                    mantissa, stochastic, seed, offset), device, stream)
+        if codes_shape is not None:
+            return _wrap(codes, src), _wrap(scales, src)
+        return dst.obj if dst is not None else _wrap(records, src)
+
+
+@registry.implements("fp_ds_dequantize", "cuda")
+def fp_ds_dequantize(codes: Operand, scales: Operand | None, space, group_size, bits, mantissa, dtype, shape,
+                     dst: Operand | None, rows: Operand | None = None, row_elems=0, source_rows=0):
+    cb = fp_ds.code_bytes(group_size, bits)
+    unit = fp_ds.FORMATS[(bits, mantissa)].unit
+    with _launching(codes, scales, dst, rows) as (device, stream):
+        c_ptr, _keep_c = _contiguous(codes.tensor)
+        if scales is None:
+            s_ptr, code_stride, scale_stride, _keep_s = c_ptr + cb, cb + 4, cb + 4, None
+        else:
+            s_ptr, _keep_s = _contiguous(scales.tensor)
+            code_stride, scale_stride = cb, 4
+        r_ptr, _keep_r = _device_rows(rows, source_rows)
+        direct = dst is not None and dst.tensor.is_c_contiguous
+        result = None if direct else cupy.empty(shape, _CUPY_DTYPES[dtype])
+        target = _view(dst.tensor) if direct else _bits(result)
+        n = int(np.prod(shape, dtype=np.int64))
+        run(_launch.fp_ds_dequantize(space, dtype, c_ptr, s_ptr, target.data.ptr, r_ptr, n, group_size, code_stride,
+                                      scale_stride, row_elems, bits, mantissa, unit), device, stream)
+        if dst is None:
+            return _wrap(result, codes, dtype)
+        if not direct and n:
+            _view(dst.tensor)[...] = target
+        return dst.obj
+
+
+@registry.implements("fp_ds_scales_view", "cuda")
+def fp_ds_scales_view(op: Operand, offset: int, groups: int, row_stride: int):
+    """A CuPy float32 [groups, 1] array aliasing the scales at op's bytes offset + g·row_stride."""
+    t = op.tensor
+    size = max(0, (groups - 1) * row_stride + 4) if groups else 0
+    memory = cupy.cuda.UnownedMemory(t.data + offset, size, t, t.device_id)
+    return cupy.ndarray((groups, 1), np.float32, cupy.cuda.MemoryPointer(memory, 0), strides=(row_stride, 4))

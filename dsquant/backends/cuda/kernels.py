@@ -16,7 +16,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from ...core import dtypes, fp_formats, missing
+from ...core import dtypes, fp_ds, fp_formats, missing
 
 # Options every kernel is compiled with (docs/numerics.md): they are part of the numerics contract.
 PINNED_OPTIONS = ("-ftz=false", "--fmad=false", "-prec-div=true", "-prec-sqrt=true", "-std=c++17",
@@ -121,6 +121,24 @@ def _zeropp_instantiations() -> tuple[str, ...]:
         quant_reduce(e) for e in errors)
 
 
+# DeepSpeed's FP quantizer records (dsq_fp_ds.cu): quantize and dequantize per code space
+# (dsquant.core.fp_ds.SPACES: DeepSpeed's, then the OCP formats of dsq_fp.cuh) and dtype.
+FP_DS_SPACES = ("dsq::DsSpace", *(f"dsq::OcpSpace<dsq::{fp_formats.parse(name).cxx}>" for name in fp_ds.SPACES[1:]))
+
+
+def fp_ds_quant(space: int, dtype: int) -> str:
+    return f"dsq::fp_ds_quant<{FP_DS_SPACES[space]}, {FORMATS[dtype]}>"
+
+
+def fp_ds_dequant(space: int, dtype: int) -> str:
+    return f"dsq::fp_ds_dequant<{FP_DS_SPACES[space]}, {FORMATS[dtype]}>"
+
+
+def _fp_ds_instantiations() -> tuple[str, ...]:
+    return tuple(f(s, d) for s in range(len(FP_DS_SPACES)) for d in range(len(FORMATS))
+                 for f in (fp_ds_quant, fp_ds_dequant))
+
+
 # Minifloat quantization (dsq_fp.cu): element format structs of cuda/dsq_fp_formats.cuh.
 FP_FORMATS = tuple(f"dsq::{f.cxx}" for f in fp_formats.FORMATS)
 
@@ -154,7 +172,8 @@ def _fp_instantiations() -> tuple[str, ...]:
 
 # source file in cuda/ -> every instantiation it is compiled with
 MODULES = {"dsq_fake.cu": _fake_instantiations(), "dsq_int.cu": _int_instantiations(),
-           "dsq_zeropp.cu": _zeropp_instantiations(), "dsq_fp.cu": _fp_instantiations()}
+           "dsq_zeropp.cu": _zeropp_instantiations(), "dsq_fp.cu": _fp_instantiations(),
+           "dsq_fp_ds.cu": _fp_ds_instantiations()}
 
 
 def module_of(name: str) -> str:

@@ -280,3 +280,28 @@ def fp_dequantize(fmt: int, dtype: int, per_unit: int, codes: int, scales: int, 
     return [Launch(K.fp_dequant_units(fmt, dtype), min(_cdiv(units, MAX_THREADS), max_grid), MAX_THREADS,
                    (_ptr(codes), _ptr(scales), _ptr(tensor_scale), _ptr(out), np.int64(numel),
                     np.int64(numel // groups), np.int32(scaling)))]
+
+
+# ------------------------------------------------------------------------------ DeepSpeed FP records
+def fp_ds_quantize(space: int, dtype: int, src: int, codes: int, scales: int, numel: int, group_size: int,
+                   code_stride: int, scale_stride: int, bits: int, mantissa: int, stochastic: bool, seed: int,
+                   offset: int, max_grid: int = MAX_GRID) -> list[Launch]:
+    """A block per group writes its code bytes (group g at codes + g·code_stride) and its scale
+    bytes (at scales + g·scale_stride)."""
+    if numel == 0:
+        return []
+    args = (_ptr(src), _ptr(codes), _ptr(scales), np.int64(numel), np.int64(group_size), np.int64(code_stride),
+            np.int64(scale_stride), np.int32(bits), np.int32(mantissa), np.bool_(stochastic), np.uint64(seed),
+            np.uint64(offset))
+    return [Launch(K.fp_ds_quant(space, dtype), min(numel // group_size, max_grid), MAX_THREADS, args)]
+
+
+def fp_ds_dequantize(space: int, dtype: int, codes: int, scales: int, out: int, rows: int, numel: int, group_size: int,
+                     code_stride: int, scale_stride: int, row_elems: int, bits: int, mantissa: int, unit: int,
+                     max_grid: int = MAX_GRID) -> list[Launch]:
+    """A thread per code unit of the `numel` outputs (through the int64 row indexes at `rows`, if any)."""
+    if numel == 0:
+        return []
+    args = (_ptr(codes), _ptr(scales), _ptr(out), _ptr(rows), np.int64(numel), np.int64(group_size),
+            np.int64(code_stride), np.int64(scale_stride), np.int64(row_elems), np.int32(bits), np.int32(mantissa))
+    return [Launch(K.fp_ds_dequant(space, dtype), min(_cdiv(numel // unit, MAX_THREADS), max_grid), MAX_THREADS, args)]
