@@ -31,6 +31,7 @@ from . import _cpu, forksafe
 from . import signatures as sig
 
 _strided_copy = forksafe.guard(_cpu.strided_copy)   # safe to call in a forked child (forksafe.py)
+_blocked_copy = forksafe.guard(_cpu.blocked_copy)   # the same through cache tiles, for transposes (regroup.hpp)
 
 _FLOAT16, _FLOAT32 = dtypes.FLOAT16.code, dtypes.FLOAT32.code
 
@@ -104,9 +105,9 @@ def _regroup(src_ptr: int, src_strides, dst_ptr: int, dst_strides, shape, block,
     view_shape, view_strides = group_order(shape, strides, block)
     dense = c_strides(view_shape)
     if to_groups:
-        _strided_copy(src_ptr, view_strides, dst_ptr, dense, view_shape, itemsize, num_threads())
+        _blocked_copy(src_ptr, view_strides, dst_ptr, dense, view_shape, itemsize, num_threads())
     else:
-        _strided_copy(src_ptr, dense, dst_ptr, view_strides, view_shape, itemsize, num_threads())
+        _blocked_copy(src_ptr, dense, dst_ptr, view_strides, view_shape, itemsize, num_threads())
 
 
 def _host_array(ptr: int, count: int, dtype) -> np.ndarray:
