@@ -8,8 +8,8 @@ Importing dsquant imports none of torch, jax or cupy.
 from ._info import __version__, info
 
 try:
-    from .ops.fake import ds_quantizer, fake_quantize, manual_seed
     from .core.grouping import Grouping
+    from .ops.fake import ds_quantizer, fake_quantize, manual_seed
     from .ops.integer import dequantize, quantize
     from .ops.quantized import QuantizedTensor
     from .ops.zeropp import loco_quantized_reduction, loco_swizzle_quantize, quantized_reduction, swizzle_quantize
@@ -20,5 +20,6 @@ except ImportError:
         raise
     raise error from None
 
-__all__ = ["Grouping", "QuantizedTensor", "__version__", "dequantize", "ds_quantizer", "fake_quantize", "info", "loco_quantized_reduction",
+__all__ = ["Grouping", "QuantizedTensor", "__version__", "dequantize", "ds_quantizer", "fake_quantize", "info",
+           "loco_quantized_reduction",
            "loco_swizzle_quantize", "manual_seed", "quantize", "quantized_reduction", "swizzle_quantize"]

@@ -48,7 +48,8 @@ def grouping_rows(rows: int = 4096, cols: int = 4096, reps: int = 7, dtype: str 
             if op == "fake_quantize":
                 fn, moved = (lambda kw=kwargs: fake_quantize(x, bits=bits, out=out, **kw)), 2 * x.nbytes
             elif op == "quantize":
-                fn, moved = (lambda kw=kwargs: quantize(x, bits=bits, **kw)), x.nbytes + r.codes.nbytes + r.params.nbytes
+                fn = lambda kw=kwargs: quantize(x, bits=bits, **kw)          # noqa: E731
+                moved = x.nbytes + r.codes.nbytes + r.params.nbytes
             else:
                 fn, moved = (lambda r=r: dequantize(r, out=out)), x.nbytes + r.codes.nbytes + r.params.nbytes
             seconds, copy = timed_against_copy(fn, moved, reps)
@@ -69,9 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bits", type=int, default=4)
     args = parser.parse_args(argv)
     about = info()
-    print(f"# dsquant {about['version']} grouping benchmark: [{args.rows}, {args.cols}] {args.dtype}, {args.bits} "
-          f"bits, {about['cpu_threads']} threads, {about['cpu_isa']} kernels, {platform.processor() or platform.machine()}, "
-          f"load average {os.getloadavg()[0]:.2f}; median of {args.reps}")
+    print(f"# dsquant {about['version']} grouping benchmark: [{args.rows}, {args.cols}] {args.dtype}, "
+          f"{args.bits} bits, {about['cpu_threads']} threads, {about['cpu_isa']} kernels, "
+          f"{platform.processor() or platform.machine()}, load average {os.getloadavg()[0]:.2f}; median of {args.reps}")
     print(format_table(grouping_rows(args.rows, args.cols, args.reps, args.dtype, args.bits)))
     return 0
 

@@ -109,9 +109,10 @@ def _blocks(shape: tuple[int, ...], block_size: int | Sequence[int]) -> tuple[in
         block = (1,) * (len(shape) - 1) + (size,)
     else:
         block = tuple([checks.int_arg(b, f"block_size[{i}]") for i, b in enumerate(block_size)])
-        if len(block) != len(shape):
+        if len(block) > len(shape) or not block:
             raise ValueError(f"block_size={block} has {len(block)} entries but x has shape {shape}; give one "
                              f"entry per axis (1 keeps each index of an axis apart), or an int for the last axis")
+        block = (1,) * (len(shape) - len(block)) + block    # torchao's rule: missing leading axes are 1
     for i, (n, b) in enumerate(zip(shape, block)):
         if b <= 0:
             raise ValueError(f"block_size={block}: entry {i} is {b}; block sizes are positive")

@@ -8,13 +8,13 @@ import zlib
 
 import numpy as np
 import pytest
+import reference_grouping as ref
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import dsquant
 import helpers
-import reference_grouping as ref
 from dsquant.core import grouping
 from helpers import same_bits
 
@@ -131,6 +131,13 @@ def test_contiguous_groupings_are_groups(backend, case):
                      backend.get(dsquant.fake_quantize(backend.put(x), groups, bits=3)))
 
 
+def test_short_block_size_pads_leading_axes():
+    """torchao's rule: a block_size with fewer entries than axes has 1 for the leading axes."""
+    x = helpers.sample("float32", (3, 4, 8), seed=8)
+    assert grouping.resolve(x.shape, block_size=(2, 4)).block_size == (1, 2, 4)
+    assert same_bits(dsquant.fake_quantize(x, block_size=(2, 4), bits=3), ref.fake_quantize(x, (1, 2, 4), 3, True))
+
+
 @pytest.mark.parametrize("shape,kwargs", [((8, 256), {"axis": 1}), ((8, 256), {"block_size": (2, 128)}),
                                           ((4, 5, 6), {"axis": 1}), ((4, 6), {"block_size": (2, 3)})])
 def test_strided_groupings(shape, kwargs):
@@ -225,7 +232,7 @@ def test_quantized_tensor_contradictions(kwargs, match):
 @pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
 def test_quantized_tensor_torch():
     """torch tensors in, torch tensors out, the plain path and the torch.library op path alike."""
-    import dsquant.torch  # noqa: F401 - the ops are registered before torch.compile traces
+    import dsquant.torch
     x = torch.from_numpy(helpers.sample("float32", (6, 8), seed=4))
     r = dsquant.quantize(x, axis=1, bits=4)
     assert isinstance(r.codes, torch.Tensor) and r.dtype == "float32" and tuple(r.params.shape) == (8, 1)
@@ -258,6 +265,7 @@ def test_mask_clipped_follows_the_grouping():
     (dict(block_size=5), ValueError, r"does not divide shape \(4, 8\) along axis 1"),
     (dict(block_size=(3, 8)), ValueError, r"along axis 0 \(4 % 3 = 1\)"),
     (dict(block_size=(1, 2, 2)), ValueError, "has 3 entries but x has shape"),
+    (dict(block_size=()), ValueError, "has 0 entries but x has shape"),
     (dict(block_size=(0, 8)), ValueError, "entry 0 is 0"),
     (dict(block_size=2.0), TypeError, "block_size must be an integer"),
     (dict(block_size=(1, True)), TypeError, r"block_size\[1\] must be an integer, got bool"),
