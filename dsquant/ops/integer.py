@@ -95,6 +95,10 @@ def quantize_array(x: Any, groups: int | None, bits: int, symmetric: bool, *,
 
 
 @overload
+def dequantize(q: QuantizedTensor[NDArray[Any], Any], params: None = None, bits: int | None = None, *,
+               groups: int | None = None, block_size: int | Sequence[int] | None = None, axis: int | None = None,
+               dtype: Any = None, out: NDArray[Any] | None = None) -> NDArray[Any]: ...
+@overload
 def dequantize(q: QuantizedTensor[ArrayT, Any], params: None = None, bits: int | None = None, *,
                groups: int | None = None, block_size: int | Sequence[int] | None = None, axis: int | None = None,
                dtype: Any = None, out: ArrayT | None = None) -> ArrayT: ...
