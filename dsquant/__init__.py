@@ -10,7 +10,7 @@ from ._info import __version__, info
 try:
     from .core.grouping import Grouping
     from .ops.fake import ds_quantizer, fake_quantize, manual_seed
-    from .ops.integer import dequantize, quantize
+    from .ops.integer import choose_params, dequantize, quantize
     from .ops.quantized import QuantizedTensor
     from .ops.zeropp import loco_quantized_reduction, loco_swizzle_quantize, quantized_reduction, swizzle_quantize
 except ImportError:
@@ -20,6 +20,6 @@ except ImportError:
         raise
     raise error from None
 
-__all__ = ["Grouping", "QuantizedTensor", "__version__", "dequantize", "ds_quantizer", "fake_quantize", "info",
-           "loco_quantized_reduction",
-           "loco_swizzle_quantize", "manual_seed", "quantize", "quantized_reduction", "swizzle_quantize"]
+__all__ = ["Grouping", "QuantizedTensor", "__version__", "choose_params", "dequantize", "ds_quantizer",
+           "fake_quantize", "info", "loco_quantized_reduction", "loco_swizzle_quantize", "manual_seed", "quantize",
+           "quantized_reduction", "swizzle_quantize"]

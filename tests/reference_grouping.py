@@ -69,3 +69,12 @@ def dequantize(q, params, shape, block, bits, dtype):
     k = params.shape[-1]
     y = int_ref.dequantize_ref(int_ref.pack_ref(rows, bits), params.reshape(-1, k), bits, dtype)
     return from_groups(y, shape, block)
+
+
+def quantize_given(x, params, block, bits):
+    """Code bytes (q's shape) of dsquant.quantize(x, params=params) for a grouping of `block`."""
+    k = params.shape[-1]
+    codes = int_ref.codes_given_ref(to_groups(x, block), params.reshape(-1, k), bits)
+    per = int_ref.codes_per_byte(bits)
+    return int_ref.pack_ref(from_groups(codes, x.shape, block).reshape(-1), bits).reshape(
+        x.shape[:-1] + (x.shape[-1] // per,))

@@ -339,6 +339,28 @@ def quantize(src: Operand, groups, bits, symmetric, q_shape, p_shape=None, block
         return _wrap(q, src), _wrap(params, src)
 
 
+@registry.implements("quantize_given", "cuda")
+def quantize_given(src: Operand, params: Operand, groups, bits, symmetric, q_shape, block=None):
+    """Codes of `src` with the caller's params (already in the grid's order, i.e. group order)."""
+    t = src.tensor
+    with _launching(src, params) as (device, stream):
+        q = cupy.empty(q_shape, np.int8)
+        if not t.numel:
+            return _wrap(q, src)
+        p_ptr, _keep_p = _contiguous(params.tensor)
+        strided = block is not None
+        if strided:
+            scratch = cupy.ascontiguousarray(_grouped(_view(t), block))   # the elements in group order
+            data, codes = scratch.data.ptr, cupy.empty(q.size, np.int8)   # their codes, in group order
+        else:
+            (data, _keep), codes = _contiguous(t), q
+        run(_launch.quantize_given(t.dtype, data, p_ptr, codes.data.ptr, t.numel, groups, bits, symmetric),
+            device, stream)
+        if strided:
+            _codes_from_group_order(codes, q, t.shape, bits, block)
+        return _wrap(q, src)
+
+
 @registry.implements("dequantize", "cuda")
 def dequantize(codes: Operand, params: Operand, groups, bits, symmetric, dtype, shape, dst: Operand | None,
                block=None):
