@@ -8,9 +8,11 @@ Importing dsquant imports none of torch, jax or cupy.
 from ._info import __version__, info
 
 try:
+    from .core.grouping import Grouping
     from .ops.fake import ds_quantizer, fake_quantize, manual_seed
     from .ops.fp import fake_fp_quantize, fp_dequantize, fp_quantize
-    from .ops.integer import dequantize, quantize
+    from .ops.integer import choose_params, dequantize, quantize
+    from .ops.quantized import QuantizedTensor
     from .ops.zeropp import loco_quantized_reduction, loco_swizzle_quantize, quantized_reduction, swizzle_quantize
 except ImportError:
     from ._unbuilt import unbuilt_error
@@ -19,6 +21,6 @@ except ImportError:
         raise
     raise error from None
 
-__all__ = ["__version__", "dequantize", "ds_quantizer", "fake_fp_quantize", "fake_quantize", "fp_dequantize",
-           "fp_quantize", "info", "loco_quantized_reduction",
+__all__ = ["Grouping", "QuantizedTensor", "__version__", "choose_params", "dequantize", "ds_quantizer",
+           "fake_fp_quantize", "fake_quantize", "fp_dequantize", "fp_quantize", "info", "loco_quantized_reduction",
            "loco_swizzle_quantize", "manual_seed", "quantize", "quantized_reduction", "swizzle_quantize"]

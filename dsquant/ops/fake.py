@@ -2,30 +2,39 @@
 in-place ``ds_quantizer``, and the seed of the library-global stochastic-rounding stream."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
-from ..core import checks, registry, rng
-from ..core.arrays import ArrayT
+from ..core import checks, formats, registry, rng
+from ..core.arrays import ArrayT, DLPackArray
 from ..core.formats import FAKE_BITS
 from ..interop.adapters import graph_device
 from ..interop.operand import Operand, host_intake
-from ._args import implementation, take, take_out
+from . import integer
+from ._args import block_of, grouping, implementation, take, take_out
 
 _BITS_LO, _BITS_HI = FAKE_BITS
 
 
-def fake_quantize(x: ArrayT, groups: int = 1, bits: int = 8, *, symmetric: bool = True, stochastic: bool = False,
-                  seed: int | None = None, out: ArrayT | None = None) -> ArrayT:
+def fake_quantize(x: ArrayT, groups: int | None = None, bits: int = 8, *, block_size: int | Sequence[int] | None = None,
+                  axis: int | None = None, symmetric: bool | None = None, stochastic: bool = False,
+                  seed: int | None = None, out: ArrayT | None = None, params: DLPackArray | None = None) -> ArrayT:
     """Group-wise fake quantization (quantize, then dequantize) of `x` into a new array.
 
-    A group is ``x.size // groups`` contiguous elements of `x` in C order. Each group is scaled by
-    its own statistics (absmax for symmetric, min/max for asymmetric), rounded to one of ``2**bits``
-    levels and mapped back to `x`'s dtype. Non-finite elements come back unchanged and do not
-    influence their group. The exact formulas are in docs/numerics.md.
+    The groups are given by at most one of `groups`, `block_size` and `axis` (none: one group;
+    docs/grouping.md compares them with DeepSpeed's, bitsandbytes', torchao's and torch's). Each
+    group is scaled by its own statistics (absmax for symmetric, min/max for asymmetric), rounded
+    to one of ``2**bits`` levels and mapped back to `x`'s dtype. Non-finite elements come back
+    unchanged and do not influence their group. The exact formulas are in docs/numerics.md.
 
     Args:
         x: float16, bfloat16, float32 or float64 array (NumPy, CuPy, torch, JAX, any DLPack producer).
-        groups: number of groups; must divide ``x.size``.
+        groups: number of groups, DeepSpeed's: a group is ``x.size // groups`` contiguous elements of
+            `x` in C order; must divide ``x.size``.
+        block_size: torchao's: an int (elements per group along the last axis) or one entry per
+            axis (``(1, 128)``: 128 along the last axis of a 2-d array; ``(128, 128)``: tiles);
+            each entry must divide its axis.
+        axis: torch's per-channel ``axis``: one group per index along `axis`, spanning the others.
         bits: 2..16.
         symmetric: True: codes ``-2**(bits-1) .. 2**(bits-1)-1`` around zero; False: ``2**bits`` levels
             between the group's min and max.
@@ -33,6 +42,10 @@ def fake_quantize(x: ArrayT, groups: int = 1, bits: int = 8, *, symmetric: bool 
         seed: stochastic rounding seed (an int in ``[0, 2**64)``); None draws from the library-global
             stream (see :func:`manual_seed`).
         out: optional array of the same framework, device, dtype and shape to write into.
+        params: static (calibrated, learned) params in :func:`quantize`'s layout (see there): the
+            result is then ``dequantize(quantize(x, params=params), dtype=x.dtype)`` exactly, the
+            integer codes' formulas (bits 2..8, nearest rounding; NaN becomes the offset, ±Inf the
+            extreme codes, as in quantize).
 
     Returns:
         A new array (or `out`) of the same framework, device, dtype and shape as `x`. A torch
@@ -47,30 +60,56 @@ def fake_quantize(x: ArrayT, groups: int = 1, bits: int = 8, *, symmetric: bool 
         >>> dsquant.fake_quantize(np.array([0.1, -0.5, 0.25, 1.0], dtype=np.float16), bits=4)
         array([ 0.125, -0.5  ,  0.25 ,  0.875], dtype=float16)
     """
-    if type(symmetric) is bool and type(stochastic) is bool and type(bits) is int and _BITS_LO <= bits <= _BITS_HI:
+    if (block_size is None and axis is None and params is None and (symmetric is None or type(symmetric) is bool)
+            and type(stochastic) is bool and type(bits) is int and _BITS_LO <= bits <= _BITS_HI):
         src = host_intake(x)        # the common case, in a few hundred nanoseconds (else None)
         if src is not None:         # (a torch tensor that needs torch's op graph is not one)
             dst = None if out is None else take_out(out, src)
-            fast: ArrayT = _fake_quantize(src, dst, groups, bits, symmetric, stochastic, seed)
+            fast: ArrayT = _fake_quantize(src, dst, 1 if groups is None else groups, bits, symmetric is not False,
+                                          stochastic, seed)
             return fast
-    symmetric = checks.bool_arg(symmetric, "symmetric")
     stochastic = checks.bool_arg(stochastic, "stochastic")
+    if params is not None:
+        return _fake_quantize_given(x, groups, bits, block_size, axis, symmetric, stochastic, seed, out, params)
+    symmetric = True if symmetric is None else checks.bool_arg(symmetric, "symmetric")
     bits = checks.bits(bits)
     graph = graph_device(x) if out is None else None
     if graph is not None:
-        checks.positive(groups, "groups")        # before the framework op converts it (to int64)
-        result: ArrayT = registry.lookup("fake_quantize", graph)(x, groups, bits, symmetric, stochastic, seed)
+        g = grouping(tuple(x.shape), groups, block_size, axis)   # type: ignore[attr-defined]  # a torch tensor
+        result: ArrayT = registry.lookup("fake_quantize", graph)(x, g, bits, symmetric, stochastic, seed)
         return result
-    return fake_quantize_array(x, groups, bits, symmetric, stochastic, seed, out)
+    return fake_quantize_array(x, groups, bits, symmetric, stochastic, seed, out, block_size=block_size, axis=axis)
 
 
-def fake_quantize_array(x: ArrayT, groups: int, bits: int, symmetric: bool, stochastic: bool, seed: int | None = None,
-                        out: ArrayT | None = None) -> ArrayT:
+def _fake_quantize_given(x: ArrayT, groups: int | None, bits: int, block_size: int | Sequence[int] | None,
+                         axis: int | None, symmetric: bool | None, stochastic: bool, seed: int | None,
+                         out: ArrayT | None, params: DLPackArray) -> ArrayT:
+    """fake_quantize(x, params=...): the integer codes with the caller's params, decoded in x's dtype."""
+    if stochastic or seed is not None:
+        raise ValueError("fake_quantize(x, params=...) rounds to nearest (the integer codes' rule); "
+                         "stochastic=True and seed= are for params computed from each group")
+    bits = checks.bits(bits, formats.INT_BITS, name="bits (with params=)")
+    if graph_device(x) is not None:
+        raise NotImplementedError("fake_quantize(x, params=...) has no autograd or torch.compile support yet; "
+                                  "call it on x.detach() (outside torch.compile)")
+    if symmetric is not None:
+        symmetric = checks.bool_arg(symmetric, "symmetric")
+    result: ArrayT = integer.fake_quantize_given(x, groups, bits, symmetric, params, out, block_size=block_size,
+                                                 axis=axis)
+    return result
+
+
+def fake_quantize_array(x: ArrayT, groups: int | None, bits: int, symmetric: bool, stochastic: bool,
+                        seed: int | None = None, out: ArrayT | None = None, *,
+                        block_size: int | Sequence[int] | None = None, axis: int | None = None) -> ArrayT:
     """:func:`fake_quantize` on the array itself (never through a framework op); `bits`,
     `symmetric` and `stochastic` already checked."""
     src = take(x, "x")
-    result: ArrayT = _fake_quantize(src, None if out is None else take_out(out, src), groups, bits, symmetric,
-                                    stochastic, seed)
+    g = grouping(src.tensor.shape, groups, block_size, axis)
+    seed, offset = rng.resolve(seed, src.tensor.numel, stochastic)
+    dst = None if out is None else take_out(out, src)
+    result: ArrayT = implementation("fake_quantize", src)(src, dst, max(g.groups, 1), bits, symmetric, stochastic,
+                                                         seed, offset, block_of(g))
     return result
 
 
