@@ -8,6 +8,7 @@ Importing dsquant imports none of torch, jax or cupy.
 from ._info import __version__, info
 
 try:
+    from .checkpoint import load_quantized, save_quantized
     from .ops.fake import ds_quantizer, fake_quantize, manual_seed
     from .ops.integer import dequantize, quantize
     from .ops.zeropp import loco_quantized_reduction, loco_swizzle_quantize, quantized_reduction, swizzle_quantize
@@ -18,5 +19,6 @@ except ImportError:
         raise
     raise error from None
 
-__all__ = ["__version__", "dequantize", "ds_quantizer", "fake_quantize", "info", "loco_quantized_reduction",
-           "loco_swizzle_quantize", "manual_seed", "quantize", "quantized_reduction", "swizzle_quantize"]
+__all__ = ["__version__", "dequantize", "ds_quantizer", "fake_quantize", "info", "load_quantized",
+           "loco_quantized_reduction", "loco_swizzle_quantize", "manual_seed", "quantize", "quantized_reduction",
+           "save_quantized", "swizzle_quantize"]
