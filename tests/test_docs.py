@@ -7,7 +7,7 @@ import pytest
 
 MODULES = ["dsquant.ops.fake", "dsquant.ops.integer", "dsquant.ops.zeropp", "dsquant._info", "dsquant.compat.deepspeed",
            "dsquant.torch",
-           "dsquant.bench.integer", "dsquant.bench.zeropp"]
+           "dsquant.bench.integer", "dsquant.bench.zeropp", "dsquant.checkpoint.files"]
 
 
 @pytest.mark.parametrize("name", MODULES)

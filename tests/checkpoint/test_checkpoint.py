@@ -332,3 +332,14 @@ def test_torch_model_loads_a_quantized_checkpoint_within_the_bound(tmp_path):
         assert 0 < relative < worst
         print(f"int{bits}: output relative error {relative:.2e}, "
               f"max |dy| / bound {np.max(np.abs(y_q - y) / bound):.2f}")
+
+
+def test_the_walkthrough_table_is_what_the_commands_print(tmp_path):
+    """docs/checkpoints.md shows the README's main job's table: it must be what the commands print."""
+    cli("demo-checkpoint", tmp_path / "mlp.safetensors")
+    out = cli("quantize-checkpoint", tmp_path / "mlp.safetensors", tmp_path / "mlp-int4.safetensors", "--bits", "4",
+              "--block-size", "128", "--skip-small", "4096").stdout
+    with open(os.path.join(ROOT, "docs", "checkpoints.md")) as f:
+        page = f.read()
+    table = page[page.index("| tensor |"):page.index("\n```", page.index("| tensor |"))]
+    assert table.strip() == out[out.index("| tensor |"):].strip()
