@@ -10,7 +10,9 @@ from ._info import __version__, info
 try:
     from .checkpoint import load_quantized, save_quantized
     from .ops.fake import ds_quantizer, fake_quantize, manual_seed
+    from .core.grouping import Grouping
     from .ops.integer import dequantize, quantize
+    from .ops.quantized import QuantizedTensor
     from .ops.zeropp import loco_quantized_reduction, loco_swizzle_quantize, quantized_reduction, swizzle_quantize
 except ImportError:
     from ._unbuilt import unbuilt_error
@@ -19,6 +21,6 @@ except ImportError:
         raise
     raise error from None
 
-__all__ = ["__version__", "dequantize", "ds_quantizer", "fake_quantize", "info", "load_quantized",
-           "loco_quantized_reduction", "loco_swizzle_quantize", "manual_seed", "quantize", "quantized_reduction",
-           "save_quantized", "swizzle_quantize"]
+__all__ = ["Grouping", "QuantizedTensor", "__version__", "dequantize", "ds_quantizer", "fake_quantize", "info",
+           "load_quantized", "loco_quantized_reduction", "loco_swizzle_quantize", "manual_seed", "quantize",
+           "quantized_reduction", "save_quantized", "swizzle_quantize"]

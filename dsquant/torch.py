@@ -38,8 +38,9 @@ import torch
 from torch import Tensor
 
 from .core import checks, dtypes, formats, registry, rng
+from .core.grouping import Grouping, group_order
 from .interop.adapters import TORCH_OPS
-from .ops import fake, integer
+from .ops import _args, fake, integer
 
 _MASK64 = (1 << 64) - 1
 
@@ -53,27 +54,46 @@ def _signed64(seed):
 
 
 # ------------------------------------------------------------------------------ fake_quantize
+# The grouping travels through the ops as the caller gave it: groups (0: not given), block (empty:
+# not given), axis (None: not given); the ops resolve it again (dsquant.core.grouping).
+def _grouping_args(g: Grouping) -> tuple[int, list[int], int | None]:
+    if g.kind == "groups":
+        return g.groups, [], None
+    if g.kind == "axis":
+        return 0, [], g.axis
+    assert g.block_size is not None
+    return 0, list(g.block_size), None
+
+
+def _resolve(shape, groups: int, block: list[int], axis: int | None) -> Grouping:
+    return _args.grouping(tuple(shape), groups or None, tuple(block) if block else None, axis)
+
+
 @torch.library.custom_op("dsquant::fake_quantize", mutates_args=(), device_types=("cpu", "cuda"))
 def _fake_quantize_op(x: Tensor, groups: int, bits: int, symmetric: bool, stochastic: bool, seed: int | None,
-                      mask_clipped: bool) -> Tensor:
-    return fake.fake_quantize_array(x, groups, bits, symmetric, stochastic, None if seed is None else seed & _MASK64)
+                      mask_clipped: bool, block: list[int] | None = None, axis: int | None = None) -> Tensor:
+    return fake.fake_quantize_array(x, groups or None, bits, symmetric, stochastic,
+                                    None if seed is None else seed & _MASK64,
+                                    block_size=tuple(block) if block else None, axis=axis)
 
 
 @_fake_quantize_op.register_fake
-def _(x, groups, bits, symmetric, stochastic, seed, mask_clipped):
-    _check_fake_args(x, groups)
+def _(x, groups, bits, symmetric, stochastic, seed, mask_clipped, block=None, axis=None):
+    _check_fake_args(x, groups, block, axis)
     return x.new_empty(x.shape)          # the result is C-contiguous, whatever x's strides
 
 
-def _check_fake_args(x, groups):
+def _check_fake_args(x, groups, block=None, axis=None) -> Grouping:
     if x.dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
         raise TypeError(f"x has dtype {x.dtype}; dsquant quantizes {', '.join(dtypes.NAMES)}")
-    checks.groups(groups, x.numel())
+    return _resolve(x.shape, groups, block or [], axis)
 
 
 def _fake_setup(ctx, inputs, output):
-    x, groups, bits, symmetric, _stochastic, _seed, mask_clipped = inputs
-    ctx.groups, ctx.bits, ctx.symmetric, ctx.mask_clipped = groups, bits, symmetric, mask_clipped
+    x, groups, bits, symmetric, _stochastic, _seed, mask_clipped, *rest = inputs
+    block, axis = (list(rest) + [None, None])[:2]
+    ctx.grouping = _resolve(x.shape, groups, block or [], axis)
+    ctx.bits, ctx.symmetric, ctx.mask_clipped = bits, symmetric, mask_clipped
     if mask_clipped:
         ctx.save_for_backward(x)
 
@@ -81,19 +101,41 @@ def _fake_setup(ctx, inputs, output):
 def _fake_backward(ctx, grad):
     if ctx.mask_clipped:
         x, = ctx.saved_tensors
-        grad = torch.where(in_range(x, ctx.groups, ctx.bits, ctx.symmetric), grad, 0)
-    return grad, None, None, None, None, None, None
+        grad = torch.where(in_range(x, ctx.grouping, ctx.bits, ctx.symmetric), grad, 0)
+    return grad, None, None, None, None, None, None, None, None
 
 
 _fake_quantize_op.register_autograd(_fake_backward, setup_context=_fake_setup)
 
 
-def in_range(x: Tensor, groups: int, bits: int, symmetric: bool) -> Tensor:
+def _in_group_order(x: Tensor, g: Grouping) -> Tensor:
+    """`x` as [groups, group size], each row a group (core.grouping.group_order)."""
+    if not g.strided:
+        return x.reshape(max(g.groups, 1), -1)
+    assert g.block_size is not None
+    shape, strides = group_order(x.shape, x.contiguous().stride(), g.block_size)
+    return x.contiguous().as_strided(shape, strides).reshape(max(g.groups, 1), -1)
+
+
+def _from_group_order(rows: Tensor, like: Tensor, g: Grouping) -> Tensor:
+    """The inverse of :func:`_in_group_order`: rows back into `like`'s shape (C-contiguous)."""
+    if not g.strided:
+        return rows.reshape(like.shape)
+    assert g.block_size is not None
+    out = rows.new_empty(like.shape)
+    shape, strides = group_order(like.shape, out.stride(), g.block_size)
+    out.as_strided(shape, strides).copy_(rows.reshape(shape))
+    return out
+
+
+def in_range(x: Tensor, grouping: Grouping | int, bits: int, symmetric: bool) -> Tensor:
     """Boolean mask of the elements of `x` that ``mask_clipped=True`` lets the gradient through:
     the scaled value ``v`` within half a step of the code range, or a non-finite element. The
-    group statistics and scale are docs/numerics.md's (float32 arithmetic, float64 for float64)."""
+    group statistics and scale are docs/numerics.md's (float32 arithmetic, float64 for float64).
+    `grouping`: a Grouping of `x`, or a group count."""
+    g = grouping if isinstance(grouping, Grouping) else _resolve(x.shape, grouping, [], None)
     compute = torch.float64 if x.dtype == torch.float64 else torch.float32
-    v = x.detach().reshape(groups, -1).to(compute)
+    v = _in_group_order(x.detach(), g).to(compute)
     finite = torch.isfinite(v)
     if symmetric:
         absmax = torch.where(finite, v.abs(), 0).amax(dim=1, keepdim=True)
@@ -107,18 +149,20 @@ def in_range(x: Tensor, groups: int, bits: int, symmetric: bool) -> Tensor:
         step = ((mx.double() - mn.double() + 1e-5) / 2.0 ** bits).to(compute)
         scaled, lo, hi = (v - mn) * (1 / step), 0, 2 ** bits - 1
     keep = ((scaled >= lo - 0.5) & (scaled <= hi + 0.5)) | ~finite
-    return keep.reshape(x.shape)
+    return _from_group_order(keep, x, g)
 
 
-def fake_quantize(x: Tensor, groups: int = 1, bits: int = 8, *, symmetric: bool = True, stochastic: bool = False,
-                  seed: int | None = None, mask_clipped: bool = False) -> Tensor:
+def fake_quantize(x: Tensor, groups: int | None = None, bits: int = 8, *, block_size=None, axis: int | None = None,
+                  symmetric: bool = True, stochastic: bool = False, seed: int | None = None,
+                  mask_clipped: bool = False) -> Tensor:
     """:func:`dsquant.fake_quantize` as the torch op ``torch.ops.dsquant.fake_quantize``, with the
     straight-through gradient described in this module (`mask_clipped`: zero gradient for
     clipped elements)."""
     bits = checks.bits(bits)
-    return _fake_quantize_op(x, checks.int_arg(groups, "groups"), bits, checks.bool_arg(symmetric, "symmetric"),
+    g_groups, block, g_axis = _grouping_args(_args.grouping(tuple(x.shape), groups, block_size, axis))
+    return _fake_quantize_op(x, g_groups, bits, checks.bool_arg(symmetric, "symmetric"),
                              checks.bool_arg(stochastic, "stochastic"), _signed64(seed),
-                             checks.bool_arg(mask_clipped, "mask_clipped"))
+                             checks.bool_arg(mask_clipped, "mask_clipped"), block, g_axis)
 
 
 # ------------------------------------------------------------------------------ ds_quantizer
@@ -145,54 +189,68 @@ def ds_quantizer(input: Tensor, groups: int = 1, bit_num: int = 8, sr: bool = Fa
 
 # ------------------------------------------------------------------------------ quantize / dequantize
 @torch.library.custom_op("dsquant::quantize", mutates_args=(), device_types=("cpu", "cuda"))
-def _quantize_op(x: Tensor, groups: int, bits: int, symmetric: bool) -> tuple[Tensor, Tensor]:
-    return integer.quantize_array(x, groups, bits, symmetric)
+def _quantize_op(x: Tensor, groups: int, bits: int, symmetric: bool, block: list[int] | None = None,
+                 axis: int | None = None) -> tuple[Tensor, Tensor]:
+    q, params = integer.quantize_array(x, groups or None, bits, symmetric, block_size=tuple(block) if block else None,
+                                       axis=axis)
+    return q, params
 
 
 @_quantize_op.register_fake
-def _(x, groups, bits, symmetric):
-    _check_fake_args(x, groups)
+def _(x, groups, bits, symmetric, block=None, axis=None):
+    g = _check_fake_args(x, groups, block, axis)
     q = x.new_empty(formats.code_shape(tuple(x.shape), bits), dtype=torch.int8)
-    return q, x.new_empty(formats.params_shape(groups, symmetric), dtype=torch.float32)
+    return q, x.new_empty(g.params_shape(symmetric), dtype=torch.float32)
 
 
-def quantize(x: Tensor, groups: int = 1, bits: int = 8, *, symmetric: bool = True) -> tuple[Tensor, Tensor]:
-    """:func:`dsquant.quantize` as the torch op ``torch.ops.dsquant.quantize`` (no gradient)."""
-    return _quantize_op(x.detach(), checks.int_arg(groups, "groups"), checks.bits(bits, formats.INT_BITS),
-                        checks.bool_arg(symmetric, "symmetric"))
+def quantize(x: Tensor, groups: int | None = None, bits: int = 8, *, block_size=None, axis: int | None = None,
+             symmetric: bool = True) -> tuple[Tensor, Tensor]:
+    """:func:`dsquant.quantize` as the torch op ``torch.ops.dsquant.quantize`` (no gradient):
+    ``(q, params)`` as a plain tuple (:func:`dsquant.quantize` wraps it in a QuantizedTensor)."""
+    g_groups, block, g_axis = _grouping_args(_args.grouping(tuple(x.shape), groups, block_size, axis))
+    return _quantize_op(x.detach(), g_groups, checks.bits(bits, formats.INT_BITS),
+                        checks.bool_arg(symmetric, "symmetric"), block, g_axis)
 
 
 @torch.library.custom_op("dsquant::dequantize", mutates_args=(), device_types=("cpu", "cuda"))
-def _dequantize_op(q: Tensor, params: Tensor, bits: int, dtype: torch.dtype) -> Tensor:
-    return integer.dequantize_array(q, params, bits, dtype)
+def _dequantize_op(q: Tensor, params: Tensor, bits: int, dtype: torch.dtype, groups: int = 0,
+                   block: list[int] | None = None, axis: int | None = None) -> Tensor:
+    return integer.dequantize_array(q, params, bits, dtype, groups=groups or None,
+                                    block_size=tuple(block) if block else None, axis=axis)
 
 
 @_dequantize_op.register_fake
-def _(q, params, bits, dtype):
+def _(q, params, bits, dtype, groups=0, block=None, axis=None):
     return q.new_empty(formats.value_shape(tuple(q.shape), bits), dtype=dtype)
 
 
-def dequantize(q: Tensor, params: Tensor, bits: int = 8, *, dtype=None) -> Tensor:
+def dequantize(q: Tensor, params: Tensor, bits: int = 8, *, groups: int | None = None, block_size=None,
+               axis: int | None = None, dtype=None) -> Tensor:
     """:func:`dsquant.dequantize` as the torch op ``torch.ops.dsquant.dequantize`` (no gradient)."""
     dtype = torch.float32 if dtype is None else getattr(torch, dtypes.parse(dtype).name)
-    return _dequantize_op(q, params.detach(), checks.bits(bits, formats.INT_BITS), dtype)
+    bits = checks.bits(bits, formats.INT_BITS)
+    g_groups, block, g_axis = 0, [], None
+    if groups is not None or block_size is not None or axis is not None:
+        g_groups, block, g_axis = _grouping_args(_args.grouping(formats.value_shape(tuple(q.shape), bits), groups,
+                                                                block_size, axis))
+    return _dequantize_op(q, params.detach(), bits, dtype, g_groups, block, g_axis)
 
 
 # What the front end (dsquant.fake_quantize, ...) calls for torch tensors that need torch's graphs:
-# its arguments, already checked where the front end checks them.
+# its arguments, already checked where the front end checks them (the grouping resolved).
 @registry.implements("fake_quantize", TORCH_OPS)
-def _front_fake_quantize(x, groups, bits, symmetric, stochastic, seed):
-    return fake_quantize(x, groups, bits, symmetric=symmetric, stochastic=stochastic, seed=seed)
+def _front_fake_quantize(x, g: Grouping, bits, symmetric, stochastic, seed):
+    return fake_quantize(x, bits=bits, symmetric=symmetric, stochastic=stochastic, seed=seed, **g.arguments())
 
 
 @registry.implements("quantize", TORCH_OPS)
-def _front_quantize(x, groups, bits, symmetric):
-    return quantize(x, groups, bits, symmetric=symmetric)
+def _front_quantize(x, g: Grouping, bits, symmetric):
+    return quantize(x, bits=bits, symmetric=symmetric, **g.arguments())
 
 
 @registry.implements("dequantize", TORCH_OPS)
-def _front_dequantize(q, params, bits, dtype):
-    return dequantize(q, params, bits, dtype=dtype)
+def _front_dequantize(q, params, bits, dtype, g: Grouping):
+    return dequantize(q, params, bits, dtype=dtype, **g.arguments())
 
 
 registry.implements("ds_quantizer", TORCH_OPS)(ds_quantizer)

@@ -1,11 +1,14 @@
-"""Intake of array arguments for the operations: consume through DLPack on the array's device
-(with the consumer stream the backend gives), check dtypes, peers and outputs."""
+"""Arguments of the operations, parsed in one place: intake of arrays (consumed through DLPack on
+the array's device, with the consumer stream the backend gives; dtypes, peers and outputs
+checked) and the grouping (``groups=`` / ``block_size=`` / ``axis=``)."""
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from ..core import dtypes, registry
+from ..core import checks, dtypes, registry
+from ..core.grouping import Grouping
+from ..core.grouping import resolve as grouping_of
 from ..interop import operand
 from ..interop.adapters import Adapter
 from ..interop.operand import Operand
@@ -58,3 +61,23 @@ def implementation(op_name: str, op: Operand) -> Callable[..., Any]:
     """The backend function for `op_name` on the device of `op`."""
     return registry.lookup(op_name, device_of(op))
 
+
+
+def grouping(shape: tuple[int, ...], groups: int | None, block_size: int | Sequence[int] | None,
+             axis: int | None) -> Grouping:
+    """The grouping of an array of `shape` from an op's ``groups=`` / ``block_size=`` / ``axis=``
+    (at most one; none: one group). See dsquant.core.grouping."""
+    return grouping_of(shape, groups, block_size, axis)
+
+
+def positive_groups(groups: int | None) -> None:
+    """Checks `groups` before a framework op converts it (to int64)."""
+    if groups is not None:
+        checks.positive(groups, "groups")
+
+
+def block_of(g: Grouping) -> tuple[int, ...] | None:
+    """What a backend needs to know of a grouping beside its group count: the block when the
+    groups are strided (the backend then works in group order, core.grouping.group_order), else
+    None (the groups are contiguous runs of the array in C order, DeepSpeed's layout)."""
+    return g.block_size if g.strided else None

@@ -2,26 +2,34 @@
 in-place ``ds_quantizer``, and the seed of the library-global stochastic-rounding stream."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from ..core import checks, registry, rng
 from ..core.arrays import ArrayT
 from ..interop.adapters import graph_device
-from ._args import implementation, take, take_out
+from ._args import block_of, grouping, implementation, take, take_out
 
 
-def fake_quantize(x: ArrayT, groups: int = 1, bits: int = 8, *, symmetric: bool = True, stochastic: bool = False,
+def fake_quantize(x: ArrayT, groups: int | None = None, bits: int = 8, *, block_size: int | Sequence[int] | None = None,
+                  axis: int | None = None, symmetric: bool = True, stochastic: bool = False,
                   seed: int | None = None, out: ArrayT | None = None) -> ArrayT:
     """Group-wise fake quantization (quantize, then dequantize) of `x` into a new array.
 
-    A group is ``x.size // groups`` contiguous elements of `x` in C order. Each group is scaled by
-    its own statistics (absmax for symmetric, min/max for asymmetric), rounded to one of ``2**bits``
-    levels and mapped back to `x`'s dtype. Non-finite elements come back unchanged and do not
-    influence their group. The exact formulas are in docs/numerics.md.
+    The groups are given by at most one of `groups`, `block_size` and `axis` (none: one group;
+    docs/grouping.md compares them with DeepSpeed's, bitsandbytes', torchao's and torch's). Each
+    group is scaled by its own statistics (absmax for symmetric, min/max for asymmetric), rounded
+    to one of ``2**bits`` levels and mapped back to `x`'s dtype. Non-finite elements come back
+    unchanged and do not influence their group. The exact formulas are in docs/numerics.md.
 
     Args:
         x: float16, bfloat16, float32 or float64 array (NumPy, CuPy, torch, JAX, any DLPack producer).
-        groups: number of groups; must divide ``x.size``.
+        groups: number of groups, DeepSpeed's: a group is ``x.size // groups`` contiguous elements of
+            `x` in C order; must divide ``x.size``.
+        block_size: torchao's: an int (elements per group along the last axis) or one entry per
+            axis (``(1, 128)``: 128 along the last axis of a 2-d array; ``(128, 128)``: tiles);
+            each entry must divide its axis.
+        axis: torch's per-channel ``axis``: one group per index along `axis`, spanning the others.
         bits: 2..16.
         symmetric: True: codes ``-2**(bits-1) .. 2**(bits-1)-1`` around zero; False: ``2**bits`` levels
             between the group's min and max.
@@ -48,21 +56,23 @@ def fake_quantize(x: ArrayT, groups: int = 1, bits: int = 8, *, symmetric: bool 
     bits = checks.bits(bits)
     graph = graph_device(x) if out is None else None
     if graph is not None:
-        checks.positive(groups, "groups")        # before the framework op converts it (to int64)
-        result: ArrayT = registry.lookup("fake_quantize", graph)(x, groups, bits, symmetric, stochastic, seed)
+        g = grouping(tuple(x.shape), groups, block_size, axis)   # type: ignore[attr-defined]  # a torch tensor
+        result: ArrayT = registry.lookup("fake_quantize", graph)(x, g, bits, symmetric, stochastic, seed)
         return result
-    return fake_quantize_array(x, groups, bits, symmetric, stochastic, seed, out)
+    return fake_quantize_array(x, groups, bits, symmetric, stochastic, seed, out, block_size=block_size, axis=axis)
 
 
-def fake_quantize_array(x: ArrayT, groups: int, bits: int, symmetric: bool, stochastic: bool, seed: int | None = None,
-                        out: ArrayT | None = None) -> ArrayT:
+def fake_quantize_array(x: ArrayT, groups: int | None, bits: int, symmetric: bool, stochastic: bool,
+                        seed: int | None = None, out: ArrayT | None = None, *,
+                        block_size: int | Sequence[int] | None = None, axis: int | None = None) -> ArrayT:
     """:func:`fake_quantize` on the array itself (never through a framework op); `bits`,
     `symmetric` and `stochastic` already checked."""
     src = take(x, "x")
-    groups = checks.groups(groups, src.tensor.numel)
+    g = grouping(src.tensor.shape, groups, block_size, axis)
     seed, offset = rng.resolve(seed, src.tensor.numel, stochastic)
     dst = None if out is None else take_out(out, src)
-    result: ArrayT = implementation("fake_quantize", src)(src, dst, groups, bits, symmetric, stochastic, seed, offset)
+    result: ArrayT = implementation("fake_quantize", src)(src, dst, max(g.groups, 1), bits, symmetric, stochastic,
+                                                         seed, offset, block_of(g))
     return result
 
 

@@ -3,12 +3,15 @@ when 8 % bits == 0, float32 params per group) and DeepSpeed's experimental unsig
 dequantization. The byte layout is in docs/format.md."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, overload
 
 from ..core import checks, dtypes, formats, registry
+from ..core.grouping import Grouping
 from ..interop import operand
 from ..interop.adapters import graph_device
-from ._args import implementation, take, take_peer
+from ._args import block_of, grouping, implementation, take, take_peer
+from .quantized import QuantizedTensor
 
 if TYPE_CHECKING:
     import numpy as np
@@ -18,32 +21,42 @@ if TYPE_CHECKING:
 
 
 @overload
-def quantize(x: NDArray[Any], groups: int = 1, bits: int = 8, *,
-             symmetric: bool = True) -> tuple[NDArray[np.int8], NDArray[np.float32]]: ...
+def quantize(x: NDArray[Any], groups: int | None = None, bits: int = 8, *,
+             block_size: int | Sequence[int] | None = None, axis: int | None = None,
+             symmetric: bool = True) -> QuantizedTensor[NDArray[np.int8], NDArray[np.float32]]: ...
 @overload
-def quantize(x: ArrayT, groups: int = 1, bits: int = 8, *, symmetric: bool = True) -> tuple[ArrayT, ArrayT]: ...
-def quantize(x: Any, groups: int = 1, bits: int = 8, *, symmetric: bool = True) -> Any:
+def quantize(x: ArrayT, groups: int | None = None, bits: int = 8, *, block_size: int | Sequence[int] | None = None,
+             axis: int | None = None, symmetric: bool = True) -> QuantizedTensor[ArrayT, ArrayT]: ...
+def quantize(x: Any, groups: int | None = None, bits: int = 8, *, block_size: int | Sequence[int] | None = None,
+             axis: int | None = None, symmetric: bool = True) -> Any:
     """Group-wise integer quantization of `x` in DeepSpeed's format: ``(q, params)``.
 
-    A group is ``x.size // groups`` contiguous elements of `x` in C order. Symmetric groups are
-    scaled by ``2**(bits-1) / absmax``; asymmetric groups are centred on the midpoint of their range
-    and scaled by ``2**bits / (max - min)``. Codes are signed, ``-2**(bits-1) .. 2**(bits-1)-1``,
-    rounded half to even; NaN becomes 0, +Inf the largest code, -Inf the smallest. Statistics ignore
-    non-finite elements. The byte layout is in docs/format.md.
+    The groups are given by at most one of `groups`, `block_size` and `axis` (none: one group),
+    as for :func:`fake_quantize` (docs/grouping.md). Symmetric groups are scaled by
+    ``2**(bits-1) / absmax``; asymmetric groups are centred on the midpoint of their range and
+    scaled by ``2**bits / (max - min)``. Codes are signed, ``-2**(bits-1) .. 2**(bits-1)-1``,
+    rounded half to even; NaN becomes 0, +Inf the largest code, -Inf the smallest. Statistics
+    ignore non-finite elements. The byte layout is in docs/format.md.
 
     Args:
         x: float16, bfloat16, float32 or float64 array (NumPy, CuPy, torch, JAX, any DLPack producer).
-        groups: number of groups; must divide ``x.size``. Any group size works.
+        groups: number of groups, DeepSpeed's: ``x.size // groups`` contiguous elements in C order;
+            must divide ``x.size``. Any group size works.
+        block_size: an int (elements per group along the last axis) or one entry per axis, each
+            dividing its axis (torchao's ``block_size``).
+        axis: one group per index along `axis` (torch's per-channel ``axis``).
         bits: 2..8. With 2, 4 and 8 bits the codes are packed 8/bits per byte, first element in the
             high bits (so 4-bit codes match DeepSpeed's nibble order); with 3, 5, 6, 7 bits each code
             takes one int8.
-        symmetric: True: params ``[groups, 1]`` holding ``1/scale``; False: params ``[groups, 2]``
-            holding ``1/scale`` and the group midpoint.
+        symmetric: True: params hold ``1/scale``; False: ``1/scale`` and the group midpoint.
 
     Returns:
-        ``(q, params)`` in `x`'s framework and device: `q` int8 with `x`'s shape except that the last
-        dimension is multiplied by ``bits/8`` when packed (a ``ValueError`` if that is not whole);
-        `params` float32 ``[groups, 1]`` or ``[groups, 2]``.
+        A :class:`QuantizedTensor` ``(q, params)`` in `x`'s framework and device, which also holds
+        `bits`, `symmetric`, the grouping, `x`'s shape and dtype: `q` int8 with `x`'s shape except
+        that the last dimension is multiplied by ``bits/8`` when packed (a ``ValueError`` if that
+        is not whole); `params` float32 ``[groups, 1|2]`` for `groups`, ``grid + (1|2,)`` for
+        `block_size` and `axis` (the grid has one entry per axis, ``shape[i] // block[i]``: e.g.
+        ``[rows, cols // 128, 1]`` for ``block_size=128``; ``[shape[axis], 1]`` for `axis`).
 
     Examples:
         >>> import numpy as np, dsquant
@@ -52,47 +65,71 @@ def quantize(x: Any, groups: int = 1, bits: int = 8, *, symmetric: bool = True) 
         (['0x3e', '0x78'], array([[1.]], dtype=float32))
         >>> dsquant.dequantize(q, params, bits=4)
         array([ 3., -2.,  7., -8.], dtype=float32)
+        >>> r = dsquant.quantize(np.ones((4, 256), np.float16), block_size=128, bits=4)
+        >>> r
+        QuantizedTensor(shape=(4, 256), dtype=float16, bits=4, symmetric=True, block_size=(1, 128),
+                        codes=numpy[4, 128], params=numpy[4, 2, 1])
+        >>> dsquant.dequantize(r).dtype
+        dtype('float16')
     """
     symmetric = checks.bool_arg(symmetric, "symmetric")
     bits = checks.bits(bits, formats.INT_BITS)
     graph = graph_device(x, autograd=False)          # torch.compile: torch.ops.dsquant.quantize
     if graph is not None:
-        checks.positive(groups, "groups")            # before the framework op converts it (to int64)
-        return registry.lookup("quantize", graph)(x, groups, bits, symmetric)
-    return quantize_array(x, groups, bits, symmetric)
+        g = grouping(tuple(x.shape), groups, block_size, axis)
+        q, params = registry.lookup("quantize", graph)(x, g, bits, symmetric)
+        return QuantizedTensor(q, params, bits, symmetric, g, str(x.dtype).removeprefix("torch."))   # a torch tensor
+    return quantize_array(x, groups, bits, symmetric, block_size=block_size, axis=axis)
 
 
-def quantize_array(x: Any, groups: int, bits: int, symmetric: bool) -> tuple[Any, Any]:
+def quantize_array(x: Any, groups: int | None, bits: int, symmetric: bool, *,
+                   block_size: int | Sequence[int] | None = None, axis: int | None = None) -> QuantizedTensor[Any, Any]:
     """:func:`quantize` on the array itself (never through a framework op); `bits` and
     `symmetric` already checked."""
     src = take(x, "x")
-    groups = checks.groups(groups, src.tensor.numel)
+    g = grouping(src.tensor.shape, groups, block_size, axis)
     q_shape = formats.code_shape(src.tensor.shape, bits)
-    result: tuple[Any, Any] = implementation("quantize", src)(src, groups, bits, symmetric, q_shape)
-    return result
+    q, params = implementation("quantize", src)(src, max(g.groups, 1), bits, symmetric, q_shape,
+                                               g.params_shape(symmetric), block_of(g))
+    return QuantizedTensor(q, params, bits, symmetric, g, src.tensor.dtype_name)
 
 
 @overload
-def dequantize(q: NDArray[Any], params: NDArray[Any], bits: int = 8, *, dtype: Any = None,
+def dequantize(q: QuantizedTensor[ArrayT, Any], params: None = None, bits: int | None = None, *,
+               groups: int | None = None, block_size: int | Sequence[int] | None = None, axis: int | None = None,
+               dtype: Any = None, out: ArrayT | None = None) -> ArrayT: ...
+@overload
+def dequantize(q: NDArray[Any], params: NDArray[Any], bits: int | None = None, *, groups: int | None = None,
+               block_size: int | Sequence[int] | None = None, axis: int | None = None, dtype: Any = None,
                out: NDArray[Any] | None = None) -> NDArray[Any]: ...
 @overload
-def dequantize(q: ArrayT, params: DLPackArray, bits: int = 8, *, dtype: Any = None,
+def dequantize(q: ArrayT, params: DLPackArray, bits: int | None = None, *, groups: int | None = None,
+               block_size: int | Sequence[int] | None = None, axis: int | None = None, dtype: Any = None,
                out: ArrayT | None = None) -> ArrayT: ...
-def dequantize(q: Any, params: Any, bits: int = 8, *, dtype: Any = None, out: Any = None) -> Any:
+def dequantize(q: Any, params: Any = None, bits: int | None = None, *, groups: int | None = None,
+               block_size: int | Sequence[int] | None = None, axis: int | None = None, dtype: Any = None,
+               out: Any = None) -> Any:
     """Values of integer codes made by :func:`quantize` (or by DeepSpeed's ``quantize``).
 
-    The group count and the scheme come from ``params.shape``: ``[groups, 1]`` is symmetric
-    (``y = q * params[g, 0]``), ``[groups, 2]`` asymmetric (``y = fma(q, params[g, 0],
-    params[g, 1])``), computed in float32 and rounded once to `dtype`.
+    Given the :class:`QuantizedTensor` that :func:`quantize` returned, nothing else is needed: the
+    result has the original shape and dtype (`dtype` may ask for another). An argument that
+    contradicts it (other `bits`, `params`, grouping) is a ``ValueError``.
+
+    Given codes and params, the scheme comes from ``params.shape[-1]`` (1: symmetric, ``y = q *
+    params[g, 0]``; 2: asymmetric, ``y = fma(q, params[g, 0], params[g, 1])``), computed in float32
+    and rounded once to `dtype`. The grouping is `groups`, `block_size` or `axis` as given to
+    :func:`quantize`; without them, params ``[groups, 1|2]`` mean ``groups=params.shape[0]``
+    (DeepSpeed's), and params with one more dimension than the values (``grid + (1|2,)``) mean the
+    blocks ``shape[i] // grid[i]``.
 
     Args:
-        q: int8 (or uint8, the same bytes) codes; the last dimension holds 8/bits packed codes per
-            byte for 2 and 4 bits.
-        params: float32 ``[groups, 1]`` or ``[groups, 2]``, same framework and device as `q`;
-            ``groups`` must divide the number of values.
-        bits: 2..8, as given to :func:`quantize`.
-        dtype: float16, bfloat16, float32 (default) or float64, by name or as a NumPy or torch dtype.
-            With `out` and no `dtype`, `out`'s dtype.
+        q: a :class:`QuantizedTensor`, or int8 (or uint8, the same bytes) codes; the last
+            dimension holds 8/bits packed codes per byte for 2 and 4 bits.
+        params: float32, same framework and device as `q` (none with a QuantizedTensor).
+        bits: 2..8, as given to :func:`quantize` (default 8; a QuantizedTensor's own).
+        groups, block_size, axis: the grouping, as given to :func:`quantize`.
+        dtype: float16, bfloat16, float32 or float64, by name or as a NumPy or torch dtype. Default:
+            a QuantizedTensor's dtype; with `out`, `out`'s dtype; else float32.
         out: optional array (same framework and device as `q`) of the result's shape to write into.
 
     Returns:
@@ -105,23 +142,70 @@ def dequantize(q: Any, params: Any, bits: int = 8, *, dtype: Any = None, out: An
         >>> dsquant.dequantize(q, np.array([[0.5]], dtype=np.float32), bits=4, dtype="float16")
         array([ 1.5, -1. ], dtype=float16)
     """
-    bits = checks.bits(bits, formats.INT_BITS)
+    if isinstance(q, QuantizedTensor):
+        q, params, bits, known, dtype = _remembered(q, params, bits, groups, block_size, axis, dtype, out)
+        groups, block_size, axis = known.groups, None, None
+        if known.kind != "groups":
+            groups, block_size, axis = None, None if known.axis is not None else known.block_size, known.axis
+    bits = checks.bits(8 if bits is None else bits, formats.INT_BITS)
     graph = graph_device(q, autograd=False) if out is None else None
     if graph is not None:                            # torch.compile: torch.ops.dsquant.dequantize
-        return registry.lookup("dequantize", graph)(q, params, bits, dtype)
-    return dequantize_array(q, params, bits, dtype, out)
+        g = _dequantize_grouping(formats.value_shape(tuple(q.shape), bits), tuple(params.shape), groups,
+                                 block_size, axis)
+        return registry.lookup("dequantize", graph)(q, params, bits, dtype, g)
+    return dequantize_array(q, params, bits, dtype, out, groups=groups, block_size=block_size, axis=axis)
 
 
-def dequantize_array(q: Any, params: Any, bits: int, dtype: Any = None, out: Any = None) -> Any:
+def _remembered(r: QuantizedTensor[Any, Any], params: Any, bits: int | None, groups: int | None,
+                block_size: int | Sequence[int] | None, axis: int | None, dtype: Any,
+                out: Any) -> tuple[Any, Any, int, Grouping, Any]:
+    """What dequantize takes from a QuantizedTensor; ValueError for arguments that contradict it."""
+    if params is not None and params is not r.params:
+        raise ValueError("dequantize(r) with a QuantizedTensor r takes its params from r; "
+                         "pass dequantize(r) or dequantize(codes, params, ...), not both")
+    if bits is not None and checks.int_arg(bits, "bits") != r.bits:
+        raise ValueError(f"bits={bits} contradicts the QuantizedTensor, which holds {r.bits}-bit codes; "
+                         f"leave bits out")
+    if groups is not None or block_size is not None or axis is not None:
+        given = grouping(r.shape, groups, block_size, axis)
+        if (given.groups, given.block_size) != (r.grouping.groups, r.grouping.block_size):
+            raise ValueError(f"{given} contradicts the QuantizedTensor, quantized with {r.grouping}; "
+                             f"leave the grouping out")
+    if dtype is None and out is None:
+        dtype = r.dtype
+    return r.codes, r.params, r.bits, r.grouping, dtype
+
+
+def _dequantize_grouping(shape: tuple[int, ...], params_shape: tuple[int, ...], groups: int | None,
+                         block_size: int | Sequence[int] | None, axis: int | None) -> Grouping:
+    """The grouping of dequantize's values of `shape` from its arguments and the params' shape,
+    checked against each other."""
+    if len(params_shape) < 2 or params_shape[-1] not in (1, 2):
+        raise ValueError(f"params must have shape [groups, 1] (symmetric) or [groups, 2] (asymmetric), or a grid "
+                         f"of groups with one entry per axis of the values + (1,) or (2,), got {params_shape}")
+    lead = params_shape[:-1]
+    if groups is None and block_size is None and axis is None:
+        if len(lead) == 1:
+            return grouping(shape, lead[0], None, None)
+        if len(lead) != len(shape) or any(m <= 0 or n % m for n, m in zip(shape, lead)):
+            raise ValueError(f"params of shape {params_shape} do not fit values of shape {shape}: params are "
+                             f"[groups, 1|2], or grid + (1|2,) with one grid entry dividing each axis")
+        return grouping(shape, None, tuple(n // m for n, m in zip(shape, lead)), None)
+    g = grouping(shape, groups, block_size, axis)
+    if lead not in (g.grid, (g.groups,)):
+        raise ValueError(f"params of shape {params_shape} do not fit {g} on values of shape {shape}: "
+                         f"expected {g.params_shape(params_shape[-1] == 1)}")
+    return g
+
+
+def dequantize_array(q: Any, params: Any, bits: int, dtype: Any = None, out: Any = None, *,
+                     groups: int | None = None, block_size: int | Sequence[int] | None = None,
+                     axis: int | None = None) -> Any:
     """:func:`dequantize` on the arrays themselves (never through a framework op); `bits` already checked."""
     codes = take(q, "q", formats.CODE_DTYPES)
     prm = take_peer(params, "params", codes, "q", (formats.PARAMS_DTYPE,))
-    if len(prm.tensor.shape) != 2 or prm.tensor.shape[1] not in (1, 2):
-        raise ValueError(f"params must have shape [groups, 1] (symmetric) or [groups, 2] (asymmetric), "
-                         f"got {prm.tensor.shape}")
     shape = formats.value_shape(codes.tensor.shape, bits)
-    numel = codes.tensor.numel * formats.codes_per_byte(bits)
-    groups = checks.groups(prm.tensor.shape[0], numel, name="params.shape[0] (the group count)")
+    g = _dequantize_grouping(shape, prm.tensor.shape, groups, block_size, axis)
     dst = None
     if out is not None:
         dst = take_peer(out, "out", codes, "q", dtypes.NAMES)
@@ -133,8 +217,9 @@ def dequantize_array(q: Any, params: Any, bits: int, dtype: Any = None, out: Any
     dtype = dtypes.parse("float32" if dtype is None else dtype).code
     if dst is not None and dst.tensor.dtype != dtype:
         raise TypeError(f"out has dtype {dst.tensor.dtype_name} but dtype is {dtypes.NAMES[dtype]}")
-    symmetric = prm.tensor.shape[1] == 1
-    return implementation("dequantize", codes)(codes, prm, groups, bits, symmetric, dtype, shape, dst)
+    symmetric = prm.tensor.shape[-1] == 1
+    return implementation("dequantize", codes)(codes, prm, max(g.groups, 1), bits, symmetric, dtype, shape, dst,
+                                               block_of(g))
 
 
 def dequantize_unsigned_half(data: DLPackArray, scale: DLPackArray, minimum: DLPackArray, num_group: int,

@@ -4,20 +4,29 @@ Registers its implementations with ``dsquant.core.registry`` for the device "cpu
 backend registers the same operations for "cuda"). Arguments arrive checked and resolved by
 ``dsquant.ops``; results are arrays of the caller's framework:
 
-* ``fake_quantize(src, dst, groups, bits, symmetric, stochastic, seed, offset)``
+* ``fake_quantize(src, dst, groups, bits, symmetric, stochastic, seed, offset, block)``
 * ``fake_quantize_inplace(op, groups, bits, symmetric, stochastic, seed, offset)``
-* ``quantize(src, groups, bits, symmetric, q_shape) -> (q, params)``
-* ``dequantize(codes, params, groups, bits, symmetric, dtype, shape, dst) -> array``
+* ``quantize(src, groups, bits, symmetric, q_shape, p_shape, block) -> (q, params)``
+* ``dequantize(codes, params, groups, bits, symmetric, dtype, shape, dst, block) -> array``
+
+`block` is None when the groups are contiguous runs in C order (DeepSpeed's layout, which the
+kernels read), else the block of a strided grouping: the elements are then copied into group
+order (``core.grouping.group_order``) for the kernels and the results copied back.
 * ``dequantize_unsigned_half(codes, scale, minimum, num_group, group_size, bits) -> array``
 """
 from __future__ import annotations
 
+import ctypes
 import math
+
+import numpy as np
 
 from ...core import dtypes, registry, threads
 from ...core.formats import codes_per_byte, params_shape
+from ...core.grouping import c_strides, code_block, group_order
 from ...interop import _array
 from ...interop.operand import Operand
+from .. import codes as _codes
 from . import _cpu, forksafe
 from . import signatures as sig
 
@@ -86,9 +95,45 @@ def _deliver(buffer, dst: Operand | None, like: Operand, dtype: int):
     return dst.obj
 
 
+# ------------------------------------------------------------------------------ strided groupings
+def _regroup(src_ptr: int, src_strides, dst_ptr: int, dst_strides, shape, block, itemsize: int, to_groups: bool):
+    """Copies an array of `shape` between its layout (`src_strides` or `dst_strides`, in elements)
+    and group order (contiguous, core.grouping.group_order): into group order when `to_groups`,
+    else back out of it."""
+    strides = src_strides if to_groups else dst_strides
+    view_shape, view_strides = group_order(shape, strides, block)
+    dense = c_strides(view_shape)
+    if to_groups:
+        _strided_copy(src_ptr, view_strides, dst_ptr, dense, view_shape, itemsize, num_threads())
+    else:
+        _strided_copy(src_ptr, dense, dst_ptr, view_strides, view_shape, itemsize, num_threads())
+
+
+def _host_array(ptr: int, count: int, dtype) -> np.ndarray:
+    """A NumPy view of `count` elements of `dtype` at host address `ptr` (for codes moved one by one)."""
+    dtype = np.dtype(dtype)
+    return np.frombuffer((ctypes.c_char * (count * dtype.itemsize)).from_address(ptr), dtype)
+
+
+def _fake_strided(t: _array.Tensor, dst: Operand | None, target: int, groups, bits, symmetric, stochastic,
+                  seed, offset, block) -> None:
+    scratch = _array.HostBuffer((t.numel * t.itemsize,), _array.DL_INT8)   # the elements in group order
+    _regroup(t.data, t.strides, scratch.data, None, t.shape, block, t.itemsize, True)
+    _run_fake(scratch.data, scratch.data, t, groups, bits, symmetric, stochastic, seed, offset)
+    strides = dst.tensor.strides if dst is not None else c_strides(t.shape)
+    _regroup(scratch.data, None, dst.tensor.data if dst is not None else target, strides, t.shape, block,
+             t.itemsize, False)
+
+
 @registry.implements("fake_quantize", "cpu")
-def fake_quantize(src: Operand, dst: Operand | None, groups, bits, symmetric, stochastic, seed, offset):
+def fake_quantize(src: Operand, dst: Operand | None, groups, bits, symmetric, stochastic, seed, offset, block=None):
     t = src.tensor
+    if block is not None:
+        buffer = None if dst is not None else _array.HostBuffer(t.shape, t.dtype, src.adapter.bfloat16_as_bits
+                                                                 and t.dtype == dtypes.BFLOAT16.code)
+        _fake_strided(t, dst, buffer.data if buffer is not None else 0, groups, bits, symmetric, stochastic,
+                      seed, offset, block)
+        return src.adapter.from_host(buffer, dtypes.NAMES[t.dtype]) if dst is None else dst.obj
     target, buffer = _result(src, t.shape, t.dtype, dst)
     if t.is_c_contiguous:
         _run_fake(t.data, target, t, groups, bits, symmetric, stochastic, seed, offset)
@@ -112,24 +157,84 @@ def fake_quantize_inplace(op: Operand, groups, bits, symmetric, stochastic, seed
 
 # ------------------------------------------------------------------------------ integer codes
 @registry.implements("quantize", "cpu")
-def quantize(src: Operand, groups, bits, symmetric, q_shape):
+def quantize(src: Operand, groups, bits, symmetric, q_shape, p_shape=None, block=None):
     t = src.tensor
     q = _array.HostBuffer(q_shape, _array.DL_INT8)
-    params = _array.HostBuffer(params_shape(groups, symmetric), _FLOAT32)
-    data, _keep = _contiguous(t)
-    sig.INT_QUANTIZE(t.dtype, in_=data, q=q.data, params=params.data, n=t.numel, groups=groups, bits=bits,
-                     symmetric=symmetric, threads=num_threads())
+    params = _array.HostBuffer(p_shape or params_shape(groups, symmetric), _FLOAT32)
+    if t.numel or math.prod(params.shape):      # an empty grid (an axis of length 0) has no params to write
+        if block is None:
+            data, _keep = _contiguous(t)
+            _int_quantize(t, data, q.data, params.data, groups, bits, symmetric)
+        else:
+            _quantize_strided(t, q.data, q_shape, params.data, groups, bits, symmetric, block)
     return src.adapter.from_host(q, "int8"), src.adapter.from_host(params, "float32")
 
 
+def _int_quantize(t: _array.Tensor, data: int, q: int, params: int, groups, bits, symmetric) -> None:
+    sig.INT_QUANTIZE(t.dtype, in_=data, q=q, params=params, n=t.numel, groups=groups, bits=bits,
+                     symmetric=symmetric, threads=num_threads())
+
+
+def _quantize_strided(t: _array.Tensor, q: int, q_shape, params: int, groups, bits, symmetric, block) -> None:
+    scratch = _array.HostBuffer((t.numel * t.itemsize,), _array.DL_INT8)   # the elements in group order
+    _regroup(t.data, t.strides, scratch.data, None, t.shape, block, t.itemsize, True)
+    per = codes_per_byte(bits)
+    grouped = _array.HostBuffer((t.numel // per,), _array.DL_INT8)        # their codes, in group order
+    _int_quantize(t, scratch.data, grouped.data, params, groups, bits, symmetric)
+    byte_block = code_block(block, per)
+    if byte_block is not None:                     # whole bytes belong to one group: move bytes
+        _regroup(grouped.data, None, q, c_strides(q_shape), q_shape, byte_block, 1, False)
+        return
+    ones = _array.HostBuffer((t.numel,), _array.DL_INT8)                  # one code per byte, group order
+    _codes.unpack(np, _host_array(grouped.data, t.numel // per, np.uint8), bits,
+                  _host_array(ones.data, t.numel, np.int8))
+    placed = _array.HostBuffer((t.numel,), _array.DL_INT8)                # one code per byte, x's order
+    _regroup(ones.data, None, placed.data, c_strides(t.shape), t.shape, block, 1, False)
+    _codes.pack(np, _host_array(placed.data, t.numel, np.int8), bits, _host_array(q, t.numel // per, np.uint8))
+
+
 @registry.implements("dequantize", "cpu")
-def dequantize(codes: Operand, params: Operand, groups, bits, symmetric, dtype, shape, dst: Operand | None):
+def dequantize(codes: Operand, params: Operand, groups, bits, symmetric, dtype, shape, dst: Operand | None,
+               block=None):
     q_ptr, _keep_q = _contiguous(codes.tensor)
     p_ptr, _keep_p = _contiguous(params.tensor)
-    target, buffer = _result(codes, shape, dtype, dst)
-    sig.INT_DEQUANTIZE(dtype, q=q_ptr, params=p_ptr, out=target, n=math.prod(shape), groups=groups, bits=bits,
+    numel = math.prod(shape)
+    if block is not None and numel:
+        q_ptr, _keep_q = _codes_to_groups(q_ptr, codes.tensor.shape, shape, bits, block)
+    if block is None or not numel:
+        target, buffer = _result(codes, shape, dtype, dst)
+        _int_dequantize(q_ptr, p_ptr, target, numel, groups, bits, symmetric, dtype)
+        return _deliver(buffer, dst, codes, dtype)
+    itemsize = dtypes.FLOAT_DTYPES[dtype].itemsize
+    grouped = _array.HostBuffer((numel * itemsize,), _array.DL_INT8)      # the values in group order
+    _int_dequantize(q_ptr, p_ptr, grouped.data, numel, groups, bits, symmetric, dtype)
+    if dst is not None:
+        _regroup(grouped.data, None, dst.tensor.data, dst.tensor.strides, shape, block, itemsize, False)
+        return dst.obj
+    buffer = _array.HostBuffer(shape, dtype, dtype == dtypes.BFLOAT16.code and codes.adapter.bfloat16_as_bits)
+    _regroup(grouped.data, None, buffer.data, c_strides(shape), shape, block, itemsize, False)
+    return codes.adapter.from_host(buffer, dtypes.NAMES[dtype])
+
+
+def _int_dequantize(q: int, params: int, out: int, numel: int, groups, bits, symmetric, dtype) -> None:
+    sig.INT_DEQUANTIZE(dtype, q=q, params=params, out=out, n=numel, groups=groups, bits=bits,
                        symmetric=symmetric, threads=num_threads())
-    return _deliver(buffer, dst, codes, dtype)
+
+
+def _codes_to_groups(q_ptr: int, q_shape, shape, bits, block):
+    """(address of the codes at C-contiguous `q_ptr` moved into group order, their buffer)."""
+    per, numel = codes_per_byte(bits), math.prod(shape)
+    grouped = _array.HostBuffer((numel // per,), _array.DL_INT8)
+    byte_block = code_block(block, per)
+    if byte_block is not None:
+        _regroup(q_ptr, c_strides(q_shape), grouped.data, None, q_shape, byte_block, 1, True)
+        return grouped.data, grouped
+    ones = _array.HostBuffer((numel,), _array.DL_INT8)
+    _codes.unpack(np, _host_array(q_ptr, numel // per, np.uint8), bits, _host_array(ones.data, numel, np.int8))
+    placed = _array.HostBuffer((numel,), _array.DL_INT8)
+    _regroup(ones.data, c_strides(shape), placed.data, None, shape, block, 1, True)
+    _codes.pack(np, _host_array(placed.data, numel, np.int8), bits, _host_array(grouped.data, numel // per, np.uint8))
+    return grouped.data, grouped
 
 
 @registry.implements("dequantize_unsigned_half", "cpu")
