@@ -9,8 +9,8 @@ from ._info import __version__, info
 
 try:
     from .checkpoint import load_quantized, save_quantized
-    from .ops.fake import ds_quantizer, fake_quantize, manual_seed
     from .core.grouping import Grouping
+    from .ops.fake import ds_quantizer, fake_quantize, manual_seed
     from .ops.integer import dequantize, quantize
     from .ops.quantized import QuantizedTensor
     from .ops.zeropp import loco_quantized_reduction, loco_swizzle_quantize, quantized_reduction, swizzle_quantize

@@ -13,7 +13,9 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 import numpy as np
 
 from .._info import __version__
+from ..core import dtypes
 from ..core.missing import MissingDependency
+from ..ops.quantized import QuantizedTensor
 from . import schema
 from .schema import Plan, Policy
 
@@ -59,15 +61,21 @@ def _nbytes(st_dtype: str, shape: Sequence[int]) -> int:
 def _stored_as(p: Plan) -> str:
     if p.kept_because:
         return f"as is: {p.kept_because}"
-    return f"{p.record['format']}{'' if p.record['symmetric'] else ' asym'}, blocks of " \
-           f"{p.record['grouping']['block_size'][-1]}"
+    (kind, value), = p.record["grouping"].items()
+    blocks = f"blocks of {value[-1]}" if kind == "block_size" and all(b == 1 for b in value[:-1]) else \
+        f"{kind}={tuple(value) if isinstance(value, list) else value}"
+    return f"{p.record['format']}{'' if p.record['symmetric'] else ' asym'}, {blocks}"
 
 
-def _report(p: Plan, x: np.ndarray, stored: Mapping[str, np.ndarray]) -> TensorReport:
-    """How tensor `x` was stored, and its relative error read back from what was stored."""
+def _report(p: Plan, x: Any, stored: Mapping[str, np.ndarray]) -> TensorReport:
+    """How tensor `x` was stored, and its relative error read back from what was stored (NaN for
+    a QuantizedTensor given by the caller: the original is not known)."""
+    after = sum(a.nbytes for a in stored.values())
+    if isinstance(x, QuantizedTensor):
+        size = math.prod(x.shape) * dtypes.BY_NAME[x.dtype].itemsize
+        return TensorReport(p.name, x.shape, x.dtype, _stored_as(p), math.nan, size, after)
     error = 0.0 if p.kept_because else schema.relative_error(x, schema.decode(p.name, p.record, stored.__getitem__))
-    return TensorReport(p.name, tuple(x.shape), x.dtype.name, _stored_as(p), error, x.nbytes,
-                        sum(a.nbytes for a in stored.values()))
+    return TensorReport(p.name, tuple(x.shape), x.dtype.name, _stored_as(p), error, x.nbytes, after)
 
 
 def _metadata(source: Mapping[str, str], plans: Sequence[Plan]) -> dict[str, str]:
@@ -277,7 +285,10 @@ def save_quantized(path: str | os.PathLike[str], tensors: Mapping[str, Any], *, 
 
     Args:
         path: the .safetensors file to write.
-        tensors: name -> array (NumPy, or anything ``numpy.asarray`` takes).
+        tensors: name -> array (NumPy, or anything ``numpy.asarray`` takes), or a
+            :class:`dsquant.QuantizedTensor` of NumPy arrays from ``dsquant.quantize`` (any grouping:
+            ``groups=``, ``block_size=`` tiles, ``axis=``), stored as it is (its report's
+            ``relative_error`` is NaN: the original is not known).
         bits: 2..8; 8, 4 and 2 are packed (8/bits codes per byte).
         block_size: elements per group, along the last axis (it must divide the last dimension).
         symmetric: True: one params field per group (``inv_scale``); False: two (``inv_scale``, ``offset``).
@@ -300,9 +311,10 @@ def save_quantized(path: str | os.PathLike[str], tensors: Mapping[str, Any], *, 
         (dtype('float16'), (64, 256), True)
     """
     policy = Policy(bits, block_size, symmetric, tuple(include), tuple(exclude), skip_small)
-    arrays = {name: np.asarray(t) for name, t in tensors.items()}
-    _need_bfloat16([a.dtype.name for a in arrays.values()])
-    plans = [schema.plan(name, a.shape, a.dtype.name, policy) for name, a in arrays.items()]
+    arrays = {name: t if isinstance(t, QuantizedTensor) else np.asarray(t) for name, t in tensors.items()}
+    _need_bfloat16([a.dtype if isinstance(a, QuantizedTensor) else a.dtype.name for a in arrays.values()])
+    plans = [schema.plan_quantized(name, a) if isinstance(a, QuantizedTensor) else
+             schema.plan(name, a.shape, a.dtype.name, policy) for name, a in arrays.items()]
     _check_names(plans)
     stored: dict[str, np.ndarray] = {}
     reports = []
@@ -319,10 +331,19 @@ def save_quantized(path: str | os.PathLike[str], tensors: Mapping[str, Any], *, 
     return reports
 
 
-def load_quantized(path: str | os.PathLike[str], *, dtype: Any = None) -> dict[str, np.ndarray]:
-    """The tensors of a file written by :func:`save_quantized` or ``dsquant quantize-checkpoint``,
-    dequantized: NumPy arrays with their original names, shapes and dtypes (or `dtype`, by name
-    or NumPy dtype, for the quantized ones); tensors stored unchanged come back as stored.
+def load_quantized(path: str | os.PathLike[str], *, dtype: Any = None,
+                   dequantize: bool = True) -> dict[str, Any]:
+    """The tensors of a file written by :func:`save_quantized` or ``dsquant quantize-checkpoint``.
+
+    Args:
+        path: the .safetensors file.
+        dtype: the dtype of the dequantized tensors (a name or NumPy dtype); default: each
+            tensor's original dtype. Tensors stored as they were keep theirs.
+        dequantize: False: quantized tensors come back as :class:`dsquant.QuantizedTensor`
+            (NumPy codes and params; ``dsquant.dequantize(r)`` decodes one), not as values.
+
+    Returns:
+        name -> NumPy array (original names, shapes and dtypes), or QuantizedTensor.
 
     Torch users: ``model.load_state_dict({k: torch.from_numpy(v) for k, v in
     dsquant.load_quantized(path).items()})`` (bfloat16 arrays: ``load_quantized(path, dtype="float32")``,
@@ -332,8 +353,15 @@ def load_quantized(path: str | os.PathLike[str], *, dtype: Any = None) -> dict[s
     with _safe_open()(path, framework="np") as f:
         records = read_records(f.metadata(), path)
         _need_bfloat16([r["dtype"] for r in records.values()] + ([str(dtype)] if dtype is not None else []))
-        return {name: schema.decode(name, r, f.get_tensor, None if r["format"] == schema.RAW else dtype)
-                for name, r in records.items()}
+        out: dict[str, Any] = {}
+        for name, r in records.items():
+            if r["format"] == schema.RAW:
+                out[name] = f.get_tensor(r["data"])
+            elif dequantize:
+                out[name] = schema.decode(name, r, f.get_tensor, dtype)
+            else:
+                out[name] = schema.as_quantized(name, r, f.get_tensor)
+        return out
 
 
 def format_report(reports: Sequence[TensorReport], src_bytes: int | None = None,

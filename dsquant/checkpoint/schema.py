@@ -12,7 +12,9 @@ from typing import Any
 import numpy as np
 
 from ..core import checks, dtypes, formats
+from ..core.grouping import Grouping, resolve
 from ..ops.integer import dequantize, quantize
+from ..ops.quantized import QuantizedTensor
 
 SCHEMA_KEY = "dsquant.schema"        # __metadata__ key: the schema version, a decimal string
 TENSORS_KEY = "dsquant.tensors"      # __metadata__ key: JSON object, tensor name -> record
@@ -22,6 +24,7 @@ RAW = "raw"                          # the format of a tensor stored unchanged
 INT_FORMATS = {f"int{b}": b for b in range(formats.INT_BITS[0], formats.INT_BITS[1] + 1)}
 FORMATS = (RAW, *INT_FORMATS)        # what this version writes and reads; later: fp8_e4m3, ...
 PARAM_FIELDS = {True: ("inv_scale",), False: ("inv_scale", "offset")}    # by `symmetric`
+GROUPINGS = ("groups", "block_size", "axis")   # the keys of a record's "grouping" (the ops' arguments)
 
 # safetensors dtype names <-> NumPy (ml_dtypes for bfloat16) names, for what dsquant reads and writes
 ST_TO_NUMPY = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64",
@@ -81,6 +84,8 @@ def keep_reason(name: str, shape: Sequence[int], dtype: str, policy: Policy) -> 
         return "--exclude'd"
     if numel < policy.skip_small or numel == 0:
         return f"small ({numel} < {policy.skip_small} elements)" if numel else "empty"
+    if not shape:
+        return "0-d (blocks run along the last axis)"
     last = shape[-1] if shape else 1
     if last % policy.block_size:
         return f"last dimension {last} is not a multiple of the block size {policy.block_size}"
@@ -94,68 +99,87 @@ def plan(name: str, shape: Sequence[int], dtype: str, policy: Policy) -> Plan:
     """The record and stored arrays of tensor `name` (NumPy dtype name `dtype`) under `policy`."""
     shape = tuple(int(n) for n in shape)
     reason = keep_reason(name, shape, dtype, policy)
-    base: dict[str, Any] = {"shape": list(shape), "dtype": dtype}
     if reason:
         if dtype not in NUMPY_TO_ST:
             raise TypeError(f"tensor {name!r} has dtype {dtype}, which dsquant cannot store; "
                             f"supported: {', '.join(NUMPY_TO_ST)}")
-        return Plan(name, {"format": RAW, "data": name, **base}, ((name, NUMPY_TO_ST[dtype], shape),), reason)
-    groups = math.prod(shape) // policy.block_size
-    fields = PARAM_FIELDS[policy.symmetric]
-    record = {"format": f"int{policy.bits}", "bits": policy.bits, "symmetric": policy.symmetric,
-              "grouping": {"block_size": [1] * (len(shape) - 1) + [policy.block_size]}, "groups": groups,
-              "codes": codes_key(name), "packed": formats.codes_per_byte(policy.bits) > 1,
-              "params": params_key(name), "params_fields": list(fields), **base}
-    stored = ((codes_key(name), "I8", formats.code_shape(shape, policy.bits, name)),
-              (params_key(name), "F32", (groups, len(fields))))
+        record = {"format": RAW, "data": name, "shape": list(shape), "dtype": dtype}
+        return Plan(name, record, ((name, NUMPY_TO_ST[dtype], shape),), reason)
+    return _quantized_plan(name, resolve(shape, block_size=policy.block_size), policy.bits, policy.symmetric, dtype)
+
+
+def plan_quantized(name: str, r: QuantizedTensor[Any, Any]) -> Plan:
+    """The plan of a tensor that the caller quantized already (any grouping dsquant.quantize takes)."""
+    return _quantized_plan(name, r.grouping, r.bits, r.symmetric, r.dtype)
+
+
+def _quantized_plan(name: str, g: Grouping, bits: int, symmetric: bool, dtype: str) -> Plan:
+    (kind, value), = g.arguments().items()
+    fields = PARAM_FIELDS[symmetric]
+    record = {"format": f"int{bits}", "bits": bits, "symmetric": symmetric,
+              "grouping": {kind: list(value) if isinstance(value, tuple) else value}, "groups": g.groups,
+              "codes": codes_key(name), "packed": formats.codes_per_byte(bits) > 1,
+              "params": params_key(name), "params_fields": list(fields), "shape": list(g.shape), "dtype": dtype}
+    stored = ((codes_key(name), "I8", formats.code_shape(g.shape, bits, name)),
+              (params_key(name), "F32", g.params_shape(symmetric)))
     return Plan(name, record, stored)
 
 
-def encode(x: np.ndarray, p: Plan) -> dict[str, np.ndarray]:
-    """The stored arrays of tensor `x` under its plan `p`."""
+def grouping_arguments(record: dict[str, Any]) -> dict[str, Any]:
+    """The grouping keyword argument of dsquant.quantize / dequantize that a record describes."""
+    (kind, value), = record["grouping"].items()
+    return {kind: tuple(value) if kind == "block_size" else value}
+
+
+def encode(x: Any, p: Plan) -> dict[str, np.ndarray]:
+    """The stored arrays of tensor `x` (an array, or a QuantizedTensor of :func:`plan_quantized`)
+    under its plan `p`."""
     record = p.record
     if record["format"] == RAW:
-        return {record["data"]: x}
-    # blocks of B along the last axis, B dividing it: the same groups as numel // B contiguous runs
-    # (today's groups= API; block_size= once the grouping work lands)
-    q, params = quantize(np.ascontiguousarray(x), record["groups"], record["bits"], symmetric=record["symmetric"])
-    return {record["codes"]: q, record["params"]: params}
+        return {record["data"]: np.asarray(x)}
+    r = x if isinstance(x, QuantizedTensor) else quantize(
+        np.ascontiguousarray(x), bits=record["bits"], symmetric=record["symmetric"], **grouping_arguments(record))
+    return {record["codes"]: np.asarray(r.codes), record["params"]: np.asarray(r.params)}
 
 
-def check_record(name: str, record: Any) -> None:
-    """A ValueError unless `record` is a version-1 record this dsquant can decode."""
+def check_record(name: str, record: Any) -> Grouping | None:
+    """The grouping of a version-1 record this dsquant can decode (None for raw tensors); a
+    ValueError naming what is wrong otherwise."""
     fmt = record.get("format") if isinstance(record, dict) else None
     if fmt not in FORMATS:
         raise ValueError(f"tensor {name!r} is stored in format {fmt!r}, which this dsquant cannot read "
                          f"(it reads {', '.join(FORMATS)}); a newer dsquant may")
     if fmt == RAW:
-        return
-    shape, groups = record["shape"], record["groups"]
-    grouping = record["grouping"]
-    numel = math.prod(shape)
-    if "groups" in grouping:
-        ok = grouping["groups"] == groups
-    else:
-        block = grouping.get("block_size")
-        ok = (isinstance(block, list) and len(block) == len(shape) and all(b == 1 for b in block[:-1])
-              and block[-1] > 0 and (not shape or shape[-1] % block[-1] == 0) and groups == numel // block[-1])
-    if not ok:
-        raise ValueError(f"tensor {name!r} has grouping {grouping} with {groups} groups, which this dsquant "
-                         f"cannot decode (it reads contiguous groups and blocks along the last axis)")
-    if record["bits"] != INT_FORMATS[fmt] or record["params_fields"] != list(PARAM_FIELDS[record["symmetric"]]):
+        return None
+    grouping = record.get("grouping")
+    if not isinstance(grouping, dict) or len(grouping) != 1 or next(iter(grouping)) not in GROUPINGS:
+        raise ValueError(f"tensor {name!r} has grouping {grouping!r}, which this dsquant cannot decode "
+                         f"(it reads one of {', '.join(GROUPINGS)})")
+    try:
+        g = resolve(tuple(record["shape"]), **grouping_arguments(record))
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"tensor {name!r}: grouping {grouping} does not fit shape {record['shape']}: {exc}") from None
+    if (g.groups != record["groups"] or record["bits"] != INT_FORMATS[fmt]
+            or record["params_fields"] != list(PARAM_FIELDS[record["symmetric"]])):
         raise ValueError(f"tensor {name!r}: inconsistent record {record}")
+    return g
+
+
+def as_quantized(name: str, record: dict[str, Any], read: Callable[[str], np.ndarray]) -> QuantizedTensor[Any, Any]:
+    """The QuantizedTensor of a quantized tensor's record and `read(key)` of its stored arrays."""
+    g = check_record(name, record)
+    assert g is not None, "a raw tensor has no QuantizedTensor"
+    return QuantizedTensor(read(record["codes"]), read(record["params"]), record["bits"], record["symmetric"], g,
+                           record["dtype"])
 
 
 def decode(name: str, record: dict[str, Any], read: Callable[[str], np.ndarray], dtype: Any = None) -> np.ndarray:
     """Tensor `name` from its record and `read(key)` of the stored arrays: dequantized to `dtype`
     (default: the original dtype), or the stored array itself for raw tensors."""
-    check_record(name, record)
-    if record["format"] == RAW:
+    if check_record(name, record) is None:
         return read(record["data"])
-    params = read(record["params"]).reshape(-1, len(record["params_fields"]))
-    values: np.ndarray = dequantize(read(record["codes"]), params, record["bits"], dtype=dtype or record["dtype"])
-    shape: tuple[int, ...] = tuple(record["shape"])
-    return values.reshape(shape)
+    values: np.ndarray = dequantize(as_quantized(name, record, read), dtype=dtype)
+    return values
 
 
 def relative_error(x: np.ndarray, y: np.ndarray, chunk: int = 1 << 16) -> float:

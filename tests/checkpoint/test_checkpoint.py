@@ -4,6 +4,7 @@ contents as save_quantized, memory bounded by the largest tensor, the error tabl
 and a torch model loaded from a quantized file."""
 import fcntl
 import json
+import math
 import os
 import pty
 import struct
@@ -54,7 +55,9 @@ def test_stored_codes_params_and_values_match_the_reference(tmp_path, dtype, bit
     stored = load_file(str(path))
     assert sorted(stored) == ["w:codes", "w:params"]
     check_exact(stored["w:codes"].view(np.uint8).reshape(-1), data)
-    check_exact(stored["w:params"], params)
+    # params: the block grid (the leading shape, the last axis // block) + the fields
+    assert stored["w:params"].shape == shape[:-1] + (shape[-1] // block, params.shape[1])
+    check_exact(stored["w:params"].reshape(params.shape), params)
     expected = ref_int.dequantize_ref(data, params, bits, dtype).reshape(shape)
     back = dsquant.load_quantized(path)["w"]
     check_exact(back, expected)
@@ -80,7 +83,7 @@ def test_the_record_of_a_quantized_tensor_is_the_documented_schema(tmp_path):
         "b": {"format": "raw", "data": "b", "shape": [3], "dtype": "int64"}}
     with safe_open(str(tmp_path / "m.safetensors"), framework="np") as f:
         shapes = {k: (f.get_slice(k).get_dtype(), f.get_slice(k).get_shape()) for k in f.keys()}
-    assert shapes == {"w:codes": ("I8", [4, 128]), "w:params": ("F32", [8, 1]), "b": ("I64", [3])}
+    assert shapes == {"w:codes": ("I8", [4, 128]), "w:params": ("F32", [4, 2, 1]), "b": ("I64", [3])}
 
 
 def test_policy_keeps_what_it_does_not_quantize_bit_for_bit(tmp_path):
@@ -135,9 +138,13 @@ def _rewrite_metadata(src, dst, change):
     (lambda m: m.pop("dsquant.schema"), "is not a dsquant quantized checkpoint"),
     (lambda m: m.update({"dsquant.tensors": m["dsquant.tensors"].replace('"int4"', '"fp8_e4m3"')}),
      "stored in format 'fp8_e4m3', which this dsquant cannot read \\(it reads raw, int2, int3"),
-    (lambda m: m.update({"dsquant.tensors": m["dsquant.tensors"].replace("[1,128]", "[2,64]")}),
-     "grouping {'block_size': \\[2, 64\\]} with 8 groups, which this dsquant cannot decode"),
-], ids=["newer", "not-dsquant", "unknown-format", "unknown-grouping"])
+    (lambda m: m.update({"dsquant.tensors": m["dsquant.tensors"].replace('"block_size"', '"tiles"')}),
+     "grouping {'tiles': \\[1, 128\\]}, which this dsquant cannot decode \\(it reads one of groups, block_size, axis"),
+    (lambda m: m.update({"dsquant.tensors": m["dsquant.tensors"].replace("[1,128]", "[1,100]")}),
+     "grouping {'block_size': \\[1, 100\\]} does not fit shape \\[4, 256\\]"),
+    (lambda m: m.update({"dsquant.tensors": m["dsquant.tensors"].replace('"groups":8', '"groups":4')}),
+     "inconsistent record"),
+], ids=["newer", "not-dsquant", "unknown-format", "unknown-grouping", "misfit-grouping", "inconsistent"])
 def test_files_this_version_cannot_read_say_why(tmp_path, change, error):
     dsquant.save_quantized(tmp_path / "m.safetensors", {"w": sample("float32", (4, 256), 0)}, bits=4)
     _rewrite_metadata(tmp_path / "m.safetensors", tmp_path / "bad.safetensors", change)
@@ -161,6 +168,36 @@ def test_contiguous_groups_records_are_read(tmp_path):
     save_file(tensors, str(tmp_path / "g.safetensors"), metadata=meta)
     check_exact(dsquant.load_quantized(tmp_path / "g.safetensors")["w"],
                 ref_int.dequantize_ref(data, params, 8, "float32").reshape(3, 10))
+
+
+@pytest.mark.parametrize("grouping", [{"axis": 1}, {"axis": 0}, {"block_size": (2, 64)}, {"groups": 8}],
+                         ids=lambda g: str(g))
+def test_quantized_tensors_of_any_grouping_round_trip(tmp_path, grouping):
+    """QuantizedTensors (dsquant.quantize's results) are stored as they are, with their grouping in
+    the record, and load back as QuantizedTensors or as values that match the reference."""
+    x = sample("float32", (4, 256), 7)
+    r = dsquant.quantize(x, bits=4, **grouping)
+    [report] = dsquant.save_quantized(tmp_path / "m.safetensors", {"w": r})
+    assert math.isnan(report.relative_error) and report.bytes_before == x.nbytes
+    (kind, value), = grouping.items()
+    record = json.loads(metadata(tmp_path / "m.safetensors")["dsquant.tensors"])["w"]
+    assert record["grouping"] == {kind: list(value) if isinstance(value, tuple) else value}
+    # the reference, with the groups laid out contiguously: columns (axis=1), 2x64 tiles, rows
+    if grouping == {"axis": 1}:
+        order, groups = x.T, 256
+    elif kind == "block_size":
+        order, groups = x.reshape(2, 2, 4, 64).transpose(0, 2, 1, 3), 8
+    else:
+        order, groups = x, 4 if kind == "axis" else 8
+    data, params = ref_int.quantize_ref(np.ascontiguousarray(order), groups, 4, True)
+    values = ref_int.dequantize_ref(data, params, 4, "float32").reshape(order.shape)
+    expected = values.T if grouping == {"axis": 1} else (
+        values.transpose(0, 2, 1, 3).reshape(4, 256) if kind == "block_size" else values)
+    check_exact(dsquant.load_quantized(tmp_path / "m.safetensors")["w"], np.ascontiguousarray(expected))
+    back = dsquant.load_quantized(tmp_path / "m.safetensors", dequantize=False)["w"]
+    assert isinstance(back, dsquant.QuantizedTensor) and back.grouping == r.grouping and back.bits == 4
+    check_exact(back.codes, r.codes)
+    check_exact(back.params, r.params)
 
 
 def test_cli_file_holds_what_save_quantized_writes(tmp_path):
