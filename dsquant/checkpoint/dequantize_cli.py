@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from collections.abc import Sequence
 
 from ..core import dtypes
@@ -20,7 +21,11 @@ def main(argv: Sequence[str] | None = None, prog: str = "dsquant dequantize-chec
                         help="dtype of the dequantized tensors (default: each tensor's original dtype)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar, even on a terminal")
     args = parser.parse_args(argv)
-    reports = dequantize_file(args.src, args.dst, dtype=args.dtype, progress=False if args.no_progress else None)
+    try:
+        reports = dequantize_file(args.src, args.dst, dtype=args.dtype, progress=False if args.no_progress else None)
+    except (OSError, ValueError, TypeError) as exc:    # a missing file, not a dsquant file, a newer schema
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return 1
     before, after = sum(r.bytes_before for r in reports), sum(r.bytes_after for r in reports)
     print(f"{args.src} -> {args.dst}: {len(reports)} tensors, {sum(r.stored_as != 'raw' for r in reports)} "
           f"dequantized; tensor bytes {before} -> {after}; file {os.path.getsize(args.dst)} bytes")

@@ -33,7 +33,8 @@ class TensorReport:
     shape: tuple[int, ...]
     dtype: str
     stored_as: str             # "int4, blocks of 128", or "as is: <why>"
-    relative_error: float      # ||dequantized - original|| / ||original||; 0 when stored as is
+    relative_error: float      # ||dequantized - original|| / ||original||; 0 when stored as is, NaN for a
+                               # QuantizedTensor given to save_quantized (the original is not known)
     bytes_before: int
     bytes_after: int
 

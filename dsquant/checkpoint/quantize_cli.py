@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from collections.abc import Sequence
 
 from .files import format_report, quantize_file
@@ -35,7 +36,11 @@ def main(argv: Sequence[str] | None = None, prog: str = "dsquant quantize-checkp
                         args.skip_small)
     except ValueError as exc:
         parser.error(str(exc))
-    reports = quantize_file(args.src, args.dst, policy, progress=False if args.no_progress else None)
+    try:
+        reports = quantize_file(args.src, args.dst, policy, progress=False if args.no_progress else None)
+    except (OSError, ValueError, TypeError) as exc:    # a missing, unreadable or already quantized file
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return 1
     scheme = "asymmetric" if args.asymmetric else "symmetric"
     print(f"# {args.src} -> {args.dst}: int{args.bits} {scheme}, blocks of {args.block_size} along the last axis\n")
     print(format_report(reports, os.path.getsize(args.src), os.path.getsize(args.dst)))

@@ -79,14 +79,14 @@ def keep_reason(name: str, shape: Sequence[int], dtype: str, policy: Policy) -> 
     if dtype not in dtypes.BY_NAME:
         return f"not a float tensor ({dtype})"
     if policy.include and not any(fnmatch.fnmatchcase(name, p) for p in policy.include):
-        return "not --include'd"
+        return "not included"
     if any(fnmatch.fnmatchcase(name, p) for p in policy.exclude):
-        return "--exclude'd"
+        return "excluded"
     if numel < policy.skip_small or numel == 0:
         return f"small ({numel} < {policy.skip_small} elements)" if numel else "empty"
     if not shape:
         return "0-d (blocks run along the last axis)"
-    last = shape[-1] if shape else 1
+    last = shape[-1]
     if last % policy.block_size:
         return f"last dimension {last} is not a multiple of the block size {policy.block_size}"
     per = formats.codes_per_byte(policy.bits)

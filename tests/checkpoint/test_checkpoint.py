@@ -90,17 +90,17 @@ def test_policy_keeps_what_it_does_not_quantize_bit_for_bit(tmp_path):
     x = {"a.weight": sample("float32", (8, 256), 1), "a.bias": sample("float32", (256,), 2),
          "b.weight": sample("float32", (8, 256), 3), "odd.weight": sample("float32", (4, 100), 4),
          "ids": np.arange(10, dtype=np.int32), "c.weight": sample("bfloat16", (4, 128), 5),
-         "nibble.weight": sample("float32", (3, 3), 6)}
+         "nibble.weight": sample("float32", (3, 3), 6), "emb": sample("float32", (8, 256), 7)}
     reports = dsquant.save_quantized(tmp_path / "m.safetensors", x, bits=4, block_size=128,
                                      include=["*.weight", "*.bias"], exclude=["b.*"], skip_small=300)
     how = {r.name: r.stored_as for r in reports}
     assert how == {"a.weight": "int4, blocks of 128", "a.bias": "as is: small (256 < 300 elements)",
-                   "b.weight": "as is: --exclude'd",
+                   "b.weight": "as is: excluded",
                    "odd.weight": "as is: last dimension 100 is not a multiple of the block size 128",
                    "ids": "as is: not a float tensor (int32)", "c.weight": "int4, blocks of 128",
-                   "nibble.weight": "as is: small (9 < 300 elements)"}
+                   "nibble.weight": "as is: small (9 < 300 elements)", "emb": "as is: not included"}
     back = dsquant.load_quantized(tmp_path / "m.safetensors")
-    for name in ("a.bias", "b.weight", "odd.weight", "ids"):
+    for name in ("a.bias", "b.weight", "odd.weight", "ids", "emb"):
         check_exact(back[name], x[name])
     assert back["c.weight"].dtype == ref.BF16 and back["a.weight"].dtype == np.float32
     only = dsquant.save_quantized(tmp_path / "n.safetensors", x, bits=3, block_size=3, include=["nibble.*"])
@@ -243,6 +243,23 @@ def test_quantizing_a_quantized_file_is_refused(tmp_path):
     dsquant.save_quantized(tmp_path / "m.safetensors", {"w": np.ones(128, np.float32)})
     with pytest.raises(ValueError, match="already a dsquant quantized checkpoint"):
         quantize_file(str(tmp_path / "m.safetensors"), str(tmp_path / "q.safetensors"), Policy())
+
+
+@pytest.mark.parametrize("command, source, needle", [
+    ("quantize-checkpoint", "quantized", "is already a dsquant quantized checkpoint"),
+    ("quantize-checkpoint", "missing", "No such file"),
+    ("dequantize-checkpoint", "plain", "is not a dsquant quantized checkpoint"),
+])
+def test_cli_errors_are_one_line(tmp_path, command, source, needle):
+    dsquant.save_quantized(tmp_path / "quantized", {"w": np.ones(128, np.float32)})
+    save_file({"w": np.ones(128, np.float32)}, str(tmp_path / "plain"))
+    result = subprocess.run([sys.executable, "-m", "dsquant", command, str(tmp_path / source),
+                             str(tmp_path / "out")], capture_output=True, text=True, cwd=tmp_path,
+                            env=dict(os.environ, PYTHONPATH=ROOT), timeout=300)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith(f"python -m dsquant {command}: ") and needle in line, line
+    assert not os.path.exists(tmp_path / "out") and not os.path.exists(tmp_path / "out.partial")
 
 
 MEMORY = """
