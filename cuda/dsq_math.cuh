@@ -473,6 +473,22 @@ template <class Fmt> DSQ_HD IntParams<typename Fmt::compute> int_params(const St
   return p;
 }
 
+// The params of a group given by the caller (static or calibrated scales) in the stored layout:
+// p0 = the step (1/scale), p1 = the offset (asymmetric). The scale is C(1 / C(p0)), as torch's
+// per-channel ops take x·(1/scale); a step that is not positive and finite is the caller's (codes
+// are then whatever IEEE arithmetic and the clamp give, never an error on the device).
+template <class C> DSQ_HD IntParams<C> int_params_given(float p0, float p1, int bits, bool symmetric) {
+  IntParams<C> p;
+  const double levels = (double)(1u << bits);
+  p.scale = (C)1 / (C)p0;
+  p.offset = symmetric ? (C)0 : (C)p1;
+  p.p0 = p0;
+  p.p1 = symmetric ? 0.0f : p1;
+  p.lo = -(C)(levels * 0.5);
+  p.hi = (C)(levels * 0.5) - (C)1;
+  return p;
+}
+
 // Signed code of one value of the compute type: NaN -> 0, +Inf -> hi, -Inf -> lo. NaN is replaced
 // by the offset (code 0); ±Inf need nothing, they clamp to hi / lo (scale > 0).
 template <class C> DSQ_HD int32_t int_code_value(C x, const IntParams<C>& p) {

@@ -11,7 +11,7 @@ try:
     from .checkpoint import load_quantized, save_quantized
     from .core.grouping import Grouping
     from .ops.fake import ds_quantizer, fake_quantize, manual_seed
-    from .ops.integer import dequantize, quantize
+    from .ops.integer import choose_params, dequantize, quantize
     from .ops.quantized import QuantizedTensor
     from .ops.zeropp import loco_quantized_reduction, loco_swizzle_quantize, quantized_reduction, swizzle_quantize
 except ImportError:
@@ -21,6 +21,6 @@ except ImportError:
         raise
     raise error from None
 
-__all__ = ["Grouping", "QuantizedTensor", "__version__", "dequantize", "ds_quantizer", "fake_quantize", "info",
-           "load_quantized", "loco_quantized_reduction", "loco_swizzle_quantize", "manual_seed", "quantize",
-           "quantized_reduction", "save_quantized", "swizzle_quantize"]
+__all__ = ["Grouping", "QuantizedTensor", "__version__", "choose_params", "dequantize", "ds_quantizer",
+           "fake_quantize", "info", "load_quantized", "loco_quantized_reduction", "loco_swizzle_quantize",
+           "manual_seed", "quantize", "quantized_reduction", "save_quantized", "swizzle_quantize"]

@@ -118,6 +118,16 @@ class ndarray:   # noqa: N801 - CuPy's name
         self._np /= other._np if isinstance(other, ndarray) else other
         return self
 
+    def _binary(op):   # noqa: N805 - builds the integer operators dsquant/backends/codes.py uses
+        def apply(self, other):
+            return ndarray._of(np.asarray(op(self._np, other._np if isinstance(other, ndarray) else other)))
+        return apply
+
+    __rshift__, __lshift__ = _binary(np.right_shift), _binary(np.left_shift)
+    __and__, __or__, __sub__, __mul__ = _binary(np.bitwise_and), _binary(np.bitwise_or), _binary(np.subtract), \
+        _binary(np.multiply)
+    del _binary
+
     def __dlpack_device__(self):
         return (KDL_CUDA, 0)
 
@@ -321,6 +331,7 @@ def module(emulator, version: int = 14) -> types.ModuleType:
     cupy.ndarray, cupy.empty, cupy.empty_like = ndarray, empty, empty_like
     cupy.asarray, cupy.ascontiguousarray, cupy.RawModule = asarray, ascontiguousarray, RawModule
     cupy.float16, cupy.float32, cupy.float64, cupy.nan = np.float16, np.float32, np.float64, np.nan
+    cupy.int8, cupy.uint8 = np.int8, np.uint8
     cupy.zeros = lambda shape, dtype=float: asarray(np.zeros(shape, dtype))
     cupy.array_equal = lambda a, b: bool(np.array_equal(a._np, b._np))
     cupy.random = types.SimpleNamespace(

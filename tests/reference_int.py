@@ -172,3 +172,21 @@ def uint_half_ref(data, scale, minimum, num_group: int, group_size: int, bits: i
         t = np.clip(q.astype(np.float32) / s.astype(np.float32), -top, top).astype(np.float16)
         y = t.astype(np.float32) + m.astype(np.float32)
         return np.where(np.isfinite(m), np.clip(y, -top, top), y).astype(np.float16)
+
+
+def codes_given_ref(x: np.ndarray, params: np.ndarray, bits: int):
+    """Signed codes (int64, flat) of `x` (laid out group by group, flat) with the caller's float32
+    params [groups, 1|2]: scale = C(1 / C(p0)), offset = C(p1) (0 symmetric), then codes_ref's rule."""
+    c = compute_dtype(x.dtype)
+    groups, k = params.shape
+    with np.errstate(divide="ignore"):
+        scale = (c.type(1) / params[:, 0].astype(c)).astype(c)
+    offset = params[:, 1].astype(c) if k == 2 else np.zeros(groups, c)
+    xc = np.asarray(x).astype(c).reshape(groups, -1)
+    lo, hi = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+    fin = np.isfinite(xc)
+    with np.errstate(over="ignore", invalid="ignore"):
+        v = (np.where(fin, xc, offset[:, None]) - offset[:, None]) * scale[:, None]
+    q = np.rint(np.clip(v, lo, hi)).astype(np.int64)
+    q = np.where(fin, q, np.where(np.isnan(xc), 0, np.where(xc > 0, hi, lo)))
+    return q.reshape(-1)

@@ -17,7 +17,7 @@ def test_docstring_examples(name):
     assert result.failed == 0
 
 
-DOCS = ["api.md", "format.md"]   # pages whose >>> examples are exact (quickstart's are illustrative)
+DOCS = ["api.md", "format.md", "grouping.md"]   # pages whose >>> examples are exact (quickstart's are illustrative)
 
 
 @pytest.mark.parametrize("name", DOCS)

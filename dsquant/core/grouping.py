@@ -49,8 +49,8 @@ class Grouping:
         if self.block_size is None:
             return (self.groups,)
         if self.axis is not None:
-            return (self.shape[self.axis],)
-        return tuple(n // b if b else 0 for n, b in zip(self.shape, self.block_size))
+            return (self.shape[self.axis] if self.groups else 0,)
+        return tuple([n // b if b else 0 for n, b in zip(self.shape, self.block_size)])
 
     @property
     def strided(self) -> bool:
@@ -82,6 +82,7 @@ def resolve(shape: Sequence[int], groups: int | None = None, block_size: int | S
     (none: one group). ValueError/TypeError naming the argument otherwise."""
     shape = tuple(shape)
     given = [name for name, v in (("groups", groups), ("block_size", block_size), ("axis", axis)) if v is not None]
+    # (list comprehensions, not generators, here and below: torch.compile traces this module)
     if len(given) > 1:
         raise ValueError(f"give at most one of groups, block_size, axis (got {' and '.join(given)}); "
                          f"groups: contiguous runs in C order, block_size: a block per axis, axis: per channel")
@@ -95,7 +96,7 @@ def resolve(shape: Sequence[int], groups: int | None = None, block_size: int | S
                              f"(axes {-len(shape)}..{len(shape) - 1})" if shape else
                              f"axis={axis} needs an array with at least one dimension, got shape (); use groups=1")
         axis %= len(shape)
-        block = tuple(1 if i == axis else n for i, n in enumerate(shape))
+        block = tuple([1 if i == axis else n for i, n in enumerate(shape)])
         return Grouping(shape, "axis", _count(shape, block), block, axis)
     return Grouping(shape, "groups", checks.groups(1 if groups is None else groups, numel))
 
@@ -107,10 +108,11 @@ def _blocks(shape: tuple[int, ...], block_size: int | Sequence[int]) -> tuple[in
             raise ValueError(f"block_size={size} runs along the last axis, but x is 0-d; use groups=1")
         block = (1,) * (len(shape) - 1) + (size,)
     else:
-        block = tuple(checks.int_arg(b, f"block_size[{i}]") for i, b in enumerate(block_size))
-        if len(block) != len(shape):
+        block = tuple([checks.int_arg(b, f"block_size[{i}]") for i, b in enumerate(block_size)])
+        if len(block) > len(shape) or not block:
             raise ValueError(f"block_size={block} has {len(block)} entries but x has shape {shape}; give one "
                              f"entry per axis (1 keeps each index of an axis apart), or an int for the last axis")
+        block = (1,) * (len(shape) - len(block)) + block    # torchao's rule: missing leading axes are 1
     for i, (n, b) in enumerate(zip(shape, block)):
         if b <= 0:
             raise ValueError(f"block_size={block}: entry {i} is {b}; block sizes are positive")
@@ -121,7 +123,9 @@ def _blocks(shape: tuple[int, ...], block_size: int | Sequence[int]) -> tuple[in
 
 
 def _count(shape: tuple[int, ...], block: tuple[int, ...]) -> int:
-    return math.prod(n // b for n, b in zip(shape, block))
+    """Groups of the blocks; an empty array has none (its params have a 0 in their shape), unlike
+    groups=, where an empty array is one group as in DeepSpeed."""
+    return math.prod([n // b if b else 0 for n, b in zip(shape, block)]) if math.prod(shape) else 0
 
 
 def c_strides(shape: Sequence[int]) -> tuple[int, ...]:
@@ -148,7 +152,7 @@ def group_order(shape: Sequence[int], strides: Sequence[int],
             out[-1] = (out[-1][0] * n, s)
         else:
             out.append((n, s))
-    return tuple(n for n, _ in out), tuple(s for _, s in out)
+    return tuple([n for n, _ in out]), tuple([s for _, s in out])
 
 
 def _in_c_order(shape: tuple[int, ...], block: tuple[int, ...]) -> bool:

@@ -5,15 +5,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from ..core import checks, registry, rng
-from ..core.arrays import ArrayT
+from ..core import checks, formats, registry, rng
+from ..core.arrays import ArrayT, DLPackArray
 from ..interop.adapters import graph_device
+from . import integer
 from ._args import block_of, grouping, implementation, take, take_out
 
 
 def fake_quantize(x: ArrayT, groups: int | None = None, bits: int = 8, *, block_size: int | Sequence[int] | None = None,
-                  axis: int | None = None, symmetric: bool = True, stochastic: bool = False,
-                  seed: int | None = None, out: ArrayT | None = None) -> ArrayT:
+                  axis: int | None = None, symmetric: bool | None = None, stochastic: bool = False,
+                  seed: int | None = None, out: ArrayT | None = None, params: DLPackArray | None = None) -> ArrayT:
     """Group-wise fake quantization (quantize, then dequantize) of `x` into a new array.
 
     The groups are given by at most one of `groups`, `block_size` and `axis` (none: one group;
@@ -37,6 +38,10 @@ def fake_quantize(x: ArrayT, groups: int | None = None, bits: int = 8, *, block_
         seed: stochastic rounding seed (an int in ``[0, 2**64)``); None draws from the library-global
             stream (see :func:`manual_seed`).
         out: optional array of the same framework, device, dtype and shape to write into.
+        params: static (calibrated, learned) params in :func:`quantize`'s layout (see there): the
+            result is then ``dequantize(quantize(x, params=params), dtype=x.dtype)`` exactly, the
+            integer codes' formulas (bits 2..8, nearest rounding; NaN becomes the offset, ±Inf the
+            extreme codes, as in quantize).
 
     Returns:
         A new array (or `out`) of the same framework, device, dtype and shape as `x`. A torch
@@ -51,8 +56,10 @@ def fake_quantize(x: ArrayT, groups: int | None = None, bits: int = 8, *, block_
         >>> dsquant.fake_quantize(np.array([0.1, -0.5, 0.25, 1.0], dtype=np.float16), bits=4)
         array([ 0.125, -0.5  ,  0.25 ,  0.875], dtype=float16)
     """
-    symmetric = checks.bool_arg(symmetric, "symmetric")
     stochastic = checks.bool_arg(stochastic, "stochastic")
+    if params is not None:
+        return _fake_quantize_given(x, groups, bits, block_size, axis, symmetric, stochastic, seed, out, params)
+    symmetric = True if symmetric is None else checks.bool_arg(symmetric, "symmetric")
     bits = checks.bits(bits)
     graph = graph_device(x) if out is None else None
     if graph is not None:
@@ -60,6 +67,24 @@ def fake_quantize(x: ArrayT, groups: int | None = None, bits: int = 8, *, block_
         result: ArrayT = registry.lookup("fake_quantize", graph)(x, g, bits, symmetric, stochastic, seed)
         return result
     return fake_quantize_array(x, groups, bits, symmetric, stochastic, seed, out, block_size=block_size, axis=axis)
+
+
+def _fake_quantize_given(x: ArrayT, groups: int | None, bits: int, block_size: int | Sequence[int] | None,
+                         axis: int | None, symmetric: bool | None, stochastic: bool, seed: int | None,
+                         out: ArrayT | None, params: DLPackArray) -> ArrayT:
+    """fake_quantize(x, params=...): the integer codes with the caller's params, decoded in x's dtype."""
+    if stochastic or seed is not None:
+        raise ValueError("fake_quantize(x, params=...) rounds to nearest (the integer codes' rule); "
+                         "stochastic=True and seed= are for params computed from each group")
+    bits = checks.bits(bits, formats.INT_BITS, name="bits (with params=)")
+    if graph_device(x) is not None:
+        raise NotImplementedError("fake_quantize(x, params=...) has no autograd or torch.compile support yet; "
+                                  "call it on x.detach() (outside torch.compile)")
+    if symmetric is not None:
+        symmetric = checks.bool_arg(symmetric, "symmetric")
+    result: ArrayT = integer.fake_quantize_given(x, groups, bits, symmetric, params, out, block_size=block_size,
+                                                 axis=axis)
+    return result
 
 
 def fake_quantize_array(x: ArrayT, groups: int | None, bits: int, symmetric: bool, stochastic: bool,

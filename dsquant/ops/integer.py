@@ -10,7 +10,7 @@ from ..core import checks, dtypes, formats, registry
 from ..core.grouping import Grouping
 from ..interop import operand
 from ..interop.adapters import graph_device
-from ._args import block_of, grouping, implementation, take, take_peer
+from ._args import block_of, grouping, implementation, take, take_out, take_peer
 from .quantized import QuantizedTensor
 
 if TYPE_CHECKING:
@@ -22,13 +22,14 @@ if TYPE_CHECKING:
 
 @overload
 def quantize(x: NDArray[Any], groups: int | None = None, bits: int = 8, *,
-             block_size: int | Sequence[int] | None = None, axis: int | None = None,
-             symmetric: bool = True) -> QuantizedTensor[NDArray[np.int8], NDArray[np.float32]]: ...
+             block_size: int | Sequence[int] | None = None, axis: int | None = None, symmetric: bool | None = None,
+             params: NDArray[Any] | None = None) -> QuantizedTensor[NDArray[np.int8], NDArray[np.float32]]: ...
 @overload
 def quantize(x: ArrayT, groups: int | None = None, bits: int = 8, *, block_size: int | Sequence[int] | None = None,
-             axis: int | None = None, symmetric: bool = True) -> QuantizedTensor[ArrayT, ArrayT]: ...
+             axis: int | None = None, symmetric: bool | None = None,
+             params: DLPackArray | None = None) -> QuantizedTensor[ArrayT, ArrayT]: ...
 def quantize(x: Any, groups: int | None = None, bits: int = 8, *, block_size: int | Sequence[int] | None = None,
-             axis: int | None = None, symmetric: bool = True) -> Any:
+             axis: int | None = None, symmetric: bool | None = None, params: Any = None) -> Any:
     """Group-wise integer quantization of `x` in DeepSpeed's format: ``(q, params)``.
 
     The groups are given by at most one of `groups`, `block_size` and `axis` (none: one group),
@@ -48,7 +49,12 @@ def quantize(x: Any, groups: int | None = None, bits: int = 8, *, block_size: in
         bits: 2..8. With 2, 4 and 8 bits the codes are packed 8/bits per byte, first element in the
             high bits (so 4-bit codes match DeepSpeed's nibble order); with 3, 5, 6, 7 bits each code
             takes one int8.
-        symmetric: True: params hold ``1/scale``; False: ``1/scale`` and the group midpoint.
+        symmetric: True (the default): params hold ``1/scale``; False: ``1/scale`` and the group
+            midpoint. With `params`, their last dimension says (1 or 2).
+        params: static (calibrated, learned) params in the layout quantize returns (float32,
+            ``grid + (1|2,)`` or ``[groups, 1|2]``, same framework and device as `x`): the codes are
+            ``clamp(rne((x - offset) * f32(1 / params[..., 0])))`` instead of the group's own
+            statistics (docs/format.md); the result holds these params.
 
     Returns:
         A :class:`QuantizedTensor` ``(q, params)`` in `x`'s framework and device, which also holds
@@ -72,28 +78,89 @@ def quantize(x: Any, groups: int | None = None, bits: int = 8, *, block_size: in
         >>> dsquant.dequantize(r).dtype
         dtype('float16')
     """
-    symmetric = checks.bool_arg(symmetric, "symmetric")
+    symmetric = None if symmetric is None else checks.bool_arg(symmetric, "symmetric")
     bits = checks.bits(bits, formats.INT_BITS)
     graph = graph_device(x, autograd=False)          # torch.compile: torch.ops.dsquant.quantize
     if graph is not None:
+        if params is not None:
+            raise NotImplementedError("quantize(x, params=...) does not run under torch.compile yet; call it "
+                                      "outside the compiled function")
         g = grouping(tuple(x.shape), groups, block_size, axis)
-        q, params = registry.lookup("quantize", graph)(x, g, bits, symmetric)
-        return QuantizedTensor(q, params, bits, symmetric, g, str(x.dtype).removeprefix("torch."))   # a torch tensor
-    return quantize_array(x, groups, bits, symmetric, block_size=block_size, axis=axis)
+        sym = True if symmetric is None else symmetric
+        q, p = registry.lookup("quantize", graph)(x, g, bits, sym)
+        return QuantizedTensor(q, p, bits, sym, g, str(x.dtype).removeprefix("torch."))   # a torch tensor
+    return quantize_array(x, groups, bits, True if symmetric is None else symmetric, block_size=block_size,
+                          axis=axis, params=params, symmetric_given=symmetric is not None)
 
 
 def quantize_array(x: Any, groups: int | None, bits: int, symmetric: bool, *,
-                   block_size: int | Sequence[int] | None = None, axis: int | None = None) -> QuantizedTensor[Any, Any]:
+                   block_size: int | Sequence[int] | None = None, axis: int | None = None, params: Any = None,
+                   symmetric_given: bool = True) -> QuantizedTensor[Any, Any]:
     """:func:`quantize` on the array itself (never through a framework op); `bits` and
     `symmetric` already checked."""
     src = take(x, "x")
     g = grouping(src.tensor.shape, groups, block_size, axis)
     q_shape = formats.code_shape(src.tensor.shape, bits)
-    q, params = implementation("quantize", src)(src, max(g.groups, 1), bits, symmetric, q_shape,
-                                               g.params_shape(symmetric), block_of(g))
-    return QuantizedTensor(q, params, bits, symmetric, g, src.tensor.dtype_name)
+    if params is not None:
+        prm = take_peer(params, "params", src, "x", (formats.PARAMS_DTYPE,))
+        symmetric = _static_scheme(prm.tensor.shape, g, symmetric if symmetric_given else None)
+        q = implementation("quantize_given", src)(src, prm, max(g.groups, 1), bits, symmetric, q_shape, block_of(g))
+        return QuantizedTensor(q, params, bits, symmetric, g, src.tensor.dtype_name)
+    q, p = implementation("quantize", src)(src, max(g.groups, 1), bits, symmetric, q_shape,
+                                           g.params_shape(symmetric), block_of(g))
+    return QuantizedTensor(q, p, bits, symmetric, g, src.tensor.dtype_name)
 
 
+def fake_quantize_given(x: Any, groups: int | None, bits: int, symmetric: bool | None, params: Any, out: Any, *,
+                        block_size: int | Sequence[int] | None = None, axis: int | None = None) -> Any:
+    """fake_quantize(x, params=...): the codes with the caller's params decoded into x's dtype, by
+    the two backend ops in a row (the codes never reach the caller); `bits` already checked."""
+    src = take(x, "x")
+    g = grouping(src.tensor.shape, groups, block_size, axis)
+    prm = take_peer(params, "params", src, "x", (formats.PARAMS_DTYPE,))
+    symmetric = _static_scheme(prm.tensor.shape, g, symmetric)
+    dst = None if out is None else take_out(out, src)
+    q = implementation("quantize_given", src)(src, prm, max(g.groups, 1), bits, symmetric,
+                                              formats.code_shape(src.tensor.shape, bits), block_of(g))
+    codes = take(q, "q", formats.CODE_DTYPES)
+    return implementation("dequantize", codes)(codes, prm, max(g.groups, 1), bits, symmetric, src.tensor.dtype,
+                                               src.tensor.shape, dst, block_of(g))
+
+
+def _static_scheme(shape: tuple[int, ...], g: Grouping, symmetric: bool | None) -> bool:
+    """The scheme of caller-supplied params of `shape` for grouping `g` (ValueError when they do not fit)."""
+    k = shape[-1] if len(shape) >= 2 else 0
+    if k not in (1, 2) or shape[:-1] not in (g.grid, (g.groups,)):
+        raise ValueError(f"params must have the shape quantize gives them for {g} on x of shape {g.shape}: "
+                         f"{g.params_shape(True)} (symmetric) or {g.params_shape(False)} (asymmetric), got {shape}")
+    if symmetric is not None and symmetric != (k == 1):
+        raise ValueError(f"symmetric={symmetric} contradicts params of shape {shape} (last dimension 1: symmetric, "
+                         f"2: asymmetric); leave symmetric out")
+    return k == 1
+
+
+def choose_params(x: ArrayT, groups: int | None = None, bits: int = 8, *,
+                  block_size: int | Sequence[int] | None = None, axis: int | None = None,
+                  symmetric: bool = True) -> ArrayT:
+    """The params :func:`quantize` computes for `x` (same arguments): float32 ``grid + (1|2,)``
+    (``[groups, 1|2]`` for `groups`), in `x`'s framework and device. Give them (or calibrated ones
+    in the same layout) back as ``quantize(x, params=...)`` or ``fake_quantize(x, params=...)``.
+    (It runs :func:`quantize` and keeps the params: the codes are computed too.)
+
+    Examples:
+        >>> import numpy as np, dsquant
+        >>> w = np.array([[1.0, -8.0], [-2.0, 4.0]], dtype=np.float32)
+        >>> dsquant.choose_params(w, axis=0, bits=4).tolist()        # absmax / 8 per row
+        [[1.0], [0.5]]
+    """
+    params: ArrayT = quantize(x, groups, bits, block_size=block_size, axis=axis, symmetric=symmetric).params
+    return params
+
+
+@overload
+def dequantize(q: QuantizedTensor[NDArray[Any], Any], params: None = None, bits: int | None = None, *,
+               groups: int | None = None, block_size: int | Sequence[int] | None = None, axis: int | None = None,
+               dtype: Any = None, out: NDArray[Any] | None = None) -> NDArray[Any]: ...
 @overload
 def dequantize(q: QuantizedTensor[ArrayT, Any], params: None = None, bits: int | None = None, *,
                groups: int | None = None, block_size: int | Sequence[int] | None = None, axis: int | None = None,

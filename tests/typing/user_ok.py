@@ -34,3 +34,14 @@ print(reduced.size, rp.size, facts["version"], version, q2.shape, p2.shape, half
 def my_partition(grads: list[NDArray[np.float32]], comm: object) -> NDArray[np.float32]:
     """Not called here (it needs MPI ranks): type-checked only."""
     return distributed.all_to_all_quant_reduce(grads, comm=comm, nodes=1, devices_per_node=2, bits=8)[0]
+
+
+# groupings and the QuantizedTensor result (issue 14)
+res = dsquant.quantize(w, block_size=(1, 4), bits=4)
+r_codes: NDArray[np.int8] = res.codes
+r_params: NDArray[np.float32] = res.params
+r_bits: int = res.bits
+r_block: tuple[int, ...] | None = res.block_size
+r_back: NDArray[np.float16] = dsquant.dequantize(res)
+w_axis: NDArray[np.float16] = dsquant.fake_quantize(w, axis=1, bits=4)
+print(r_codes.shape, r_params.shape, r_bits, r_block, r_back.shape, w_axis.shape, res.grouping.grid, res.dtype)

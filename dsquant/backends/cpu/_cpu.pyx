@@ -21,6 +21,11 @@ cdef extern from "entries.hpp" namespace "dsq_cpu" nogil:
                                                 int ndim, int itemsize, int threads)
     int c_max_threads "dsq_cpu::max_threads"()
 
+cdef extern from "regroup.hpp" nogil:
+    void c_blocked_copy "dsq_cpu::blocked_copy"(const char* src, const int64_t* src_strides, char* dst,
+                                                const int64_t* dst_strides, const int64_t* shape,
+                                                int ndim, int itemsize, int threads)
+
 
 def max_threads():
     return c_max_threads()
@@ -74,3 +79,19 @@ def strided_copy(uintptr_t src, src_strides, uintptr_t dst, dst_strides, shape, 
         sh[i] = shape[i]
     with nogil:
         c_strided_copy(<const char*>src, ss, <char*>dst, ds, sh, ndim, itemsize, threads)
+
+
+def blocked_copy(uintptr_t src, src_strides, uintptr_t dst, dst_strides, shape, int itemsize, int threads):
+    """strided_copy through tiles of the two sides' fastest axes (regroup.hpp): for transposes."""
+    cdef int ndim = len(shape)
+    if ndim > 32:
+        raise ValueError(f"arrays of more than 32 dimensions are not supported (got {ndim})")
+    cdef int64_t ss[32]
+    cdef int64_t ds[32]
+    cdef int64_t sh[32]
+    for i in range(ndim):
+        ss[i] = src_strides[i]
+        ds[i] = dst_strides[i]
+        sh[i] = shape[i]
+    with nogil:
+        c_blocked_copy(<const char*>src, ss, <char*>dst, ds, sh, ndim, itemsize, threads)

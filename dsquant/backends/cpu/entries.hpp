@@ -1,10 +1,11 @@
 // The CPU kernels as one table the Python side calls by name: each entry takes its argument
-// struct (kernels.hpp, zeropp.hpp) as bytes packed by dsquant/backends/cpu/signatures.py, which
+// struct (kernels.hpp, static.hpp, zeropp.hpp) as bytes packed by dsquant/backends/cpu/signatures.py, which
 // lists the same fields in the same order. args_size lets that module check the layout at import.
 #pragma once
 #include <cstddef>
 
 #include "kernels.hpp"
+#include "static.hpp"
 #include "zeropp.hpp"
 
 namespace dsq_cpu {
@@ -24,6 +25,7 @@ inline const Entry kEntries[] = {
     {"fake_quantize", &typed_entry<FakeArgs, fake_quantize>, sizeof(FakeArgs)},
     {"int_quantize", &typed_entry<IntQuantArgs, int_quantize>, sizeof(IntQuantArgs)},
     {"int_dequantize", &typed_entry<IntDequantArgs, int_dequantize>, sizeof(IntDequantArgs)},
+    {"int_quantize_given", &typed_entry<IntQuantGivenArgs, int_quantize_given>, sizeof(IntQuantGivenArgs)},
     {"uint_dequantize_half", &untyped_entry<UintHalfArgs, uint_dequantize_half>, sizeof(UintHalfArgs)},
     {"swizzle_quantize", &typed_entry<SwizzleArgs, swizzle_quantize>, sizeof(SwizzleArgs)},
     {"quantized_reduction", &untyped_entry<ReduceArgs, quantized_reduction>, sizeof(ReduceArgs)},

@@ -7,6 +7,7 @@ backend registers the same operations for "cuda"). Arguments arrive checked and 
 * ``fake_quantize(src, dst, groups, bits, symmetric, stochastic, seed, offset, block)``
 * ``fake_quantize_inplace(op, groups, bits, symmetric, stochastic, seed, offset)``
 * ``quantize(src, groups, bits, symmetric, q_shape, p_shape, block) -> (q, params)``
+* ``quantize_given(src, params, groups, bits, symmetric, q_shape, block) -> q`` (the caller's params)
 * ``dequantize(codes, params, groups, bits, symmetric, dtype, shape, dst, block) -> array``
 
 `block` is None when the groups are contiguous runs in C order (DeepSpeed's layout, which the
@@ -26,11 +27,12 @@ from ...core.formats import codes_per_byte, params_shape
 from ...core.grouping import c_strides, code_block, group_order
 from ...interop import _array
 from ...interop.operand import Operand
-from .. import codes as _codes
+from .. import codes as _packing
 from . import _cpu, forksafe
 from . import signatures as sig
 
 _strided_copy = forksafe.guard(_cpu.strided_copy)   # safe to call in a forked child (forksafe.py)
+_blocked_copy = forksafe.guard(_cpu.blocked_copy)   # the same through cache tiles, for transposes (regroup.hpp)
 
 _FLOAT16, _FLOAT32 = dtypes.FLOAT16.code, dtypes.FLOAT32.code
 
@@ -104,9 +106,9 @@ def _regroup(src_ptr: int, src_strides, dst_ptr: int, dst_strides, shape, block,
     view_shape, view_strides = group_order(shape, strides, block)
     dense = c_strides(view_shape)
     if to_groups:
-        _strided_copy(src_ptr, view_strides, dst_ptr, dense, view_shape, itemsize, num_threads())
+        _blocked_copy(src_ptr, view_strides, dst_ptr, dense, view_shape, itemsize, num_threads())
     else:
-        _strided_copy(src_ptr, dense, dst_ptr, view_strides, view_shape, itemsize, num_threads())
+        _blocked_copy(src_ptr, dense, dst_ptr, view_strides, view_shape, itemsize, num_threads())
 
 
 def _host_array(ptr: int, count: int, dtype) -> np.ndarray:
@@ -162,35 +164,48 @@ def quantize(src: Operand, groups, bits, symmetric, q_shape, p_shape=None, block
     q = _array.HostBuffer(q_shape, _array.DL_INT8)
     params = _array.HostBuffer(p_shape or params_shape(groups, symmetric), _FLOAT32)
     if t.numel or math.prod(params.shape):      # an empty grid (an axis of length 0) has no params to write
-        if block is None:
-            data, _keep = _contiguous(t)
-            _int_quantize(t, data, q.data, params.data, groups, bits, symmetric)
-        else:
-            _quantize_strided(t, q.data, q_shape, params.data, groups, bits, symmetric, block)
+        _codes(t, q.data, q_shape, bits, block, lambda data, codes: sig.INT_QUANTIZE(
+            t.dtype, in_=data, q=codes, params=params.data, n=t.numel, groups=groups, bits=bits,
+            symmetric=symmetric, threads=num_threads()))
     return src.adapter.from_host(q, "int8"), src.adapter.from_host(params, "float32")
 
 
-def _int_quantize(t: _array.Tensor, data: int, q: int, params: int, groups, bits, symmetric) -> None:
-    sig.INT_QUANTIZE(t.dtype, in_=data, q=q, params=params, n=t.numel, groups=groups, bits=bits,
-                     symmetric=symmetric, threads=num_threads())
+@registry.implements("quantize_given", "cpu")
+def quantize_given(src: Operand, params: Operand, groups, bits, symmetric, q_shape, block=None):
+    """Codes of `src` with the caller's params (already in the grid's order, i.e. group order)."""
+    t = src.tensor
+    q = _array.HostBuffer(q_shape, _array.DL_INT8)
+    p_ptr, _keep_p = _contiguous(params.tensor)
+    if t.numel:
+        _codes(t, q.data, q_shape, bits, block, lambda data, codes: sig.INT_QUANTIZE_GIVEN(
+            t.dtype, in_=data, params=p_ptr, q=codes, n=t.numel, groups=groups, bits=bits, symmetric=symmetric,
+            threads=num_threads()))
+    return src.adapter.from_host(q, "int8")
 
 
-def _quantize_strided(t: _array.Tensor, q: int, q_shape, params: int, groups, bits, symmetric, block) -> None:
+def _codes(t: _array.Tensor, q: int, q_shape, bits, block, run) -> None:
+    """Writes the codes of `t` into `q` (C order, `q_shape`) by `run(address of the elements,
+    address of their codes)`, a kernel that takes the elements with the groups contiguous: `t`
+    itself (block None), else `t` copied into group order and the codes copied back."""
+    if block is None:
+        data, _keep = _contiguous(t)
+        run(data, q)
+        return
     scratch = _array.HostBuffer((t.numel * t.itemsize,), _array.DL_INT8)   # the elements in group order
     _regroup(t.data, t.strides, scratch.data, None, t.shape, block, t.itemsize, True)
     per = codes_per_byte(bits)
     grouped = _array.HostBuffer((t.numel // per,), _array.DL_INT8)        # their codes, in group order
-    _int_quantize(t, scratch.data, grouped.data, params, groups, bits, symmetric)
+    run(scratch.data, grouped.data)
     byte_block = code_block(block, per)
     if byte_block is not None:                     # whole bytes belong to one group: move bytes
         _regroup(grouped.data, None, q, c_strides(q_shape), q_shape, byte_block, 1, False)
         return
     ones = _array.HostBuffer((t.numel,), _array.DL_INT8)                  # one code per byte, group order
-    _codes.unpack(np, _host_array(grouped.data, t.numel // per, np.uint8), bits,
+    _packing.unpack(np, _host_array(grouped.data, t.numel // per, np.uint8), bits,
                   _host_array(ones.data, t.numel, np.int8))
     placed = _array.HostBuffer((t.numel,), _array.DL_INT8)                # one code per byte, x's order
     _regroup(ones.data, None, placed.data, c_strides(t.shape), t.shape, block, 1, False)
-    _codes.pack(np, _host_array(placed.data, t.numel, np.int8), bits, _host_array(q, t.numel // per, np.uint8))
+    _packing.pack(np, _host_array(placed.data, t.numel, np.int8), bits, _host_array(q, t.numel // per, np.uint8))
 
 
 @registry.implements("dequantize", "cpu")
@@ -230,10 +245,10 @@ def _codes_to_groups(q_ptr: int, q_shape, shape, bits, block):
         _regroup(q_ptr, c_strides(q_shape), grouped.data, None, q_shape, byte_block, 1, True)
         return grouped.data, grouped
     ones = _array.HostBuffer((numel,), _array.DL_INT8)
-    _codes.unpack(np, _host_array(q_ptr, numel // per, np.uint8), bits, _host_array(ones.data, numel, np.int8))
+    _packing.unpack(np, _host_array(q_ptr, numel // per, np.uint8), bits, _host_array(ones.data, numel, np.int8))
     placed = _array.HostBuffer((numel,), _array.DL_INT8)
     _regroup(ones.data, c_strides(shape), placed.data, None, shape, block, 1, True)
-    _codes.pack(np, _host_array(placed.data, numel, np.int8), bits, _host_array(grouped.data, numel // per, np.uint8))
+    _packing.pack(np, _host_array(placed.data, numel, np.int8), bits, _host_array(grouped.data, numel // per, np.uint8))
     return grouped.data, grouped
 
 

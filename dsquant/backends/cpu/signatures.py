@@ -48,6 +48,8 @@ INT_QUANTIZE = Signature("int_quantize", "in_:ptr q:ptr params:ptr n:i64 groups:
                                          "threads:int")
 INT_DEQUANTIZE = Signature("int_dequantize", "q:ptr params:ptr out:ptr n:i64 groups:i64 bits:int symmetric:bool "
                                              "threads:int")
+INT_QUANTIZE_GIVEN = Signature("int_quantize_given", "in_:ptr params:ptr q:ptr n:i64 groups:i64 bits:int "
+                                                     "symmetric:bool threads:int")
 UINT_DEQUANTIZE_HALF = Signature("uint_dequantize_half", "q:ptr scale:ptr minimum:ptr out:ptr num_group:i64 "
                                                          "group_size:i64 bits:int threads:int")
 SWIZZLE_QUANTIZE = Signature("swizzle_quantize", "in_:ptr q:ptr params:ptr err:ptr err_dtype:int beta:float "

@@ -23,8 +23,10 @@ import numpy as np
 
 from ...core import dtypes, registry
 from ...core.formats import codes_per_byte, params_shape
+from ...core.grouping import c_strides, code_block, group_order
 from ...interop import _array
 from ...interop.operand import Operand
+from .. import codes as _codes
 from . import kernels as _kernels
 from . import launch as _launch
 
@@ -217,6 +219,43 @@ def _bits(a: cupy.ndarray) -> cupy.ndarray:
     return a.view(_BITS[a.itemsize])
 
 
+def _grouped(a: cupy.ndarray, block) -> cupy.ndarray:
+    """A view of `a` whose C order visits its elements group by group (core.grouping.group_order):
+    ``cupy.ascontiguousarray`` of it copies `a` into group order, assigning to it copies back."""
+    shape, strides = group_order(a.shape, tuple(s // a.itemsize for s in a.strides), block)
+    return cupy.ndarray(shape, a.dtype, a.data, strides=tuple(s * a.itemsize for s in strides))
+
+
+def _codes_in_group_order(q: cupy.ndarray, shape, bits, block) -> cupy.ndarray:
+    """Packed codes `q` (C-contiguous, values of `shape`) moved into group order: bytes when whole
+    bytes belong to one group, else code by code."""
+    per = codes_per_byte(bits)
+    byte_block = code_block(block, per)
+    if byte_block is not None:
+        return cupy.ascontiguousarray(_grouped(q, byte_block)).reshape(-1)
+    numel = q.size * per
+    ones = cupy.empty(shape, np.int8)
+    _codes.unpack(cupy, q.reshape(-1), bits, ones.reshape(-1))
+    placed = cupy.ascontiguousarray(_grouped(ones, block)).reshape(-1)
+    grouped = cupy.empty(numel // per, np.uint8)
+    _codes.pack(cupy, placed, bits, grouped)
+    return grouped
+
+
+def _codes_from_group_order(grouped: cupy.ndarray, q: cupy.ndarray, shape, bits, block) -> None:
+    """The inverse of :func:`_codes_in_group_order`: writes the group-order codes `grouped` into `q`."""
+    per = codes_per_byte(bits)
+    byte_block = code_block(block, per)
+    if byte_block is not None:
+        _grouped(q, byte_block)[...] = grouped.reshape(group_order(q.shape, c_strides(q.shape), byte_block)[0])
+        return
+    ones = cupy.empty(grouped.size * per, np.int8)
+    _codes.unpack(cupy, grouped, bits, ones)
+    placed = cupy.empty(shape, np.int8)
+    _grouped(placed, block)[...] = ones.reshape(group_order(shape, c_strides(shape), block)[0])
+    _codes.pack(cupy, placed.reshape(-1), bits, q.reshape(-1))
+
+
 def _wrap(result: cupy.ndarray, like: Operand, dtype: int | None = None):
     """`result` in `like`'s framework; `dtype` is the dsquant dtype code of a float result
     (bfloat16 bits are relabelled for frameworks that have the type), None for codes and params."""
@@ -226,8 +265,17 @@ def _wrap(result: cupy.ndarray, like: Operand, dtype: int | None = None):
 
 # ------------------------------------------------------------------------------ operations
 @registry.implements("fake_quantize", "cuda")
-def fake_quantize(src: Operand, dst: Operand | None, groups, bits, symmetric, stochastic, seed, offset):
+def fake_quantize(src: Operand, dst: Operand | None, groups, bits, symmetric, stochastic, seed, offset, block=None):
     t = src.tensor
+    if block is not None and t.numel:
+        with _launching(src, dst) as (device, stream):
+            scratch = cupy.ascontiguousarray(_grouped(_view(t), block))      # the elements in group order
+            _fake(t, scratch.data.ptr, scratch.data.ptr, groups, bits, symmetric, stochastic, seed, offset,
+                  device, stream)
+            result = cupy.empty(t.shape, _CUPY_DTYPES[t.dtype]) if dst is None else None
+            target = _bits(result) if result is not None else _view(dst.tensor)
+            _grouped(target, block)[...] = scratch
+            return _wrap(result, src, t.dtype) if result is not None else dst.obj
     with _launching(src, dst) as (device, stream):   # allocations and copies are ordered with the kernels
         direct = dst is not None and dst.tensor.is_c_contiguous
         result = None if direct else cupy.empty(t.shape, _CUPY_DTYPES[t.dtype])
@@ -269,29 +317,71 @@ def _contiguous(t: _array.Tensor):
 
 
 @registry.implements("quantize", "cuda")
-def quantize(src: Operand, groups, bits, symmetric, q_shape):
+def quantize(src: Operand, groups, bits, symmetric, q_shape, p_shape=None, block=None):
     t = src.tensor
     with _launching(src) as (device, stream):
         q = cupy.empty(q_shape, np.int8)
-        params = cupy.empty(params_shape(groups, symmetric), np.float32)
-        data, _keep = _contiguous(t)
+        params = cupy.empty(p_shape or params_shape(groups, symmetric), np.float32)
+        if not t.numel and not params.size:      # an empty grid (an axis of length 0): nothing to write
+            return _wrap(q, src), _wrap(params, src)
+        strided = block is not None and t.numel
+        if strided:
+            scratch = cupy.ascontiguousarray(_grouped(_view(t), block))   # the elements in group order
+            data, codes = scratch.data.ptr, cupy.empty(q.size, np.int8)   # their codes, in group order
+        else:
+            (data, _keep), codes = _contiguous(t), q
         nbytes = _launch.int_keys_nbytes(t.dtype, t.numel, groups, bits)
         keys = cupy.empty(nbytes, np.uint8) if nbytes else None   # O(groups) statistics scratch
-        run(_launch.quantize(t.dtype, data, q.data.ptr, params.data.ptr, t.numel, groups, bits, symmetric,
+        run(_launch.quantize(t.dtype, data, codes.data.ptr, params.data.ptr, t.numel, groups, bits, symmetric,
                               keys.data.ptr if keys is not None else 0), device, stream)
+        if strided:
+            _codes_from_group_order(codes, q, t.shape, bits, block)
         return _wrap(q, src), _wrap(params, src)
 
 
+@registry.implements("quantize_given", "cuda")
+def quantize_given(src: Operand, params: Operand, groups, bits, symmetric, q_shape, block=None):
+    """Codes of `src` with the caller's params (already in the grid's order, i.e. group order)."""
+    t = src.tensor
+    with _launching(src, params) as (device, stream):
+        q = cupy.empty(q_shape, np.int8)
+        if not t.numel:
+            return _wrap(q, src)
+        p_ptr, _keep_p = _contiguous(params.tensor)
+        strided = block is not None
+        if strided:
+            scratch = cupy.ascontiguousarray(_grouped(_view(t), block))   # the elements in group order
+            data, codes = scratch.data.ptr, cupy.empty(q.size, np.int8)   # their codes, in group order
+        else:
+            (data, _keep), codes = _contiguous(t), q
+        run(_launch.quantize_given(t.dtype, data, p_ptr, codes.data.ptr, t.numel, groups, bits, symmetric),
+            device, stream)
+        if strided:
+            _codes_from_group_order(codes, q, t.shape, bits, block)
+        return _wrap(q, src)
+
+
 @registry.implements("dequantize", "cuda")
-def dequantize(codes: Operand, params: Operand, groups, bits, symmetric, dtype, shape, dst: Operand | None):
+def dequantize(codes: Operand, params: Operand, groups, bits, symmetric, dtype, shape, dst: Operand | None,
+               block=None):
     t = codes.tensor
+    numel = t.numel * codes_per_byte(bits)
     with _launching(codes, params, dst) as (device, stream):
         q_ptr, _keep_q = _contiguous(t)
         p_ptr, _keep_p = _contiguous(params.tensor)
+        if block is not None and numel:
+            q = _view(t) if _keep_q is None else _keep_q
+            grouped_q = _codes_in_group_order(q.reshape(t.shape), shape, bits, block)
+            values = cupy.empty(numel, _CUPY_DTYPES[dtype])                  # in group order
+            run(_launch.dequantize(dtype, grouped_q.data.ptr, p_ptr, values.data.ptr, numel, groups, bits,
+                                   symmetric), device, stream)
+            result = cupy.empty(shape, _CUPY_DTYPES[dtype]) if dst is None else None
+            target = _bits(result) if result is not None else _view(dst.tensor)
+            _grouped(target, block)[...] = _bits(values).reshape(group_order(shape, c_strides(shape), block)[0])
+            return _wrap(result, codes, dtype) if result is not None else dst.obj
         direct = dst is not None and dst.tensor.is_c_contiguous
         result = None if direct else cupy.empty(shape, _CUPY_DTYPES[dtype])
         target = _view(dst.tensor) if direct else _bits(result)
-        numel = t.numel * codes_per_byte(bits)
         run(_launch.dequantize(dtype, q_ptr, p_ptr, target.data.ptr, numel, groups, bits, symmetric),
              device, stream)
         if dst is None:

@@ -100,6 +100,15 @@ def _int_instantiations() -> tuple[str, ...]:
     return tuple(names)
 
 
+def int_quant_given(dtype: int, symmetric: bool, per: int) -> str:
+    return f"dsq::int_quant_given<{FORMATS[dtype]}, {_b(symmetric)}, {per}>"
+
+
+def _static_instantiations() -> tuple[str, ...]:
+    return tuple(int_quant_given(d, sym, per) for d in range(len(FORMATS)) for sym in (True, False)
+                 for per in CODES_PER_BYTE)
+
+
 # ZeRO++ ops (dsq_zeropp.cu): LoCo error buffer formats by dsquant dtype code; float32 stands in
 # (unused) for "no error buffer".
 ERROR_FORMATS = FORMATS[:3]
@@ -123,7 +132,7 @@ def _zeropp_instantiations() -> tuple[str, ...]:
 
 # source file in cuda/ -> every instantiation it is compiled with
 MODULES = {"dsq_fake.cu": _fake_instantiations(), "dsq_int.cu": _int_instantiations(),
-           "dsq_zeropp.cu": _zeropp_instantiations()}
+           "dsq_zeropp.cu": _zeropp_instantiations(), "dsq_static.cu": _static_instantiations()}
 
 
 def module_of(name: str) -> str:

@@ -172,6 +172,17 @@ def dequantize_unsigned_half(q: int, scale: int, minimum: int, out: int, num_gro
     return _dequant(kernel, _FLOAT16, q, scale, minimum, out, num_group * group_size, num_group, max_grid)
 
 
+def quantize_given(dtype: int, src: int, params: int, q: int, numel: int, groups: int, bits: int, symmetric: bool,
+                   max_grid: int = MAX_GRID) -> list[Launch]:
+    """Launches of integer quantization with the caller's params (cuda/dsq_static.cu): a thread per code byte."""
+    per = codes_per_byte(bits)
+    if numel == 0:
+        return []
+    grid = min(_cdiv(numel // per, MAX_THREADS), max_grid)
+    args = (_ptr(src), _ptr(params), _ptr(q), np.int64(numel), np.int64(numel // groups), np.int32(bits))
+    return [Launch(K.int_quant_given(dtype, symmetric, per), grid, MAX_THREADS, args)]
+
+
 # ------------------------------------------------------------------------------ ZeRO++ ops
 def _zeropp_grid(numel: int, groups: int, bits: int, max_grid: int) -> tuple[int, int]:
     """(run, grid): a block quantizes `run` groups that fill whole code bytes (cuda/dsq_zeropp.cu)."""
