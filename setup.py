@@ -41,7 +41,8 @@ def extension(module):
 
 setup(
     packages=["dsquant", "dsquant.core", "dsquant.interop", "dsquant.ops", "dsquant.backends", "dsquant.backends.cpu",
-              "dsquant.backends.cuda", "dsquant.distributed", "dsquant.bench", "dsquant.compat", "dsquant._cuda_src"],
+              "dsquant.backends.cuda", "dsquant.distributed", "dsquant.bench", "dsquant.compat", "dsquant.checkpoint",
+              "dsquant._cuda_src"],
     package_dir={"dsquant._cuda_src": "cuda"},
     # the kernels' sources for the GPU path, and the types: py.typed plus the stubs of the extensions
     package_data={"dsquant._cuda_src": ["*.cuh", "*.cu"], "dsquant": ["py.typed"],

@@ -8,6 +8,7 @@ Importing dsquant imports none of torch, jax or cupy.
 from ._info import __version__, info
 
 try:
+    from .checkpoint import load_quantized, save_quantized
     from .core.grouping import Grouping
     from .ops.fake import ds_quantizer, fake_quantize, manual_seed
     from .ops.fp import fake_fp_quantize, fp_dequantize, fp_quantize
@@ -22,5 +23,6 @@ except ImportError:
     raise error from None
 
 __all__ = ["Grouping", "QuantizedTensor", "__version__", "choose_params", "dequantize", "ds_quantizer",
-           "fake_fp_quantize", "fake_quantize", "fp_dequantize", "fp_quantize", "info", "loco_quantized_reduction",
-           "loco_swizzle_quantize", "manual_seed", "quantize", "quantized_reduction", "swizzle_quantize"]
+           "fake_fp_quantize", "fake_quantize", "fp_dequantize", "fp_quantize", "info", "load_quantized",
+           "loco_quantized_reduction", "loco_swizzle_quantize", "manual_seed", "quantize", "quantized_reduction",
+           "save_quantized", "swizzle_quantize"]

@@ -1,5 +1,6 @@
 """``dsquant <command>`` (or ``python -m dsquant <command>``): info, bench (CPU benchmark), kernels
-(CUDA compile checks), qgz-bench (the qgZ collective on MPI), gpu-bench (GPU benchmark).
+(CUDA compile checks), qgz-bench (the qgZ collective on MPI), gpu-bench (GPU benchmark),
+quantize-checkpoint / dequantize-checkpoint / demo-checkpoint (safetensors checkpoints).
 Commands are looked up in a table; each module exposes main(argv, prog) with its own argparse."""
 from __future__ import annotations
 
@@ -14,12 +15,17 @@ COMMANDS = {
                 "compile every CUDA kernel (--compile-only: no GPU), report registers/spills"),
     "qgz-bench": ("dsquant.bench.zeropp", "qgZ all-to-all reduce on MPI vs Allreduce (run under mpiexec)"),
     "gpu-bench": ("dsquant.bench.gpu", "GPU benchmark table: throughput vs a CuPy device-to-device copy"),
+    # safetensors checkpoints (docs/checkpoints.md)
+    "quantize-checkpoint": ("dsquant.checkpoint.quantize_cli",
+                            "quantize a .safetensors file tensor by tensor, print the error table"),
+    "dequantize-checkpoint": ("dsquant.checkpoint.dequantize_cli", "the inverse: a plain .safetensors file"),
+    "demo-checkpoint": ("dsquant.checkpoint.demo", "write a small MLP checkpoint to try quantize-checkpoint on"),
 }
 
 
 def _parser(prog: str) -> argparse.ArgumentParser:
     from ._info import __version__
-    listing = "\n".join(f"  {name:<10} {text}" for name, (_, text) in COMMANDS.items())
+    listing = "\n".join(f"  {name:<21} {text}" for name, (_, text) in COMMANDS.items())
     parser = argparse.ArgumentParser(
         prog=prog, formatter_class=argparse.RawDescriptionHelpFormatter,
         description="dsquant: DeepSpeed's quantizer rebuilt without torch.",

@@ -9,7 +9,7 @@ MODULES = ["dsquant.ops.fake", "dsquant.ops.fp",
            "dsquant.ops.integer", "dsquant.ops.zeropp", "dsquant._info", "dsquant.compat.deepspeed",
            "dsquant.compat.deepspeed_fp", "dsquant.ops.fp_ds",
            "dsquant.torch",
-           "dsquant.bench.integer", "dsquant.bench.zeropp", "dsquant.bench.fp"]
+           "dsquant.bench.integer", "dsquant.bench.zeropp", "dsquant.bench.fp", "dsquant.checkpoint.files"]
 
 
 @pytest.mark.parametrize("name", MODULES)

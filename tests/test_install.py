@@ -15,7 +15,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Loaded later, on first use: frameworks, the CPU backend, and what only info() or the CLI need.
 NOT_AT_IMPORT = ("torch", "jax", "jaxlib", "cupy", "ml_dtypes", "importlib.metadata", "json", "argparse",
-                 "dsquant.backends.cpu.host", "dsquant.backends.cuda.device", "dsquant.bench")
+                 "safetensors", "tqdm", "dsquant.backends.cpu.host", "dsquant.backends.cuda.device", "dsquant.bench")
 
 
 def test_import_defers_what_can_wait():
@@ -67,6 +67,11 @@ def test_readme_main_command_in_a_fresh_clone(tmp_path):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "CPU benchmark (--quick)" in result.stdout
     assert "| fake_quantize | float32 | 8 | symmetric | 128 | nearest |" in result.stdout
+    # the checkpoint job before the bench: the demo MLP quantized to int4, its table and total
+    assert "| layers.0.up.weight | 1536x512 | float16 | int4, blocks of 128 |" in result.stdout
+    assert "| layers.0.up.bias | 1536 | float16 | as is: small (1536 < 4096 elements) | 0 (exact) |" in result.stdout
+    assert re.search(r"^compression: 3\.\d\dx of the tensor bytes", result.stdout, re.M), result.stdout
+    assert (clone / "mlp-int4.safetensors").is_file()
     # what the README says about `python -m dsquant` with that install: it runs from any other
     # directory, and in the checkout's root says why it cannot
     python = str(clone / ".venv" / "bin" / "python")

@@ -159,3 +159,13 @@ def test_one_dtype_table():
                 if {"float16", "bfloat16", "float32", "float64"} <= set(values):
                     tuples.append(f"{module}:{node.lineno}")
     assert tuples == [], f"dtype lists outside core/dtypes.py: {tuples}"
+
+
+def test_setup_installs_every_package():
+    """setup.py lists its packages by hand: a package missing there is left out of every install
+    (a fresh `pip install .` then fails at `import dsquant`, as dsquant.checkpoint once did)."""
+    tree = ast.parse((PACKAGE.parent / "setup.py").read_text())
+    [listed] = [kw.value for node in ast.walk(tree) if isinstance(node, ast.Call)
+                for kw in node.keywords if kw.arg == "packages"]
+    packages = {e.value for e in listed.elts}
+    assert {m for m in SOURCES if _is_package(m)} <= packages
