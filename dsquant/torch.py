@@ -5,7 +5,8 @@ to import it yourself: ``import dsquant`` still imports no framework, and the fi
 needs the ops (:func:`dsquant.fake_quantize` on a torch tensor that requires grad, any torch
 tensor under ``torch.compile``, :func:`dsquant.ds_quantizer` on any torch tensor) imports it.
 
-* ``fake_quantize``: a straight-through estimator (STE). By default the gradient is the identity
+* ``fake_quantize``: a straight-through estimator (STE; its definition, shared with dsquant.jax, is
+  :mod:`dsquant.ops.ste`). By default the gradient is the identity
   (``grad_x = grad_y``), clipped elements included: the scale comes from each group's own
   statistics, so the only clipped elements are the group's extremes (the positive peak, one step
   above the top code), and zeroing their gradient would freeze the largest weights.
@@ -39,7 +40,7 @@ from torch import Tensor
 
 from .core import checks, dtypes, formats, registry, rng
 from .interop.adapters import TORCH_OPS
-from .ops import fake, integer
+from .ops import fake, integer, ste
 
 _MASK64 = (1 << 64) - 1
 
@@ -81,33 +82,11 @@ def _fake_setup(ctx, inputs, output):
 def _fake_backward(ctx, grad):
     if ctx.mask_clipped:
         x, = ctx.saved_tensors
-        grad = torch.where(in_range(x, ctx.groups, ctx.bits, ctx.symmetric), grad, 0)
+        grad = torch.where(ste.in_range(torch, x.detach(), ctx.groups, ctx.bits, ctx.symmetric), grad, 0)
     return grad, None, None, None, None, None, None
 
 
 _fake_quantize_op.register_autograd(_fake_backward, setup_context=_fake_setup)
-
-
-def in_range(x: Tensor, groups: int, bits: int, symmetric: bool) -> Tensor:
-    """Boolean mask of the elements of `x` that ``mask_clipped=True`` lets the gradient through:
-    the scaled value ``v`` within half a step of the code range, or a non-finite element. The
-    group statistics and scale are docs/numerics.md's (float32 arithmetic, float64 for float64)."""
-    compute = torch.float64 if x.dtype == torch.float64 else torch.float32
-    v = x.detach().reshape(groups, -1).to(compute)
-    finite = torch.isfinite(v)
-    if symmetric:
-        absmax = torch.where(finite, v.abs(), 0).amax(dim=1, keepdim=True)
-        scale = (2.0 ** (bits - 1) / (absmax.double() + 5e-6)).to(compute)   # = 2^b / (2 absmax + 1e-5)
-        scaled, lo, hi = v * scale, -2 ** (bits - 1), 2 ** (bits - 1) - 1
-    else:
-        mx = torch.where(finite, v, -torch.inf).amax(dim=1, keepdim=True)
-        mn = torch.where(finite, v, torch.inf).amin(dim=1, keepdim=True)
-        empty = ~finite.any(dim=1, keepdim=True)           # no finite element: as an all-zero group
-        mx, mn = torch.where(empty, 0, mx), torch.where(empty, 0, mn)
-        step = ((mx.double() - mn.double() + 1e-5) / 2.0 ** bits).to(compute)
-        scaled, lo, hi = (v - mn) * (1 / step), 0, 2 ** bits - 1
-    keep = ((scaled >= lo - 0.5) & (scaled <= hi + 0.5)) | ~finite
-    return keep.reshape(x.shape)
 
 
 def fake_quantize(x: Tensor, groups: int = 1, bits: int = 8, *, symmetric: bool = True, stochastic: bool = False,

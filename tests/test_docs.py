@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 MODULES = ["dsquant.ops.fake", "dsquant.ops.integer", "dsquant.ops.zeropp", "dsquant._info", "dsquant.compat.deepspeed",
-           "dsquant.torch",
+           "dsquant.torch", "dsquant.jax",
            "dsquant.bench.integer", "dsquant.bench.zeropp"]
 
 
