@@ -139,7 +139,7 @@ def _words(seed: Any, offset: int) -> np.ndarray:
 
 
 def _check_float(x: Any, name: str = "x") -> str:
-    dtype: str = jnp.dtype(x.dtype).name
+    dtype: str = x.dtype.name         # a NumPy dtype (for PRNG keys a JAX one, also with a name)
     if dtype not in _FLOATS:
         raise TypeError(f"{name} has dtype {dtype}; dsquant quantizes {', '.join(dtypes.NAMES)}")
     return dtype
@@ -219,7 +219,7 @@ def dequantize(q: Any, params: Any, bits: int = 8, *, dtype: Any = None) -> Any:
     JAX or NumPy array (a constant under jit)."""
     bits = checks.bits(bits, formats.INT_BITS)
     name = "float32" if dtype is None else dtypes.parse(dtype).name
-    q_dtype = jnp.dtype(q.dtype).name
+    q_dtype = q.dtype.name
     if q_dtype not in formats.CODE_DTYPES:
         raise TypeError(f"q has dtype {q_dtype}; expected {' or '.join(formats.CODE_DTYPES)}")
     if not isinstance(params, (jax.Array, np.ndarray)):

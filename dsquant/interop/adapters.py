@@ -155,6 +155,7 @@ class JaxAdapter(Adapter):
     roots = ("jax", "jaxlib")
     bfloat16_as_bits = False
     hold_until_done = True   # a temporary's buffer goes back to XLA when its last reference drops
+    _cpu_only: bool | None = None
 
     def immutable(self, obj: Any) -> bool:
         return True
@@ -194,9 +195,12 @@ class JaxAdapter(Adapter):
         # XLA FFI calls (dsquant/jax.py): every traced value (jit, grad, vmap), and concrete arrays
         # on the CPU too (a cached jitted call costs less than a DLPack round trip); GPU arrays
         # outside a trace take the CUDA backend through DLPack
-        if in_place or isinstance(obj, sys.modules["jax"].core.Tracer):
+        jax = sys.modules["jax"]
+        if in_place or isinstance(obj, jax.core.Tracer):
             return JAX_FFI
-        return JAX_FFI if all(d.platform == "cpu" for d in obj.devices()) else None
+        if self._cpu_only is None:           # JAX has no accelerator: every array is on the CPU
+            self._cpu_only = jax.default_backend() == "cpu"
+        return JAX_FFI if self._cpu_only or all(d.platform == "cpu" for d in obj.devices()) else None
 
 
 JAX_FFI = "jax.ffi"             # the registry device of dsquant's XLA FFI calls

@@ -241,6 +241,17 @@ def test_errors_name_the_argument():
         jax.jit(lambda a: dsquant.ds_quantizer(a))(x)
 
 
+def test_the_gpu_refusal_says_what_to_do():
+    """The handler registered for the CUDA platform (no GPU here: registered for the CPU under a
+    test name) fails the call with a message that says what works instead."""
+    from dsquant.backends.cpu import host
+    capsule = host.xla_gpu_refusals()["dsquant_fake_quantize"]
+    jax.ffi.register_ffi_target("dsquant_test_gpu_refusal", capsule, platform="cpu", api_version=1)
+    call = jax.ffi.ffi_call("dsquant_test_gpu_refusal", jax.ShapeDtypeStruct((4,), jnp.float32))
+    with pytest.raises(jax.errors.JaxRuntimeError, match="runs on the CPU only .* outside jax.jit on GPU arrays"):
+        jax.block_until_ready(jax.jit(call)(jnp.ones(4)))
+
+
 # ------------------------------------------------------------------------------ the documented example
 def test_the_documented_jitted_qat_step_runs():
     blocks = re.findall(r"```python\n(.*?)```", DOC.read_text().split("## JAX:")[1].split("\n## ")[0], re.S)
