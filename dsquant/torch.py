@@ -35,6 +35,8 @@ Example:
 """
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
@@ -45,7 +47,7 @@ from .ops import fake, integer, ste
 _MASK64 = (1 << 64) - 1
 
 
-def _signed64(seed):
+def _signed64(seed: int | None) -> int | None:
     """A seed in [0, 2**64) as a torch int (int64, two's complement)."""
     if seed is None:
         return None
@@ -53,39 +55,45 @@ def _signed64(seed):
     return seed - (1 << 64) if seed >= 1 << 63 else seed
 
 
-# ------------------------------------------------------------------------------ fake_quantize
-@torch.library.custom_op("dsquant::fake_quantize", mutates_args=(), device_types=("cpu", "cuda"))
-def _fake_quantize_op(x: Tensor, groups: int, bits: int, symmetric: bool, stochastic: bool, seed: int | None,
-                      mask_clipped: bool) -> Tensor:
-    return fake.fake_quantize_array(x, groups, bits, symmetric, stochastic, None if seed is None else seed & _MASK64)
-
-
-@_fake_quantize_op.register_fake
-def _(x, groups, bits, symmetric, stochastic, seed, mask_clipped):
-    _check_fake_args(x, groups)
-    return x.new_empty(x.shape)          # the result is C-contiguous, whatever x's strides
-
-
-def _check_fake_args(x, groups):
+# The ops are made with torch.library's decorators called as functions (not as @decorators):
+# torch is not analysed by mypy here (pyproject.toml), so a decorated function would lose its types.
+def _check_fake_args(x: Tensor, groups: int) -> None:
     if x.dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
         raise TypeError(f"x has dtype {x.dtype}; dsquant quantizes {', '.join(dtypes.NAMES)}")
     checks.groups(groups, x.numel())
 
 
-def _fake_setup(ctx, inputs, output):
+# ------------------------------------------------------------------------------ fake_quantize
+def _fake_quantize_impl(x: Tensor, groups: int, bits: int, symmetric: bool, stochastic: bool, seed: int | None,
+                        mask_clipped: bool) -> Tensor:
+    result: Tensor = fake.fake_quantize_array(x, groups, bits, symmetric, stochastic,
+                                              None if seed is None else seed & _MASK64)
+    return result
+
+
+def _fake_quantize_fake(x: Tensor, groups: int, bits: int, symmetric: bool, stochastic: bool, seed: int | None,
+                        mask_clipped: bool) -> Tensor:
+    _check_fake_args(x, groups)
+    return x.new_empty(x.shape)          # the result is C-contiguous, whatever x's strides
+
+
+def _fake_setup(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
     x, groups, bits, symmetric, _stochastic, _seed, mask_clipped = inputs
     ctx.groups, ctx.bits, ctx.symmetric, ctx.mask_clipped = groups, bits, symmetric, mask_clipped
     if mask_clipped:
         ctx.save_for_backward(x)
 
 
-def _fake_backward(ctx, grad):
+def _fake_backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None, None, None, None, None]:
     if ctx.mask_clipped:
         x, = ctx.saved_tensors
         grad = torch.where(ste.in_range(torch, x.detach(), ctx.groups, ctx.bits, ctx.symmetric), grad, 0)
     return grad, None, None, None, None, None, None
 
 
+_fake_quantize_op = torch.library.custom_op("dsquant::fake_quantize", mutates_args=(),
+                                            device_types=("cpu", "cuda"))(_fake_quantize_impl)
+_fake_quantize_op.register_fake(_fake_quantize_fake)
 _fake_quantize_op.register_autograd(_fake_backward, setup_context=_fake_setup)
 
 
@@ -95,20 +103,25 @@ def fake_quantize(x: Tensor, groups: int = 1, bits: int = 8, *, symmetric: bool 
     straight-through gradient described in this module (`mask_clipped`: zero gradient for
     clipped elements)."""
     bits = checks.bits(bits)
-    return _fake_quantize_op(x, checks.int_arg(groups, "groups"), bits, checks.bool_arg(symmetric, "symmetric"),
-                             checks.bool_arg(stochastic, "stochastic"), _signed64(seed),
-                             checks.bool_arg(mask_clipped, "mask_clipped"))
+    result: Tensor = _fake_quantize_op(x, checks.int_arg(groups, "groups"), bits,
+                                       checks.bool_arg(symmetric, "symmetric"),
+                                       checks.bool_arg(stochastic, "stochastic"), _signed64(seed),
+                                       checks.bool_arg(mask_clipped, "mask_clipped"))
+    return result
 
 
 # ------------------------------------------------------------------------------ ds_quantizer
-@torch.library.custom_op("dsquant::ds_quantizer", mutates_args=("input",), device_types=("cpu", "cuda"))
-def _ds_quantizer_op(input: Tensor, groups: int, bit_num: int, sr: bool, asym: bool) -> None:  # noqa: A002
+def _ds_quantizer_impl(input: Tensor, groups: int, bit_num: int, sr: bool, asym: bool) -> None:  # noqa: A002
     fake.fake_quantize_in_place(input, groups, bit_num, sr, asym)
 
 
-@_ds_quantizer_op.register_fake
-def _(input, groups, bit_num, sr, asym):  # noqa: A002
+def _ds_quantizer_fake(input: Tensor, groups: int, bit_num: int, sr: bool, asym: bool) -> None:  # noqa: A002
     _check_fake_args(input, groups)
+
+
+_ds_quantizer_op = torch.library.custom_op("dsquant::ds_quantizer", mutates_args=("input",),
+                                           device_types=("cpu", "cuda"))(_ds_quantizer_impl)
+_ds_quantizer_op.register_fake(_ds_quantizer_fake)
 
 
 def ds_quantizer(input: Tensor, groups: int = 1, bit_num: int = 8, sr: bool = False, asym: bool = False) -> Tensor:  # noqa: A002
@@ -123,54 +136,65 @@ def ds_quantizer(input: Tensor, groups: int = 1, bit_num: int = 8, sr: bool = Fa
 
 
 # ------------------------------------------------------------------------------ quantize / dequantize
-@torch.library.custom_op("dsquant::quantize", mutates_args=(), device_types=("cpu", "cuda"))
-def _quantize_op(x: Tensor, groups: int, bits: int, symmetric: bool) -> tuple[Tensor, Tensor]:
+def _quantize_impl(x: Tensor, groups: int, bits: int, symmetric: bool) -> tuple[Tensor, Tensor]:
     return integer.quantize_array(x, groups, bits, symmetric)
 
 
-@_quantize_op.register_fake
-def _(x, groups, bits, symmetric):
+def _quantize_fake(x: Tensor, groups: int, bits: int, symmetric: bool) -> tuple[Tensor, Tensor]:
     _check_fake_args(x, groups)
     q = x.new_empty(formats.code_shape(tuple(x.shape), bits), dtype=torch.int8)
     return q, x.new_empty(formats.params_shape(groups, symmetric), dtype=torch.float32)
 
 
+_quantize_op = torch.library.custom_op("dsquant::quantize", mutates_args=(), device_types=("cpu", "cuda"))(
+    _quantize_impl)
+_quantize_op.register_fake(_quantize_fake)
+
+
 def quantize(x: Tensor, groups: int = 1, bits: int = 8, *, symmetric: bool = True) -> tuple[Tensor, Tensor]:
     """:func:`dsquant.quantize` as the torch op ``torch.ops.dsquant.quantize`` (no gradient)."""
-    return _quantize_op(x.detach(), checks.int_arg(groups, "groups"), checks.bits(bits, formats.INT_BITS),
-                        checks.bool_arg(symmetric, "symmetric"))
+    result: tuple[Tensor, Tensor] = _quantize_op(x.detach(), checks.int_arg(groups, "groups"),
+                                                 checks.bits(bits, formats.INT_BITS),
+                                                 checks.bool_arg(symmetric, "symmetric"))
+    return result
 
 
-@torch.library.custom_op("dsquant::dequantize", mutates_args=(), device_types=("cpu", "cuda"))
-def _dequantize_op(q: Tensor, params: Tensor, bits: int, dtype: torch.dtype) -> Tensor:
-    return integer.dequantize_array(q, params, bits, dtype)
+def _dequantize_impl(q: Tensor, params: Tensor, bits: int, dtype: torch.dtype) -> Tensor:
+    result: Tensor = integer.dequantize_array(q, params, bits, dtype)
+    return result
 
 
-@_dequantize_op.register_fake
-def _(q, params, bits, dtype):
+def _dequantize_fake(q: Tensor, params: Tensor, bits: int, dtype: torch.dtype) -> Tensor:
     return q.new_empty(formats.value_shape(tuple(q.shape), bits), dtype=dtype)
 
 
-def dequantize(q: Tensor, params: Tensor, bits: int = 8, *, dtype=None) -> Tensor:
+_dequantize_op = torch.library.custom_op("dsquant::dequantize", mutates_args=(), device_types=("cpu", "cuda"))(
+    _dequantize_impl)
+_dequantize_op.register_fake(_dequantize_fake)
+
+
+def dequantize(q: Tensor, params: Tensor, bits: int = 8, *, dtype: Any = None) -> Tensor:
     """:func:`dsquant.dequantize` as the torch op ``torch.ops.dsquant.dequantize`` (no gradient)."""
     dtype = torch.float32 if dtype is None else getattr(torch, dtypes.parse(dtype).name)
-    return _dequantize_op(q, params.detach(), checks.bits(bits, formats.INT_BITS), dtype)
+    result: Tensor = _dequantize_op(q, params.detach(), checks.bits(bits, formats.INT_BITS), dtype)
+    return result
 
 
 # What the front end (dsquant.fake_quantize, ...) calls for torch tensors that need torch's graphs:
 # its arguments, already checked where the front end checks them.
 @registry.implements("fake_quantize", TORCH_OPS)
-def _front_fake_quantize(x, groups, bits, symmetric, stochastic, seed):
+def _front_fake_quantize(x: Tensor, groups: int, bits: int, symmetric: bool, stochastic: bool,
+                         seed: int | None) -> Tensor:
     return fake_quantize(x, groups, bits, symmetric=symmetric, stochastic=stochastic, seed=seed)
 
 
 @registry.implements("quantize", TORCH_OPS)
-def _front_quantize(x, groups, bits, symmetric):
+def _front_quantize(x: Tensor, groups: int, bits: int, symmetric: bool) -> tuple[Tensor, Tensor]:
     return quantize(x, groups, bits, symmetric=symmetric)
 
 
 @registry.implements("dequantize", TORCH_OPS)
-def _front_dequantize(q, params, bits, dtype):
+def _front_dequantize(q: Tensor, params: Tensor, bits: int, dtype: Any) -> Tensor:
     return dequantize(q, params, bits, dtype=dtype)
 
 
