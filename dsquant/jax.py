@@ -15,7 +15,8 @@ exporting the array through DLPack). Results are bit-identical to the NumPy path
 * Stochastic rounding needs an explicit ``seed`` under a JAX transformation (a traced function
   runs once, so it cannot draw from dsquant's global stream): an int, or a JAX PRNG key
   (``jax.random.key(k)`` or the raw ``uint32[2]`` of ``jax.random.PRNGKey(k)``), which is what jitted
-  JAX code passes around and splits per step. A key holding ``[hi, lo]`` means the seed
+  JAX code passes around and splits per step, or a traced integer scalar (its value modulo 2**32;
+  2**64 for a 64-bit integer). A key holding ``[hi, lo]`` means the seed
   ``hi * 2**32 + lo``, so ``seed=jax.random.key(5)`` gives the bits of ``seed=5``. Eager calls
   without a seed draw from the global stream, as for NumPy.
 * ``jax.vmap`` (``vmap_method="broadcast_all"``): each batch element is one call, with that call's
@@ -123,14 +124,20 @@ def _jitted_fake(cfg: _Fake) -> Callable[[Any, Any], Any]:
 
 
 def _key_words(key: Any) -> Any:
-    """uint32[4] (seed lo, seed hi, offset 0, 0) of a JAX PRNG key (typed, or raw uint32[2])."""
+    """uint32[4] (seed lo, seed hi, offset 0, 0) of a JAX seed: a PRNG key (typed, or the raw
+    uint32[2] [hi, lo]), or an integer scalar (a traced int: its value modulo 2**32, or 2**64 for a
+    64-bit dtype)."""
+    zero = jnp.zeros((), jnp.uint32)
     if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
         key = jax.random.key_data(key)
+    elif key.shape == () and jnp.issubdtype(key.dtype, jnp.integer):
+        lo = key.astype(jnp.uint32)
+        hi = (key >> 32).astype(jnp.uint32) if key.dtype.itemsize == 8 else zero
+        return jnp.stack([lo, hi, zero, zero])
     if key.dtype != jnp.uint32 or key.shape != (2,):
-        raise TypeError(f"seed must be an int or one JAX PRNG key (jax.random.key(k), or the uint32[2] of "
-                        f"jax.random.PRNGKey(k)); got an array of dtype {key.dtype} and shape {key.shape} "
-                        f"(for a batch of keys, jax.vmap over them)")
-    zero = jnp.zeros((), jnp.uint32)
+        raise TypeError(f"seed must be an int, an integer scalar or one JAX PRNG key (jax.random.key(k), or the "
+                        f"uint32[2] of jax.random.PRNGKey(k)); got an array of dtype {key.dtype} and shape "
+                        f"{key.shape} (for a batch of keys, jax.vmap over them)")
     return jnp.stack([key[1], key[0], zero, zero])
 
 

@@ -55,6 +55,10 @@ def test_a_key_is_the_seed_it_holds():
     raw = jnp.array([3, 7], dtype=jnp.uint32)
     check_exact(np.asarray(run(jnp.asarray(x), raw)), ref.fake_quantize(x, 4, 4, True, True, big))
     assert not np.array_equal(np.asarray(run(jnp.asarray(x), jax.random.key(6))), np.asarray(run(jnp.asarray(x), raw)))
+    # a traced integer scalar is its value
+    check_exact(np.asarray(run(jnp.asarray(x), jnp.int32(12345))), ref.fake_quantize(x, 4, 4, True, True, 12345))
+    check_exact(np.asarray(run(jnp.asarray(x), jnp.uint32(2**32 - 1))), ref.fake_quantize(x, 4, 4, True, True,
+                                                                                         2**32 - 1))
 
 
 @pytest.mark.parametrize("bits", [2, 3, 4, 8])
@@ -222,7 +226,7 @@ def test_errors_name_the_argument():
         fake_jit(x, 4, 4, stochastic=True)
     with pytest.raises(ValueError, match="stochastic=False"):
         jax.jit(lambda a, k: dsquant.fake_quantize(a, 4, 4, seed=k))(x, jax.random.key(0))
-    with pytest.raises(TypeError, match="one JAX PRNG key"):
+    with pytest.raises(TypeError, match="an integer scalar or one JAX PRNG key"):
         two_keys = jax.random.split(jax.random.key(0))
         jax.jit(lambda a, k: dsquant.fake_quantize(a, 4, 4, stochastic=True, seed=k))(x, two_keys)
     with pytest.raises(TypeError, match="x has dtype int32"):
