@@ -45,6 +45,27 @@ def test_jit_fake_quantize_is_the_reference(dtype, symmetric, stochastic):
                                                      seed=seed))
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_subnormals_are_kept_under_jit(dtype):
+    """XLA:CPU's threads flush subnormals to zero; the handlers must not (docs/numerics.md): groups
+    of subnormals (absmax, min and max subnormal) and subnormals beside normal values, on several
+    threads (16 groups)."""
+    tiny = float(ref.ml_dtypes.finfo(ref.DTYPES[dtype]).smallest_subnormal)
+    rng = np.random.default_rng(21)
+    x = (rng.integers(-40, 40, (16, 64)) * tiny).astype(ref.DTYPES[dtype])
+    x[8:] += rng.standard_normal((8, 64)).astype(x.dtype) * x.dtype.type(1e-3)
+    assert (np.abs(x.astype(np.float64)) < float(ref.ml_dtypes.finfo(x.dtype).smallest_normal)).sum() > 400
+    for symmetric in (True, False):
+        y = fake_jit(jnp.asarray(x), 16, 8, symmetric=symmetric, stochastic=True, seed=4)
+        check_exact(np.asarray(y), ref.fake_quantize(x, 16, 8, symmetric, True, 4))
+        q, params = jax.jit(lambda a, s=symmetric: dsquant.quantize(a, 16, 8, symmetric=s))(jnp.asarray(x))
+        exp_q, exp_params = refi.quantize_ref(x, 16, 8, symmetric)
+        check_exact(np.asarray(q).view(np.uint8).reshape(-1), exp_q)
+        check_exact(np.asarray(params), exp_params)
+        y = jax.jit(lambda c, p: dsquant.dequantize(c, p, 8, dtype=dtype))(q, params)
+        check_exact(np.asarray(y).reshape(-1), refi.dequantize_ref(exp_q, exp_params, 8, dtype))
+
+
 def test_a_key_is_the_seed_it_holds():
     """seed=jax.random.key(k) (traced under jit) gives the bits of seed=k; key data [hi, lo] is
     the 64-bit seed hi * 2**32 + lo (the layout of jax.random.PRNGKey)."""

@@ -101,10 +101,40 @@ struct Frame {
   bool ok() const { return error.empty(); }
 };
 
+// XLA:CPU runs its work, custom calls included, on threads that flush subnormals to zero (FTZ and
+// DAZ set in MXCSR; FZ in FPCR on AArch64), which the numerics contract forbids (subnormal inputs
+// are valid, docs/numerics.md). The handlers run the kernels with IEEE subnormals and give the
+// thread its mode back. OpenMP workers inherit the mode of the thread that creates them, and the
+// workers of an XLA thread are created by dsquant's parallel regions only, so they start IEEE too.
+class IeeeSubnormals {
+ public:
+  IeeeSubnormals() : saved_(get()) { set(saved_ & ~kFlushBits); }
+  ~IeeeSubnormals() { set(saved_); }
+  IeeeSubnormals(const IeeeSubnormals&) = delete;
+  IeeeSubnormals& operator=(const IeeeSubnormals&) = delete;
+
+ private:
+#if defined(__x86_64__)
+  static constexpr uint64_t kFlushBits = (1u << 15) | (1u << 6);     // FTZ, DAZ
+  static uint64_t get() { return _mm_getcsr(); }
+  static void set(uint64_t v) { _mm_setcsr((unsigned)v); }
+#elif defined(__aarch64__)
+  static constexpr uint64_t kFlushBits = (1ull << 24) | (1ull << 19);  // FZ, FZ16
+  static uint64_t get() { uint64_t v; __asm__ volatile("mrs %0, fpcr" : "=r"(v)); return v; }
+  static void set(uint64_t v) { __asm__ volatile("msr fpcr, %0" : : "r"(v)); }
+#else
+  static constexpr uint64_t kFlushBits = 0;
+  static uint64_t get() { return 0; }
+  static void set(uint64_t) {}
+#endif
+  uint64_t saved_;
+};
+
 #define DSQ_XLA_PROLOGUE(frame)                                                              \
   if (metadata_query(call_frame)) return nullptr;                                            \
   if (call_frame->stage != XLA_FFI_ExecutionStage_EXECUTE)                                   \
     return fail(call_frame, "dsquant's FFI handlers run only in the execute stage");         \
+  const IeeeSubnormals ieee_subnormals;                                                      \
   Frame frame{call_frame, {}}
 
 // Operands: x (float), rng (uint32 [..., 4]: seed low, seed high, offset low, offset high per
