@@ -49,7 +49,10 @@ from .core import checks, dtypes, formats, registry, rng
 from .interop.adapters import JAX_FFI
 from .ops import ste
 
-_FLOATS = frozenset(dtypes.NAMES)
+# dtype objects, not names: a NumPy dtype's .name costs microseconds (eager calls are that cheap)
+_FLOATS = frozenset(jnp.dtype(name) for name in dtypes.NAMES)
+_CODES = frozenset(jnp.dtype(name) for name in formats.CODE_DTYPES)
+_PARAMS = jnp.dtype(formats.PARAMS_DTYPE)
 _MASK32 = (1 << 32) - 1
 _VMAP = "broadcast_all"       # see the module docstring; xla_ffi.hpp reads the batch from the shapes
 
@@ -145,11 +148,9 @@ def _words(seed: Any, offset: int) -> np.ndarray:
     return np.array([seed & _MASK32, seed >> 32, offset & _MASK32, offset >> 32], np.uint32)
 
 
-def _check_float(x: Any, name: str = "x") -> str:
-    dtype: str = x.dtype.name         # a NumPy dtype (for PRNG keys a JAX one, also with a name)
-    if dtype not in _FLOATS:
-        raise TypeError(f"{name} has dtype {dtype}; dsquant quantizes {', '.join(dtypes.NAMES)}")
-    return dtype
+def _check_float(x: Any, name: str = "x") -> None:
+    if x.dtype not in _FLOATS:
+        raise TypeError(f"{name} has dtype {x.dtype.name}; dsquant quantizes {', '.join(dtypes.NAMES)}")
 
 
 def fake_quantize(x: Any, groups: int = 1, bits: int = 8, *, symmetric: bool = True, stochastic: bool = False,
@@ -226,12 +227,11 @@ def dequantize(q: Any, params: Any, bits: int = 8, *, dtype: Any = None) -> Any:
     JAX or NumPy array (a constant under jit)."""
     bits = checks.bits(bits, formats.INT_BITS)
     name = "float32" if dtype is None else dtypes.parse(dtype).name
-    q_dtype = q.dtype.name
-    if q_dtype not in formats.CODE_DTYPES:
-        raise TypeError(f"q has dtype {q_dtype}; expected {' or '.join(formats.CODE_DTYPES)}")
+    if q.dtype not in _CODES:
+        raise TypeError(f"q has dtype {q.dtype.name}; expected {' or '.join(formats.CODE_DTYPES)}")
     if not isinstance(params, (jax.Array, np.ndarray)):
         raise TypeError(f"params must be a JAX (or NumPy) array, got {type(params).__qualname__}")
-    if jnp.dtype(params.dtype).name != formats.PARAMS_DTYPE:
+    if params.dtype != _PARAMS:
         raise TypeError(f"params has dtype {params.dtype}; expected {formats.PARAMS_DTYPE}")
     if len(params.shape) != 2 or params.shape[1] not in (1, 2):
         raise ValueError(f"params must have shape [groups, 1] (symmetric) or [groups, 2] (asymmetric), "
