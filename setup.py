@@ -10,7 +10,9 @@ from setuptools import Extension, setup
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CPU = os.path.join("dsquant", "backends", "cpu")
-INCLUDE = [os.path.join(HERE, "cuda"), os.path.join(HERE, CPU), os.path.join(HERE, "dsquant", "interop")]
+# third_party/xla: XLA's FFI C API header (vendored; the CPU extension's jax.jit handlers)
+INCLUDE = [os.path.join(HERE, "cuda"), os.path.join(HERE, CPU), os.path.join(HERE, "dsquant", "interop"),
+           os.path.join(HERE, "third_party", "xla")]
 # IEEE numerics pinned: the CPU path must give the CUDA path's bits (docs/numerics.md).
 COMPILE = ["-std=c++17", "-O3", "-fopenmp", "-ffp-contract=off", "-fno-fast-math", "-fno-math-errno",
            "-fno-trapping-math",  # results unchanged; lets the compiler if-convert and vectorize
@@ -23,7 +25,7 @@ if os.environ.get("DSQUANT_DEBUG", "") in ("", "0"):
     LINK.append("-Wl,--strip-debug")      # and nothing from a static runtime library either
 # every header the extensions include: a change to any of them rebuilds both
 HEADERS = sorted(glob.glob("cuda/*.cuh") + glob.glob(f"{CPU}/*.hpp") + glob.glob(f"{CPU}/*.inc")
-                 + glob.glob("dsquant/interop/*.h"))
+                 + glob.glob("dsquant/interop/*.h") + glob.glob("third_party/xla/xla/ffi/api/*.h"))
 
 
 def extension(module):

@@ -5,7 +5,8 @@ to import it yourself: ``import dsquant`` still imports no framework, and the fi
 needs the ops (:func:`dsquant.fake_quantize` on a torch tensor that requires grad, any torch
 tensor under ``torch.compile``, :func:`dsquant.ds_quantizer` on any torch tensor) imports it.
 
-* ``fake_quantize``: a straight-through estimator (STE). By default the gradient is the identity
+* ``fake_quantize``: a straight-through estimator (STE; its definition, shared with dsquant.jax, is
+  :mod:`dsquant.ops.ste`). By default the gradient is the identity
   (``grad_x = grad_y``), clipped elements included: the scale comes from each group's own
   statistics, so the only clipped elements are the group's extremes (the positive peak, one step
   above the top code), and zeroing their gradient would freeze the largest weights.
@@ -34,18 +35,20 @@ Example:
 """
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
 from .core import checks, dtypes, formats, registry, rng
 from .core.grouping import Grouping, group_order
 from .interop.adapters import TORCH_OPS
-from .ops import _args, fake, integer
+from .ops import _args, fake, integer, ste
 
 _MASK64 = (1 << 64) - 1
 
 
-def _signed64(seed):
+def _signed64(seed: int | None) -> int | None:
     """A seed in [0, 2**64) as a torch int (int64, two's complement)."""
     if seed is None:
         return None
@@ -98,13 +101,16 @@ def _fake_setup(ctx, inputs, output):
         ctx.save_for_backward(x)
 
 
-def _fake_backward(ctx, grad):
+def _fake_backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None, None, None, None, None]:
     if ctx.mask_clipped:
         x, = ctx.saved_tensors
         grad = torch.where(in_range(x, ctx.grouping, ctx.bits, ctx.symmetric), grad, 0)
     return grad, None, None, None, None, None, None, None, None
 
 
+_fake_quantize_op = torch.library.custom_op("dsquant::fake_quantize", mutates_args=(),
+                                            device_types=("cpu", "cuda"))(_fake_quantize_impl)
+_fake_quantize_op.register_fake(_fake_quantize_fake)
 _fake_quantize_op.register_autograd(_fake_backward, setup_context=_fake_setup)
 
 
@@ -134,21 +140,8 @@ def in_range(x: Tensor, grouping: Grouping | int, bits: int, symmetric: bool) ->
     group statistics and scale are docs/numerics.md's (float32 arithmetic, float64 for float64).
     `grouping`: a Grouping of `x`, or a group count."""
     g = grouping if isinstance(grouping, Grouping) else _resolve(x.shape, grouping, [], None)
-    compute = torch.float64 if x.dtype == torch.float64 else torch.float32
-    v = _in_group_order(x.detach(), g).to(compute)
-    finite = torch.isfinite(v)
-    if symmetric:
-        absmax = torch.where(finite, v.abs(), 0).amax(dim=1, keepdim=True)
-        scale = (2.0 ** (bits - 1) / (absmax.double() + 5e-6)).to(compute)   # = 2^b / (2 absmax + 1e-5)
-        scaled, lo, hi = v * scale, -2 ** (bits - 1), 2 ** (bits - 1) - 1
-    else:
-        mx = torch.where(finite, v, -torch.inf).amax(dim=1, keepdim=True)
-        mn = torch.where(finite, v, torch.inf).amin(dim=1, keepdim=True)
-        empty = ~finite.any(dim=1, keepdim=True)           # no finite element: as an all-zero group
-        mx, mn = torch.where(empty, 0, mx), torch.where(empty, 0, mn)
-        step = ((mx.double() - mn.double() + 1e-5) / 2.0 ** bits).to(compute)
-        scaled, lo, hi = (v - mn) * (1 / step), 0, 2 ** bits - 1
-    keep = ((scaled >= lo - 0.5) & (scaled <= hi + 0.5)) | ~finite
+    rows = _in_group_order(x.detach(), g)                 # the mask's math: dsquant.ops.ste, one definition
+    keep = ste.in_range(torch, rows, max(g.groups, 1), bits, symmetric)
     return _from_group_order(keep, x, g)
 
 
@@ -166,14 +159,17 @@ def fake_quantize(x: Tensor, groups: int | None = None, bits: int = 8, *, block_
 
 
 # ------------------------------------------------------------------------------ ds_quantizer
-@torch.library.custom_op("dsquant::ds_quantizer", mutates_args=("input",), device_types=("cpu", "cuda"))
-def _ds_quantizer_op(input: Tensor, groups: int, bit_num: int, sr: bool, asym: bool) -> None:  # noqa: A002
+def _ds_quantizer_impl(input: Tensor, groups: int, bit_num: int, sr: bool, asym: bool) -> None:  # noqa: A002
     fake.fake_quantize_in_place(input, groups, bit_num, sr, asym)
 
 
-@_ds_quantizer_op.register_fake
-def _(input, groups, bit_num, sr, asym):  # noqa: A002
+def _ds_quantizer_fake(input: Tensor, groups: int, bit_num: int, sr: bool, asym: bool) -> None:  # noqa: A002
     _check_fake_args(input, groups)
+
+
+_ds_quantizer_op = torch.library.custom_op("dsquant::ds_quantizer", mutates_args=("input",),
+                                           device_types=("cpu", "cuda"))(_ds_quantizer_impl)
+_ds_quantizer_op.register_fake(_ds_quantizer_fake)
 
 
 def ds_quantizer(input: Tensor, groups: int = 1, bit_num: int = 8, sr: bool = False, asym: bool = False) -> Tensor:  # noqa: A002

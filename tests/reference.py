@@ -162,6 +162,30 @@ def _fake_quantize(x, groups, bits, symmetric, stochastic, seed, offset, saturat
     return out.reshape(x.shape)
 
 
+# --------------------------------------------------------------------------- the STE's mask
+def ste_mask(x: np.ndarray, groups: int, bits: int, symmetric: bool) -> np.ndarray:
+    """mask_clipped's definition (dsquant/ops/ste.py: the torch and JAX gradients), from the
+    contract's formulas (docs/numerics.md): 1 where the scaled value v is within half a step of the
+    code range or x is not finite."""
+    ct = np.float64 if x.dtype == np.float64 else np.float32
+    xf = x.reshape(groups, -1).astype(ct)
+    finite = np.isfinite(xf)
+    with np.errstate(invalid="ignore", over="ignore"):
+        if symmetric:
+            absmax = np.abs(np.where(finite, xf, 0)).max(axis=1, keepdims=True).astype(np.float64)
+            s = (2.0 ** bits / (2.0 * absmax + 1e-5)).astype(ct)
+            v, lo, hi = (xf * s).astype(ct), -2 ** (bits - 1), 2 ** (bits - 1) - 1
+        else:
+            has = finite.any(axis=1, keepdims=True)
+            mx = np.where(has, np.where(finite, xf, -np.inf).max(axis=1, keepdims=True), 0).astype(np.float64)
+            mn = np.where(has, np.where(finite, xf, np.inf).min(axis=1, keepdims=True), 0).astype(np.float64)
+            step = ((mx - mn + 1e-5) / 2.0 ** bits).astype(ct)
+            r = (ct(1) / step).astype(ct)
+            v, lo, hi = ((xf - mn.astype(ct)).astype(ct) * r).astype(ct), 0, 2 ** bits - 1
+        keep = ((v >= lo - 0.5) & (v <= hi + 0.5)) | ~finite
+    return keep.reshape(x.shape)
+
+
 def same_bits(a: np.ndarray, b: np.ndarray) -> bool:
     a, b = np.ascontiguousarray(a), np.ascontiguousarray(b)
     return a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()

@@ -8,7 +8,7 @@ import pytest
 MODULES = ["dsquant.ops.fake", "dsquant.ops.fp",
            "dsquant.ops.integer", "dsquant.ops.zeropp", "dsquant._info", "dsquant.compat.deepspeed",
            "dsquant.compat.deepspeed_fp", "dsquant.ops.fp_ds",
-           "dsquant.torch",
+           "dsquant.torch", "dsquant.jax",
            "dsquant.bench.integer", "dsquant.bench.zeropp", "dsquant.bench.fp", "dsquant.checkpoint.files"]
 
 

@@ -15,8 +15,9 @@ from typing import Any
 # The module that registers each device's implementations when imported.
 # "torch.library": dsquant's torch custom ops, which record calls in torch's graphs (autograd,
 # torch.compile) and run the "cpu"/"cuda" implementations; imported for torch tensors that need them.
+# "jax.ffi": dsquant's XLA FFI calls (jax.jit, jax.grad, jax.vmap; eager JAX arrays on the CPU too).
 BACKENDS = {"cpu": "dsquant.backends.cpu.host", "cuda": "dsquant.backends.cuda.device",
-            "torch.library": "dsquant.torch"}
+            "torch.library": "dsquant.torch", "jax.ffi": "dsquant.jax"}
 
 _TABLE: dict[tuple[str, str], Callable[..., Any]] = {}
 

@@ -3,6 +3,7 @@ process group (gloo for CPU tensors, NCCL for CUDA tensors), torch tensors."""
 from __future__ import annotations
 
 import contextlib
+from typing import Any
 
 from ..core import checks
 from ..interop.operand import Operand
@@ -21,7 +22,7 @@ class TorchEngine:
             ``all_to_all_single`` for the tensors' device (gloo: CPU, NCCL: CUDA).
     """
 
-    def __init__(self, nodes: int, devices_per_node: int, group=None):
+    def __init__(self, nodes: int, devices_per_node: int, group: Any = None):
         import torch.distributed as dist
         self.nodes = checks.positive(nodes, "nodes")
         self.devices_per_node = dpn = checks.positive(devices_per_node, "devices_per_node")
@@ -33,7 +34,8 @@ class TorchEngine:
         ranks = dist.get_process_group_ranks(group) if group is not None else list(range(world))
         node, local = divmod(self.rank, dpn)
         self.device = None           # the tensors' device is whatever torch's collectives accept
-        self.intra = self.inter = None
+        self.intra: Any = None
+        self.inter: Any = None
         for m in range(self.nodes):    # every rank creates every sub-group, in the same order
             sub = dist.new_group([ranks[m * dpn + d] for d in range(dpn)])
             if m == node:
@@ -43,20 +45,20 @@ class TorchEngine:
             if d == local:
                 self.inter = sub
         self._dist = dist
-        self._zeros_device = "cpu"
+        self._zeros_device: Any = "cpu"
 
     @staticmethod
-    def native(a):
+    def native(a: Any) -> Any:
         """A torch view of an int8/float32 array returned by the ops."""
         import torch
         return a if isinstance(a, torch.Tensor) else torch.from_dlpack(a)
 
-    def zeros(self, numel: int):
+    def zeros(self, numel: int) -> Any:
         """A float32 zero buffer on the engine's device (LoCo error feedback)."""
         import torch
         return torch.zeros(numel, dtype=torch.float32, device=self._zeros_device)
 
-    def ordered(self, like: Operand):
+    def ordered(self, like: Operand) -> contextlib.nullcontext[None]:
         """Torch's collectives and the ops (on torch tensors) queue on torch's current stream;
         the LoCo buffers go where the tensors are."""
         import torch
@@ -65,7 +67,7 @@ class TorchEngine:
         self._zeros_device = like.obj.device
         return contextlib.nullcontext()
 
-    def alltoall(self, sub, send):
+    def alltoall(self, sub: Any, send: Any) -> Any:
         """Equal-chunk all-to-all of a contiguous tensor over sub-group `sub`."""
         import torch
         recv = torch.empty_like(send)

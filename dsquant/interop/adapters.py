@@ -227,6 +227,7 @@ class JaxAdapter(Adapter):
     roots = ("jax", "jaxlib")
     bfloat16_as_bits = False
     hold_until_done = True   # a temporary's buffer goes back to XLA when its last reference drops
+    _cpu_only: bool | None = None
 
     def immutable(self, obj: Any) -> bool:
         return True
@@ -270,6 +271,20 @@ class JaxAdapter(Adapter):
     def shared_view(self, values: Any) -> Any:
         return None                          # JAX arrays are immutable
 
+    def graph_device(self, obj: Any, autograd: bool = True, in_place: bool = False) -> str | None:
+        # XLA FFI calls (dsquant/jax.py): every traced value (jit, grad, vmap), and concrete arrays
+        # on the CPU too (a cached jitted call costs less than a DLPack round trip); GPU arrays
+        # outside a trace take the CUDA backend through DLPack
+        jax = sys.modules["jax"]
+        if in_place or isinstance(obj, jax.core.Tracer):
+            return JAX_FFI
+        if self._cpu_only is None:           # JAX has no accelerator: every array is on the CPU
+            self._cpu_only = jax.default_backend() == "cpu"
+        return JAX_FFI if self._cpu_only or all(d.platform == "cpu" for d in obj.devices()) else None
+
+
+JAX_FFI = "jax.ffi"             # the registry device of dsquant's XLA FFI calls
+
 
 class CupyAdapter(Adapter):
     name = "cupy"
@@ -307,9 +322,14 @@ def host_adapter(obj: Any) -> Adapter | None:
 
 def graph_device(obj: Any, autograd: bool = True, in_place: bool = False) -> str | None:
     """The registry device of the framework op that must record a call on `obj` (see
-    Adapter.graph_device), or None. Only torch has such ops; written so that torch.compile can
+    Adapter.graph_device), or None. torch and JAX have such ops; written so that torch.compile can
     trace it (no string operations on type names)."""
-    torch = sys.modules.get("torch")
-    if torch is None or not isinstance(obj, torch.Tensor):
+    if type(obj) is np.ndarray:              # the common case first: NumPy arrays have no graph
         return None
-    return TORCH.graph_device(obj, autograd, in_place)
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(obj, torch.Tensor):
+        return TORCH.graph_device(obj, autograd, in_place)
+    jax = sys.modules.get("jax")
+    if jax is not None and isinstance(obj, jax.Array):
+        return JAX.graph_device(obj, autograd, in_place)
+    return None

@@ -115,3 +115,29 @@ def blocked_copy(uintptr_t src, src_strides, uintptr_t dst, dst_strides, shape, 
         sh[i] = shape[i]
     with nogil:
         c_blocked_copy(<const char*>src, ss, <char*>dst, ds, sh, ndim, itemsize, threads)
+
+
+cdef extern from "xla_ffi.hpp" namespace "dsq_xla":
+    ctypedef struct XLA_FFI_CallFrame:
+        pass
+    ctypedef void* (*XlaHandler)(XLA_FFI_CallFrame*)
+    void* xla_fake_quantize "dsq_xla::fake_quantize"(XLA_FFI_CallFrame*)
+    void* xla_quantize "dsq_xla::quantize"(XLA_FFI_CallFrame*)
+    void* xla_dequantize "dsq_xla::dequantize"(XLA_FFI_CallFrame*)
+    void* xla_gpu_refusal "dsq_xla::gpu_refusal"(XLA_FFI_CallFrame*)
+
+from cpython.pycapsule cimport PyCapsule_New
+
+
+def xla_handlers():
+    """{XLA FFI target name: PyCapsule of its handler} for ``jax.ffi.register_ffi_target``
+    (api_version=1, platform "cpu"); xla_ffi.hpp says what each takes."""
+    return {"dsquant_fake_quantize": PyCapsule_New(<void*>xla_fake_quantize, NULL, NULL),
+            "dsquant_quantize": PyCapsule_New(<void*>xla_quantize, NULL, NULL),
+            "dsquant_dequantize": PyCapsule_New(<void*>xla_dequantize, NULL, NULL)}
+
+
+def xla_gpu_refusals():
+    """The same targets for the CUDA platform: a handler that fails with a clear message (dsquant
+    has no XLA GPU handler yet)."""
+    return {name: PyCapsule_New(<void*>xla_gpu_refusal, NULL, NULL) for name in xla_handlers()}

@@ -64,6 +64,21 @@ def cpu_isa() -> str:
     return _cpu.isa()
 
 
+@registry.implements("xla_handlers", "cpu")
+def xla_handlers() -> dict[str, object]:
+    """{XLA FFI target: PyCapsule}: the CPU kernels as XLA FFI handlers (xla_ffi.hpp), which
+    dsquant/jax.py registers with jax.ffi.register_ffi_target."""
+    handlers: dict[str, object] = _cpu.xla_handlers()
+    return handlers
+
+
+@registry.implements("xla_gpu_refusals", "cpu")
+def xla_gpu_refusals() -> dict[str, object]:
+    """{XLA FFI target: PyCapsule} for the CUDA platform: a handler that raises a clear error."""
+    handlers: dict[str, object] = _cpu.xla_gpu_refusals()
+    return handlers
+
+
 def _run_fake(src_ptr, dst_ptr, t: _array.Tensor, groups, bits, symmetric, stochastic, seed, offset):
     sig.FAKE_QUANTIZE(t.dtype, in_=src_ptr, out=dst_ptr, n=t.numel, groups=groups, bits=bits, symmetric=symmetric,
                       stochastic=stochastic, seed=seed, offset=offset, threads=num_threads())
