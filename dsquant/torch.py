@@ -35,8 +35,6 @@ Example:
 """
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import Tensor
 
@@ -48,7 +46,7 @@ from .ops import _args, fake, integer, ste
 _MASK64 = (1 << 64) - 1
 
 
-def _signed64(seed: int | None) -> int | None:
+def _signed64(seed):
     """A seed in [0, 2**64) as a torch int (int64, two's complement)."""
     if seed is None:
         return None
@@ -101,16 +99,13 @@ def _fake_setup(ctx, inputs, output):
         ctx.save_for_backward(x)
 
 
-def _fake_backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None, None, None, None, None]:
+def _fake_backward(ctx, grad):
     if ctx.mask_clipped:
         x, = ctx.saved_tensors
         grad = torch.where(in_range(x, ctx.grouping, ctx.bits, ctx.symmetric), grad, 0)
     return grad, None, None, None, None, None, None, None, None
 
 
-_fake_quantize_op = torch.library.custom_op("dsquant::fake_quantize", mutates_args=(),
-                                            device_types=("cpu", "cuda"))(_fake_quantize_impl)
-_fake_quantize_op.register_fake(_fake_quantize_fake)
 _fake_quantize_op.register_autograd(_fake_backward, setup_context=_fake_setup)
 
 
@@ -159,17 +154,14 @@ def fake_quantize(x: Tensor, groups: int | None = None, bits: int = 8, *, block_
 
 
 # ------------------------------------------------------------------------------ ds_quantizer
-def _ds_quantizer_impl(input: Tensor, groups: int, bit_num: int, sr: bool, asym: bool) -> None:  # noqa: A002
+@torch.library.custom_op("dsquant::ds_quantizer", mutates_args=("input",), device_types=("cpu", "cuda"))
+def _ds_quantizer_op(input: Tensor, groups: int, bit_num: int, sr: bool, asym: bool) -> None:  # noqa: A002
     fake.fake_quantize_in_place(input, groups, bit_num, sr, asym)
 
 
-def _ds_quantizer_fake(input: Tensor, groups: int, bit_num: int, sr: bool, asym: bool) -> None:  # noqa: A002
+@_ds_quantizer_op.register_fake
+def _(input, groups, bit_num, sr, asym):  # noqa: A002
     _check_fake_args(input, groups)
-
-
-_ds_quantizer_op = torch.library.custom_op("dsquant::ds_quantizer", mutates_args=("input",),
-                                           device_types=("cpu", "cuda"))(_ds_quantizer_impl)
-_ds_quantizer_op.register_fake(_ds_quantizer_fake)
 
 
 def ds_quantizer(input: Tensor, groups: int = 1, bit_num: int = 8, sr: bool = False, asym: bool = False) -> Tensor:  # noqa: A002

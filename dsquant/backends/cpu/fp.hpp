@@ -47,7 +47,7 @@ struct FpKernels {
 #include "isa.inc"
 
 inline const FpKernels& fp_for_this_cpu() {
-  static const PerIsa<FpKernels> k = for_each_isa<FpKernels>(&base::fp_kernels, DSQ_CPU_AVX2_TABLE(fp_kernels));
+  static const PerIsa<FpKernels> k = for_each_isa<FpKernels>(DSQ_CPU_TABLES(fp_kernels));
   return k.get();
 }
 
