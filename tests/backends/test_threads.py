@@ -115,3 +115,43 @@ def test_environment_chooses_the_tier(env, used):
     assert proc.returncode == 0, proc.stderr
     got, best = proc.stdout.split()
     assert got == (best if used == "best" else used)
+
+
+def _conversion_outputs() -> bytes:
+    """Every float16 and bfloat16 bit pattern (subnormals, Inf, every NaN payload) through the
+    tile conversions: as fake_quantize input and as a LoCo error buffer (loaded, updated, stored);
+    and float32 values around float16's subnormal range and rounding ties stored as float16."""
+    import ml_dtypes
+
+    import dsquant
+    every = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16)
+    rng = np.random.default_rng(0)
+    near_subnormal = rng.integers(0x33000000, 0x38900000, 60000, dtype=np.uint32)
+    ties = (rng.integers(0, 1 << 19, 4000, dtype=np.uint32) << 13) | 0x1000 | 0x33000000   # half-way below
+    outs = []
+    for dtype in (np.float16, ml_dtypes.bfloat16):
+        x = every.view(dtype)
+        outs += [dsquant.fake_quantize(x, 1024, 8), dsquant.fake_quantize(x, 1024, 8, symmetric=False)]
+        err = every.copy().view(dtype)
+        outs += [*dsquant.loco_swizzle_quantize(np.zeros(1 << 16, dtype), err, 0.5, 64, 8), err]
+    v = np.concatenate([near_subnormal, ties]).view(np.float32)
+    err16 = np.zeros(v.size, np.float16)
+    outs += [*dsquant.loco_swizzle_quantize(v, err16, 0.0, 64, 8), err16]
+    q, p = dsquant.quantize(v, 500, 8)
+    outs.append(dsquant.dequantize(q, p, 8, dtype="float16"))
+    return b"".join(np.ascontiguousarray(o).tobytes() for o in outs)
+
+
+def test_every_tier_converts_16_bit_formats_alike():
+    """The F16C / AVX-512F float16 conversions and the bfloat16 code of the vector tiers give the
+    shared scalar conversions' bits (the baseline tier) on every pattern: round to nearest even,
+    subnormals kept (no DAZ/FTZ), NaN payloads kept."""
+    from dsquant.backends.cpu import _cpu
+    outputs = {}
+    try:
+        for isa in _cpu.isas():
+            _cpu.set_isa(isa)
+            outputs[isa] = _conversion_outputs()
+    finally:
+        _cpu.set_isa("best")
+    assert len(set(outputs.values())) == 1, f"the {' and '.join(outputs)} loops differ"

@@ -1,5 +1,5 @@
 // CPU kernels of the ZeRO++ communication ops (swizzle_quantize, quantized_reduction and their
-// LoCo variants): argument structs, the twice-compiled loops of zeropp.inc, dispatch tables.
+// LoCo variants): argument structs, the per-tier loops of zeropp.inc, dispatch tables.
 #pragma once
 #include "kernels.hpp"
 
