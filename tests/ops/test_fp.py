@@ -362,3 +362,21 @@ def test_as_float8():
                           dsquant.fp_dequantize(codes, scales, "e4m3"))
     with pytest.raises(ValueError, match="FP8"):
         dsquant.fp_quantize(x, 32, "e2m1", as_float8=True)
+
+
+# inductor itself uses torch.jit.script_method, which warns in torch 2.13 (not dsquant's code)
+@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
+def test_torch_straight_through_gradient():
+    torch = require("torch")
+    x = helpers.sample("float32", (4, 32), seed=13)
+    w = torch.tensor(x, requires_grad=True)
+    y = dsquant.fake_fp_quantize(w, 32, "e2m1", scaling="mx")
+    assert y.requires_grad
+    helpers.check_exact(y.detach().numpy(), rf.fake_fp_quantize(x, 32, "e2m1", scaling="mx"))
+    (y * torch.arange(128.0).reshape(4, 32)).sum().backward()
+    assert torch.equal(w.grad, torch.arange(128.0).reshape(4, 32))
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda t: dsquant.fake_fp_quantize(t, 16, "e4m3", stochastic=True, seed=3),
+                             fullgraph=True, backend="inductor")
+    helpers.check_exact(compiled(torch.from_numpy(x)).numpy(),
+                        rf.fake_fp_quantize(x, 16, "e4m3", stochastic=True, seed=3))
