@@ -103,28 +103,27 @@ template <class C> struct DsFpParams {
   float scale;
 };
 
-// inv = C(q_range / absmax), pre = 1 (DeepSpeed's formula). Where that quotient overflows (absmax
-// below q_range / max: float32 subnormal groups, float64 groups below ~1e-306), x and absmax are
-// first scaled by 2^64 (exactly), so v is still x / (absmax / q_range) rounded, not x·max.
+// inv = C(q_range / absmax), pre = 1 (DeepSpeed's formula). Where that quotient could overflow
+// (absmax below q_range·2^-127: float32 subnormal-size groups; float64 below ~1e-306), x and
+// absmax are first scaled by 2^64 (exactly), so v is still x / (absmax / q_range) rounded, not x·max.
 // scale = f32(absmax / q_range) in one rounding (the double quotient of two floats rounds to the
 // correctly rounded float; a float64 group beyond float32's range saturates at float32's largest
 // value, one below its smallest subnormal stores 0). A group without a nonzero finite element:
 // inv = 1, scale = 0.
+template <class C> DSQ_HD C half_min_normal();   // 2^-127 (float), 2^-1023 (double): exact
+template <> DSQ_HD float half_min_normal<float>() { return 5.877471754111437539843683e-39f; }
+template <> DSQ_HD double half_min_normal<double>() { return 1.112536929253600691545116e-308; }
+
 template <class C> DSQ_HD DsFpParams<C> ds_fp_params(C absmax, const DsFp& f) {
   DsFpParams<C> p;
   const C range = (C)ds_fp_max(f);
-  p.pre = (C)1;
-  if (absmax == (C)0) {
-    p.inv = (C)1;
-    p.scale = 0.0f;
-    return p;
-  }
-  p.inv = range / absmax;
-  if (p.inv > max_finite<C>()) {
-    p.pre = (C)18446744073709551616.0;   // 2^64
-    p.inv = range / (absmax * p.pre);
-  }
-  p.scale = to_float_saturated((double)absmax / (double)range);
+  // absmax >= range·2^-127 (2^-1023) keeps range / absmax below 2^127 (2^1023): no overflow.
+  // Below that, pre-scaling by 2^64 is exact and gives the same v wherever both are finite, so
+  // the test needs no division (one division per group: the device's is a call).
+  const bool tiny = absmax < range * half_min_normal<C>();
+  p.pre = tiny ? (C)18446744073709551616.0 : (C)1;   // 2^64
+  p.inv = absmax == (C)0 ? (C)1 : range / (absmax * p.pre);
+  p.scale = absmax == (C)0 ? 0.0f : to_float_saturated((double)absmax / (double)range);
   return p;
 }
 

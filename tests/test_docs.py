@@ -19,7 +19,8 @@ def test_docstring_examples(name):
     assert result.failed == 0
 
 
-DOCS = ["api.md", "format.md", "fp.md", "deepspeed_fp.md", "grouping.md"]   # pages whose >>> examples are exact (quickstart's are illustrative)
+# pages whose >>> examples are exact (quickstart's are illustrative)
+DOCS = ["api.md", "format.md", "fp.md", "deepspeed_fp.md", "grouping.md"]
 
 
 @pytest.mark.parametrize("name", DOCS)

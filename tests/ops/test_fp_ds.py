@@ -112,8 +112,9 @@ def test_round_trip_of_records(backend):
         np.testing.assert_array_equal(backend.get(r1), backend.get(r2))
 
 
-@pytest.mark.parametrize("dtype,absmax", [(np.float32, 1e-39), (np.float32, 3e-37), (np.float64, 1e-310),
-                                          (np.float64, 1e300), (ml_dtypes.bfloat16, 1e-39)])
+@pytest.mark.parametrize("dtype,absmax", [(np.float32, 1e-39), (np.float32, 3e-37),
+                                          (np.float32, 2.2e-36),    # pre-scaled though q_range/absmax is finite
+                                          (np.float64, 1e-310), (np.float64, 1e300), (ml_dtypes.bfloat16, 1e-39)])
 def test_groups_near_the_ends_of_the_range(backend, dtype, absmax):
     """Groups so small that q_range / absmax overflows (x is pre-scaled by 2^64), and float64
     groups beyond float32's range (the stored scale saturates)."""
