@@ -20,6 +20,7 @@ from safetensors.numpy import load_file, save_file
 import dsquant
 import reference as ref
 import reference_int as ref_int
+from _optional import require
 from dsquant.checkpoint import Policy, dequantize_file, quantize_file
 from dsquant.checkpoint.demo import demo_tensors
 from helpers import check_exact, sample
@@ -358,7 +359,7 @@ def test_torch_model_loads_a_quantized_checkpoint_within_the_bound(tmp_path):
     step of its block, step = absmax / 2**(b-1) (half a step by rounding, one at the clipped top),
     so elementwise |dy| <= |W2'| (S1 |x|) + S2 |h| with S the steps: the bound asserted here, with
     float32 rounding slack. It is derived from the float weights, not from the file."""
-    torch = pytest.importorskip("torch")
+    torch = require("torch")          # fails without torch, as the interop tests do (skips only under the GPU check)
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(256, 512), torch.nn.ReLU(), torch.nn.Linear(512, 64))
     state = {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
