@@ -20,6 +20,7 @@ from safetensors.numpy import load_file, save_file
 import dsquant
 import reference as ref
 import reference_int as ref_int
+from _optional import require
 from dsquant.checkpoint import Policy, dequantize_file, quantize_file
 from dsquant.checkpoint.demo import demo_tensors
 from helpers import check_exact, sample
@@ -45,8 +46,6 @@ def cli(*args, **kwargs):
 @pytest.mark.parametrize("shape, block", [((6, 256), 128), ((384,), 64), ((2, 3, 32), 32), ((4, 20), 10)],
                          ids=["6x256/128", "384/64", "2x3x32/32", "4x20/10"])
 def test_stored_codes_params_and_values_match_the_reference(tmp_path, dtype, bits, symmetric, shape, block):
-    if shape[-1] % ref_int.codes_per_byte(bits):
-        pytest.skip("the last dimension does not pack (kept as is: test_policy)")
     x = sample(dtype, shape, seed=bits + len(shape))
     path = tmp_path / "m.safetensors"
     [report] = dsquant.save_quantized(path, {"w": x}, bits=bits, block_size=block, symmetric=symmetric)
@@ -306,7 +305,7 @@ def test_streaming_memory_is_bounded_by_the_largest_tensor(tmp_path):
     print(f"peak RSS above the baseline: quantize {quantize_peak / 2**20:.1f} MiB, "
           f"dequantize {dequantize_peak / 2**20:.1f} MiB (largest tensor 8 MiB, file 128 MiB)")
     # measured: about 35 MiB (the tensor's mapped pages, its copy, the codes, the dequantized copy
-    # for the error); holding the file: over 128 MiB
+    # for the error) and 11-19 MiB; holding the file: over 128 MiB
     assert 0 < quantize_peak < 6 * largest
     assert 0 < dequantize_peak < 6 * largest
     back = load_file(str(tmp_path / "back.safetensors"))
@@ -358,7 +357,7 @@ def test_torch_model_loads_a_quantized_checkpoint_within_the_bound(tmp_path):
     step of its block, step = absmax / 2**(b-1) (half a step by rounding, one at the clipped top),
     so elementwise |dy| <= |W2'| (S1 |x|) + S2 |h| with S the steps: the bound asserted here, with
     float32 rounding slack. It is derived from the float weights, not from the file."""
-    torch = pytest.importorskip("torch")
+    torch = require("torch")          # fails without torch, as the interop tests do (skips only under the GPU check)
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(256, 512), torch.nn.ReLU(), torch.nn.Linear(512, 64))
     state = {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
