@@ -64,6 +64,10 @@ def test_subnormals_are_kept_under_jit(dtype):
         check_exact(np.asarray(params), exp_params)
         y = jax.jit(lambda c, p: dsquant.dequantize(c, p, 8, dtype=dtype))(q, params)
         check_exact(np.asarray(y).reshape(-1), refi.dequantize_ref(exp_q, exp_params, 8, dtype))
+        # the mask_clipped gradient's host callback runs on an XLA thread too
+        grad = jax.jit(jax.grad(lambda a, s=symmetric: dsj.fake_quantize(a, 16, 3, symmetric=s, mask_clipped=True)
+                                .astype(jnp.float32).sum()))(jnp.asarray(x))
+        check_exact(np.asarray(grad) == 1, ref.ste_mask(x, 16, 3, symmetric))
 
 
 def test_a_key_is_the_seed_it_holds():
