@@ -249,6 +249,8 @@ def test_errors_name_the_argument():
     x = jnp.ones(64)
     with pytest.raises(ValueError, match="needs seed="):
         fake_jit(x, 4, 4, stochastic=True)
+    with pytest.raises(ValueError, match="needs seed="):      # a concrete array closed over, under a trace
+        jax.jit(lambda: dsquant.fake_quantize(x, 4, 4, stochastic=True))()
     with pytest.raises(ValueError, match="stochastic=False"):
         jax.jit(lambda a, k: dsquant.fake_quantize(a, 4, 4, seed=k))(x, jax.random.key(0))
     with pytest.raises(TypeError, match="an integer scalar or one JAX PRNG key"):
