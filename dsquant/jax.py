@@ -67,6 +67,18 @@ def _register() -> None:
 
 _register()
 
+# Whether no JAX trace is active (a private function of jax, hence the fallback): a seedless
+# stochastic call on a concrete array closed over by a jitted function would otherwise draw its
+# random words once, at trace time, and bake them into the compiled function.
+try:
+    from jax._src.core import trace_state_clean as _trace_state_clean
+except ImportError:                   # a jax without it: only traced arguments are recognised
+    _trace_state_clean = None
+
+
+def _tracing(x: Any) -> bool:
+    return isinstance(x, jax.core.Tracer) or (_trace_state_clean is not None and not _trace_state_clean())
+
 
 def _threads() -> int:
     threads: int = registry.lookup("num_threads", "cpu")()
@@ -173,12 +185,12 @@ def _fake_quantize(x: Any, groups: int, bits: int, symmetric: bool, stochastic: 
     n = int(x.size)
     groups = checks.groups(groups, n)
     words: Any = None
-    if isinstance(seed, jax.Array):
+    if seed is not None and isinstance(seed, jax.Array):
         if not stochastic:
             raise ValueError("a seed is given but stochastic=False: a seed only affects stochastic rounding; "
                              "pass stochastic=True, or seed=None")
         words = _key_words(seed)
-    elif seed is None and stochastic and isinstance(x, jax.core.Tracer):
+    elif seed is None and stochastic and _tracing(x):
         raise ValueError("stochastic rounding under a JAX transformation (jit, grad, vmap) needs seed=: an int "
                          "or a jax.random key (a traced call runs once, so it cannot draw from dsquant's "
                          "global stream)")

@@ -64,6 +64,10 @@ def test_subnormals_are_kept_under_jit(dtype):
         check_exact(np.asarray(params), exp_params)
         y = jax.jit(lambda c, p: dsquant.dequantize(c, p, 8, dtype=dtype))(q, params)
         check_exact(np.asarray(y).reshape(-1), refi.dequantize_ref(exp_q, exp_params, 8, dtype))
+        # the mask_clipped gradient's host callback runs on an XLA thread too
+        grad = jax.jit(jax.grad(lambda a, s=symmetric: dsj.fake_quantize(a, 16, 3, symmetric=s, mask_clipped=True)
+                                .astype(jnp.float32).sum()))(jnp.asarray(x))
+        check_exact(np.asarray(grad) == 1, ref.ste_mask(x, 16, 3, symmetric))
 
 
 def test_a_key_is_the_seed_it_holds():
@@ -245,6 +249,8 @@ def test_errors_name_the_argument():
     x = jnp.ones(64)
     with pytest.raises(ValueError, match="needs seed="):
         fake_jit(x, 4, 4, stochastic=True)
+    with pytest.raises(ValueError, match="needs seed="):      # a concrete array closed over, under a trace
+        jax.jit(lambda: dsquant.fake_quantize(x, 4, 4, stochastic=True))()
     with pytest.raises(ValueError, match="stochastic=False"):
         jax.jit(lambda a, k: dsquant.fake_quantize(a, 4, 4, seed=k))(x, jax.random.key(0))
     with pytest.raises(TypeError, match="an integer scalar or one JAX PRNG key"):
