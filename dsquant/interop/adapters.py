@@ -173,6 +173,8 @@ class TorchAdapter(Adapter):
 
     def host_tensor(self, obj: Any) -> Any:
         torch = sys.modules["torch"]
+        if torch.compiler.is_compiling():    # first: torch.compile traces this (the custom op's path)
+            return None
         if not obj.is_cpu or obj.layout is not torch.strided or not obj.is_contiguous() or obj.is_neg():
             return None                      # (a negative view's memory holds the unnegated values)
         code = self.dtype_code(obj.dtype)
