@@ -49,6 +49,7 @@ from .core import checks, dtypes, formats, registry, rng
 from .core.grouping import Grouping
 from .interop.adapters import JAX_FFI
 from .ops import ste
+from .ops.quantized import QuantizedTensor
 
 # dtype objects, not names: a NumPy dtype's .name costs microseconds (eager calls are that cheap)
 _FLOATS = frozenset(jnp.dtype(name) for name in dtypes.NAMES)
@@ -66,6 +67,20 @@ def _register() -> None:
 
 
 _register()
+
+
+# quantize's result is a QuantizedTensor (a tuple that remembers bits, scheme, grouping, dtype): a
+# pytree node, so jitted and vmapped functions can return it (the codes and params are its leaves).
+def _flatten_quantized(r: QuantizedTensor[Any, Any]) -> tuple[tuple[Any, Any], tuple[Any, ...]]:
+    return (r.codes, r.params), (r.bits, r.symmetric, r.grouping, r.dtype)
+
+
+def _unflatten_quantized(aux: tuple[Any, ...], leaves: tuple[Any, Any]) -> QuantizedTensor[Any, Any]:
+    bits, symmetric, grouping, dtype = aux
+    return QuantizedTensor(leaves[0], leaves[1], bits, symmetric, grouping, dtype)
+
+
+jax.tree_util.register_pytree_node(QuantizedTensor, _flatten_quantized, _unflatten_quantized)
 
 # Whether no JAX trace is active (a private function of jax, hence the fallback): a seedless
 # stochastic call on a concrete array closed over by a jitted function would otherwise draw its

@@ -292,3 +292,39 @@ def test_the_documented_jitted_qat_step_runs():
     losses = namespace["losses"]
     assert losses[-1] < 0.5 * losses[0]
     assert namespace["train_step"]._cache_size() == 1                  # one compilation for every step
+
+
+# ------------------------------------------------------------------------------ groupings and the result type
+import reference_grouping as refg  # noqa: E402
+
+
+@SCHEMES
+def test_jit_quantize_returns_a_quantized_tensor_of_the_grouping(symmetric):
+    """quantize's QuantizedTensor is a pytree: a jitted function returns it with its bits, scheme and
+    grouping; dequantize(r) outside jit needs nothing else. block_size=64 on [8, 128] is contiguous."""
+    x = sample("float32", (8, 128), seed=3)
+    r = jax.jit(lambda a: dsquant.quantize(a, bits=4, block_size=64, symmetric=symmetric))(jnp.asarray(x))
+    assert isinstance(r, dsquant.QuantizedTensor) and (r.bits, r.symmetric, r.block_size) == (4, symmetric, (1, 64))
+    exp_q, exp_params = refg.quantize(x, (1, 64), 4, symmetric)
+    check_exact(np.asarray(r.codes).view(np.uint8), exp_q)
+    check_exact(np.asarray(r.params), exp_params)
+    check_exact(np.asarray(dsquant.dequantize(r)), refg.dequantize(exp_q, exp_params, x.shape, (1, 64), 4, "float32"))
+
+
+@pytest.mark.parametrize("kw, block", [({"axis": 1}, (16, 1)), ({"block_size": (4, 8)}, (4, 8))], ids=["axis1", "tile"])
+def test_jit_fake_quantize_of_a_strided_grouping_is_the_reference(kw, block):
+    """Strided groupings run in group order (a transpose inside the jitted function): the NumPy
+    path's bits, stochastic rounding included (the counter is the index in group order)."""
+    x = sample("float32", (16, 32), seed=4)
+    for stochastic, seed in ((False, None), (True, 9)):
+        y = jax.jit(lambda a: dsquant.fake_quantize(a, bits=4, stochastic=stochastic, seed=seed, **kw))(jnp.asarray(x))
+        expected = dsquant.fake_quantize(x, bits=4, stochastic=stochastic, seed=seed, **kw)   # the NumPy path
+        groups = int(np.prod([n // b for n, b in zip(x.shape, block)]))
+        check_exact(expected, refg.from_groups(ref.fake_quantize(refg.to_groups(x, block), groups, 4, True,
+                                                                 stochastic, seed or 0), x.shape, block))
+        check_exact(np.asarray(y), expected)
+
+
+def test_strided_quantize_of_a_jax_array_is_refused_clearly():
+    with pytest.raises(NotImplementedError, match="not contiguous runs"):
+        dsquant.quantize(jnp.zeros((16, 32), jnp.float32), axis=1)
