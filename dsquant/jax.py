@@ -288,7 +288,8 @@ def _to_group_order(x: Any, g: Grouping) -> Any:
 
 def _from_group_order(y: Any, g: Grouping) -> Any:
     split, perm = _split(g)
-    return jnp.transpose(jnp.reshape(y, [split[i] for i in perm]), np.argsort(perm)).reshape(g.shape)
+    inverse = [perm.index(i) for i in range(len(perm))]
+    return jnp.transpose(jnp.reshape(y, [split[i] for i in perm]), inverse).reshape(g.shape)
 
 
 def _contiguous(g: Grouping, op: str) -> int:

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from .. import fake_quantize, quantize
+from .cpu import median_seconds
 
 
 @dataclass(frozen=True)
@@ -39,16 +40,6 @@ def peer(name: str, op: str):
         PEERS.append(Peer(name, op, make))
         return make
     return register
-
-
-def median_seconds(fn: Callable[[], Any], reps: int) -> float:
-    fn()                      # warm-up: page faults, thread pools, lazy imports
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def numpy_fake_quantize(x: np.ndarray, groups: int, bits: int = 8) -> np.ndarray:

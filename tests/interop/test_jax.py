@@ -317,7 +317,8 @@ def test_jit_fake_quantize_of_a_strided_grouping_is_the_reference(kw, block):
     path's bits, stochastic rounding included (the counter is the index in group order)."""
     x = sample("float32", (16, 32), seed=4)
     for stochastic, seed in ((False, None), (True, 9)):
-        y = jax.jit(lambda a: dsquant.fake_quantize(a, bits=4, stochastic=stochastic, seed=seed, **kw))(jnp.asarray(x))
+        y = jax.jit(lambda a, st=stochastic, sd=seed: dsquant.fake_quantize(a, bits=4, stochastic=st, seed=sd, **kw))(
+            jnp.asarray(x))
         expected = dsquant.fake_quantize(x, bits=4, stochastic=stochastic, seed=seed, **kw)   # the NumPy path
         groups = int(np.prod([n // b for n, b in zip(x.shape, block)]))
         check_exact(expected, refg.from_groups(ref.fake_quantize(refg.to_groups(x, block), groups, 4, True,

@@ -80,20 +80,36 @@ def run(int index, int dtype, bytes args):
         e.run(dtype, packed)
 
 
-def strided_copy(uintptr_t src, src_strides, uintptr_t dst, dst_strides, shape, int itemsize, int threads):
-    """Copy between two layouts of the same shape (strides in elements)."""
+cdef int _layouts(src_strides, dst_strides, shape, int64_t* ss, int64_t* ds, int64_t* sh) except -1:
+    """Fills the C arrays of a copy's strides and shape (at most 32 dimensions); returns ndim."""
     cdef int ndim = len(shape)
     if ndim > 32:
         raise ValueError(f"arrays of more than 32 dimensions are not supported (got {ndim})")
-    cdef int64_t ss[32]
-    cdef int64_t ds[32]
-    cdef int64_t sh[32]
     for i in range(ndim):
         ss[i] = src_strides[i]
         ds[i] = dst_strides[i]
         sh[i] = shape[i]
+    return ndim
+
+
+def strided_copy(uintptr_t src, src_strides, uintptr_t dst, dst_strides, shape, int itemsize, int threads):
+    """Copy between two layouts of the same shape (strides in elements)."""
+    cdef int64_t ss[32]
+    cdef int64_t ds[32]
+    cdef int64_t sh[32]
+    cdef int ndim = _layouts(src_strides, dst_strides, shape, ss, ds, sh)
     with nogil:
         c_strided_copy(<const char*>src, ss, <char*>dst, ds, sh, ndim, itemsize, threads)
+
+
+def blocked_copy(uintptr_t src, src_strides, uintptr_t dst, dst_strides, shape, int itemsize, int threads):
+    """strided_copy through tiles of the two sides' fastest axes (regroup.hpp): for transposes."""
+    cdef int64_t ss[32]
+    cdef int64_t ds[32]
+    cdef int64_t sh[32]
+    cdef int ndim = _layouts(src_strides, dst_strides, shape, ss, ds, sh)
+    with nogil:
+        c_blocked_copy(<const char*>src, ss, <char*>dst, ds, sh, ndim, itemsize, threads)
 
 
 def getenv(bytes name):
@@ -101,20 +117,6 @@ def getenv(bytes name):
     a fraction of os.environ.get's cost, for the per-call thread count."""
     cdef const char* value = c_getenv(name)
     return None if value is NULL else <bytes>value
-def blocked_copy(uintptr_t src, src_strides, uintptr_t dst, dst_strides, shape, int itemsize, int threads):
-    """strided_copy through tiles of the two sides' fastest axes (regroup.hpp): for transposes."""
-    cdef int ndim = len(shape)
-    if ndim > 32:
-        raise ValueError(f"arrays of more than 32 dimensions are not supported (got {ndim})")
-    cdef int64_t ss[32]
-    cdef int64_t ds[32]
-    cdef int64_t sh[32]
-    for i in range(ndim):
-        ss[i] = src_strides[i]
-        ds[i] = dst_strides[i]
-        sh[i] = shape[i]
-    with nogil:
-        c_blocked_copy(<const char*>src, ss, <char*>dst, ds, sh, ndim, itemsize, threads)
 
 
 cdef extern from "xla_ffi.hpp" namespace "dsq_xla":
