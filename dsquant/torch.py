@@ -14,6 +14,8 @@ tensor under ``torch.compile``, :func:`dsquant.ds_quantizer` on any torch tensor
   ``v < lo - 1/2`` or ``v > hi + 1/2`` (PyTorch's ``fake_quantize_per_tensor_affine`` convention;
   ``lo, hi`` = ``-2**(bits-1), 2**(bits-1)-1`` symmetric, ``0, 2**bits-1`` asymmetric).
   Non-finite elements, returned unchanged, pass their gradient.
+* ``fake_fp_quantize``: the straight-through estimator with the identity gradient (non-finite
+  elements, returned unchanged, pass theirs too).
 * ``quantize`` / ``dequantize``: no gradient (integer codes).
 * ``ds_quantizer``: mutates its input (torch bumps the tensor's version counter, so a backward
   through a graph that saved the tensor raises, as for torch's own in-place ops); a leaf tensor
@@ -39,7 +41,7 @@ from torch import Tensor
 
 from .core import checks, dtypes, formats, registry, rng
 from .interop.adapters import TORCH_OPS
-from .ops import fake, integer
+from .ops import fake, fp, integer
 
 _MASK64 = (1 << 64) - 1
 
@@ -121,6 +123,38 @@ def fake_quantize(x: Tensor, groups: int = 1, bits: int = 8, *, symmetric: bool 
                              checks.bool_arg(mask_clipped, "mask_clipped"))
 
 
+# ------------------------------------------------------------------------------ fake_fp_quantize
+@torch.library.custom_op("dsquant::fake_fp_quantize", mutates_args=(), device_types=("cpu", "cuda"))
+def _fake_fp_quantize_op(x: Tensor, group_size: int, fmt: str, scaling: str, stochastic: bool, seed: int | None,
+                         saturate: bool, mx_rounding: str) -> Tensor:
+    return fp.fake_fp_quantize_array(x, group_size, fmt, scaling, stochastic,
+                                     None if seed is None else seed & _MASK64, saturate, mx_rounding)
+
+
+@_fake_fp_quantize_op.register_fake
+def _(x, group_size, fmt, scaling, stochastic, seed, saturate, mx_rounding):
+    if x.dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+        raise TypeError(f"x has dtype {x.dtype}; dsquant quantizes {', '.join(dtypes.NAMES)}")
+    return x.new_empty(x.shape)
+
+
+def _fake_fp_backward(ctx, grad):
+    return grad, None, None, None, None, None, None, None
+
+
+_fake_fp_quantize_op.register_autograd(_fake_fp_backward)
+
+
+def fake_fp_quantize(x: Tensor, group_size: int, fmt: str = "e4m3", *, scaling: str = "absmax",
+                     stochastic: bool = False, seed: int | None = None, saturate: bool = True,
+                     mx_rounding: str = "floor") -> Tensor:
+    """:func:`dsquant.fake_fp_quantize` as the torch op ``torch.ops.dsquant.fake_fp_quantize``, with
+    the identity (straight-through) gradient."""
+    return _fake_fp_quantize_op(x, checks.positive(group_size, "group_size"), fmt, scaling,
+                                checks.bool_arg(stochastic, "stochastic"), _signed64(seed),
+                                checks.bool_arg(saturate, "saturate"), mx_rounding)
+
+
 # ------------------------------------------------------------------------------ ds_quantizer
 @torch.library.custom_op("dsquant::ds_quantizer", mutates_args=("input",), device_types=("cpu", "cuda"))
 def _ds_quantizer_op(input: Tensor, groups: int, bit_num: int, sr: bool, asym: bool) -> None:  # noqa: A002
@@ -196,3 +230,9 @@ def _front_dequantize(q, params, bits, dtype):
 
 
 registry.implements("ds_quantizer", TORCH_OPS)(ds_quantizer)
+
+
+@registry.implements("fake_fp_quantize", TORCH_OPS)
+def _front_fake_fp_quantize(x, group_size, fmt, scaling, stochastic, seed, saturate, mx_rounding):
+    return fake_fp_quantize(x, group_size, fmt, scaling=scaling, stochastic=stochastic, seed=seed, saturate=saturate,
+                            mx_rounding=mx_rounding)

@@ -18,8 +18,6 @@ from .integer import timed_against_copy
 # (fmt, scaling, group size)
 CASES = (("e4m3", "absmax", 128), ("e5m2", "absmax", 128), ("e4m3", "mx", 32), ("e3m2", "absmax", 128),
          ("e2m1", "mx", 32), ("e2m1", "nvfp4", 16))
-ML_DTYPES = {"e4m3": "float8_e4m3fn", "e5m2": "float8_e5m2", "e3m2": "float6_e3m2fn", "e2m3": "float6_e2m3fn",
-             "e2m1": "float4_e2m1fn"}
 
 
 def _nbytes(a) -> int:
@@ -73,18 +71,19 @@ def peer_rows(x: np.ndarray, dtype: str, reps: int) -> list[dict]:
     rows = []
     if importlib.util.find_spec("ml_dtypes") is not None:
         import ml_dtypes
-        for fmt in ("e4m3", "e2m1"):
-            t = getattr(ml_dtypes, ML_DTYPES[fmt])
+        for fmt, t in (("e4m3", ml_dtypes.float8_e4m3fn), ("e2m1", ml_dtypes.float4_e2m1fn)):
             moved = x.nbytes + x.size           # one byte per element out
             seconds, copy = timed_against_copy(lambda: x.astype(t), moved, reps)
             rows.append(_row("ml_dtypes astype", dtype, fmt, "none", "-", "nearest", moved, seconds, copy))
-    if importlib.util.find_spec("torch") is not None:
+    try:
         import torch
-        tx = torch.from_numpy(x.view(np.uint16)).view(torch.bfloat16) if dtype == "bfloat16" else torch.from_numpy(x)
-        for fmt, t in (("e4m3", torch.float8_e4m3fn), ("e5m2", torch.float8_e5m2)):
-            moved = x.nbytes + x.size
-            seconds, copy = timed_against_copy(lambda: tx.to(t), moved, reps)
-            rows.append(_row("torch .to(float8)", dtype, fmt, "none", "-", "nearest", moved, seconds, copy))
+    except ImportError:
+        return rows
+    tx = torch.from_numpy(x.view(np.uint16)).view(torch.bfloat16) if dtype == "bfloat16" else torch.from_numpy(x)
+    for fmt, t in (("e4m3", torch.float8_e4m3fn), ("e5m2", torch.float8_e5m2)):
+        moved = x.nbytes + x.size
+        seconds, copy = timed_against_copy(lambda: tx.to(t), moved, reps)
+        rows.append(_row("torch .to(float8)", dtype, fmt, "none", "-", "nearest", moved, seconds, copy))
     return rows
 
 

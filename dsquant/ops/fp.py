@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..core import checks, dtypes, fp_formats, rng
+from ..core import checks, dtypes, fp_formats, registry, rng
 from ..interop import operand
-from ..interop.adapters import adapter_of
+from ..interop.adapters import adapter_of, graph_device
 from ._args import implementation, take, take_out, take_peer
 
 _CODE_DTYPES = ("uint8", "int8")
@@ -112,13 +112,27 @@ def fake_fp_quantize(x: Any, group_size: int, fmt: str = "e4m3", *, scaling: str
     """:func:`fp_quantize` then :func:`fp_dequantize` in one pass, in `x`'s dtype: the values a
     model sees when its tensors are stored in `fmt`. NaN and ±Inf elements come back unchanged.
 
-    Arguments as :func:`fp_quantize`; `out`: an array of `x`'s dtype and shape to write into.
+    Arguments as :func:`fp_quantize`; `out`: an array of `x`'s dtype and shape to write into. A
+    torch tensor that requires grad (with grad mode on), or any torch tensor under
+    ``torch.compile``, goes through the custom op ``torch.ops.dsquant.fake_fp_quantize`` (see
+    :mod:`dsquant.torch`), whose gradient is the identity (straight-through), as fake_quantize's.
 
     Examples:
         >>> import numpy as np, dsquant
         >>> dsquant.fake_fp_quantize(np.array([3.0, 1.1, -0.2, 0.0], np.float32), 4, "e2m1")
         array([ 3. ,  1. , -0.25,  0. ], dtype=float32)
     """
+    graph = graph_device(x) if out is None else None
+    if graph is not None:                          # torch autograd / torch.compile: the custom op
+        checks.positive(group_size, "group_size")  # before the framework op converts it (to int64)
+        return registry.lookup("fake_fp_quantize", graph)(x, group_size, fmt, scaling, stochastic, seed, saturate,
+                                                          mx_rounding)
+    return fake_fp_quantize_array(x, group_size, fmt, scaling, stochastic, seed, saturate, mx_rounding, out)
+
+
+def fake_fp_quantize_array(x: Any, group_size: int, fmt: str, scaling: str, stochastic: bool, seed: int | None,
+                           saturate: bool, mx_rounding: str, out: Any = None) -> Any:
+    """:func:`fake_fp_quantize` on the array itself (never through a framework op)."""
     f, scaling_code, rounding, stochastic, saturate, src, groups, seed, offset = _common(
         x, group_size, fmt, scaling, stochastic, seed, saturate, mx_rounding)
     fp_formats.code_shape(src.tensor.shape, f)     # the same shapes as fp_quantize accepts

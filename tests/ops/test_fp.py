@@ -22,6 +22,15 @@ LAYOUTS = {"S1": ((8, 4), 1), "S2": ((64,), 2), "S3": ((6, 8), 3), "S13": ((13, 
            "S1537": ((1537, 4), 1537), "S4100": ((2, 4100), 4100), "one": ((1000,), 1000),
            "huge": ((3, 40000), 40000)}
 SAT = {"sat": True, "nosat": False}
+# The kernel emulation runs about a microsecond per element and kernel: on "cuda-emulated" the
+# exhaustive inputs are subsampled and the random layouts are those that exercise the kernels'
+# indexing (groups inside byte runs, odd sizes, S > 1536); the large-group path (stats_chunks'
+# keys) has its own test. The CPU backends run everything.
+EMULATED_LAYOUTS = ("S1", "S3", "S13", "S1537")
+
+
+def emulated(backend):
+    return backend.name == "cuda-emulated"
 
 
 def same_bits(got, expected):
@@ -84,6 +93,8 @@ def test_every_16bit_input(backend, fmt, dtype, saturate):
     """All 65536 bit patterns: each paired with the format's max (so the group scale is 1 and
     the encoder sees the value itself where |v| <= max), and shuffled into groups of 128."""
     bits16 = np.arange(1 << 16, dtype=np.uint16)
+    if emulated(backend):
+        bits16 = bits16[np.random.default_rng(2).permutation(1 << 16)[:4096]]
     x = bits16.view(ref.DTYPES[dtype])
     m = np.array(rf.fmt_max(fmt), dtype=ref.DTYPES[dtype])
     if float(m) == rf.fmt_max(fmt):     # the max is exact in the input type
@@ -94,14 +105,26 @@ def test_every_16bit_input(backend, fmt, dtype, saturate):
 
 
 # --------------------------------------------------------------------------- random data
-@pytest.mark.parametrize("layout", LAYOUTS.values(), ids=LAYOUTS.keys())
+@pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("fmt", FMTS)
 def test_random_absmax(backend, fmt, dtype, layout):
-    shape, group_size = layout
+    if emulated(backend) and layout not in EMULATED_LAYOUTS:
+        pytest.skip(f"{layout} runs on the CPU backends; the emulated kernels run {', '.join(EMULATED_LAYOUTS)}")
+    shape, group_size = LAYOUTS[layout]
     x = helpers.sample(dtype, shape, seed=hash((fmt, dtype, group_size)) % 1000, specials=True)
     check_all(backend, x, group_size, fmt, saturate=True)
     check_all(backend, x, group_size, fmt, saturate=False)
+
+
+@pytest.mark.parametrize("fmt, dtype", [("e4m3", "float32"), ("e2m1", "bfloat16"), ("e3m2", "float64")])
+def test_large_groups(backend, fmt, dtype):
+    """Groups of 2^15 elements or more: chunked statistics (the CPU's two-pass path, the GPU's
+    stats_chunks keys), with MX and NVFP4 too."""
+    x = helpers.sample(dtype, (2, 40004), seed=21, specials=True)
+    check_all(backend, x, 40004, fmt)
+    if fmt == "e2m1":
+        check_all(backend, x, 40004, fmt, scaling="nvfp4")
 
 
 def boundary_values(fmt, dtype):
@@ -339,3 +362,21 @@ def test_as_float8():
                           dsquant.fp_dequantize(codes, scales, "e4m3"))
     with pytest.raises(ValueError, match="FP8"):
         dsquant.fp_quantize(x, 32, "e2m1", as_float8=True)
+
+
+# inductor itself uses torch.jit.script_method, which warns in torch 2.13 (not dsquant's code)
+@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
+def test_torch_straight_through_gradient():
+    torch = require("torch")
+    x = helpers.sample("float32", (4, 32), seed=13)
+    w = torch.tensor(x, requires_grad=True)
+    y = dsquant.fake_fp_quantize(w, 32, "e2m1", scaling="mx")
+    assert y.requires_grad
+    helpers.check_exact(y.detach().numpy(), rf.fake_fp_quantize(x, 32, "e2m1", scaling="mx"))
+    (y * torch.arange(128.0).reshape(4, 32)).sum().backward()
+    assert torch.equal(w.grad, torch.arange(128.0).reshape(4, 32))
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda t: dsquant.fake_fp_quantize(t, 16, "e4m3", stochastic=True, seed=3),
+                             fullgraph=True, backend="inductor")
+    helpers.check_exact(compiled(torch.from_numpy(x)).numpy(),
+                        rf.fake_fp_quantize(x, 16, "e4m3", stochastic=True, seed=3))
