@@ -87,6 +87,8 @@ def quantize_records(x: Any, group_size: int, q_bits: int = 8, mantissa: int | N
     seed, offset = rng.resolve(seed, n, stochastic)
     dst = None
     codes_shape = None
+    if split and out is not None:
+        raise ValueError("out= writes whole records; split=True returns new (codes, scales) arrays: pass one of them")
     if split:
         codes_shape = src.tensor.shape if fmt.q_bits == 8 else (fp_ds.code_bytes(n, fmt.q_bits),)
     elif out is not None:

@@ -227,6 +227,8 @@ def test_errors():
         dequantize(np.zeros(13, np.uint8), 8, 8)
     with pytest.raises(ValueError, match="seed"):
         quantize(x, 8, seed=3)
+    with pytest.raises(ValueError, match="split=True"):
+        quantize(x, 8, split=True, out=np.zeros((3, 12), np.uint8))
 
 
 # ------------------------------------------------------------------------------ the default mode: OCP codes
