@@ -16,25 +16,14 @@ import datetime
 import json
 import os
 import platform
-import statistics
-import time
 from collections.abc import Callable
 
 import numpy as np
 
 from .. import fake_quantize, info
+from .timing import median_seconds
 
 GROUP_SIZES = {"128": 128, "4096": 4096, "all": None}
-
-
-def median_seconds(fn, reps: int) -> float:
-    fn()   # warm-up: page faults, thread pool start
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def numpy_fake_quantize(x: np.ndarray, groups: int, bits: int, stochastic: bool, rng) -> np.ndarray:

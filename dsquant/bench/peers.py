@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from .. import fake_quantize, quantize
-from .cpu import median_seconds
+from .timing import median_seconds
 
 
 @dataclass(frozen=True)
