@@ -59,11 +59,20 @@ _MASK32 = (1 << 32) - 1
 _VMAP = "broadcast_all"       # see the module docstring; xla_ffi.hpp reads the batch from the shapes
 
 
+# XLA's FFI from Python: jax.ffi (jax >= 0.5), jax.extend.ffi before (the same functions: 0.4.38 has
+# ffi_call with vmap_method and register_ffi_target)
+try:
+    _ffi: Any = jax.ffi
+except AttributeError:
+    import jax.extend.ffi
+    _ffi = jax.extend.ffi
+
+
 def _register() -> None:
     for name, capsule in registry.lookup("xla_handlers", "cpu")().items():
-        jax.ffi.register_ffi_target(name, capsule, platform="cpu", api_version=1)
+        _ffi.register_ffi_target(name, capsule, platform="cpu", api_version=1)
     for name, capsule in registry.lookup("xla_gpu_refusals", "cpu")().items():
-        jax.ffi.register_ffi_target(name, capsule, platform="CUDA", api_version=1)
+        _ffi.register_ffi_target(name, capsule, platform="CUDA", api_version=1)
 
 
 _register()
@@ -113,7 +122,7 @@ class _Fake(NamedTuple):
 
 
 def _fake_call(x: Any, words: Any, cfg: _Fake) -> Any:
-    return jax.ffi.ffi_call("dsquant_fake_quantize", jax.ShapeDtypeStruct(x.shape, x.dtype), vmap_method=_VMAP)(
+    return _ffi.ffi_call("dsquant_fake_quantize", jax.ShapeDtypeStruct(x.shape, x.dtype), vmap_method=_VMAP)(
         x, words, groups=np.int64(cfg.groups), numel=np.int64(cfg.numel), bits=np.int64(cfg.bits),
         symmetric=np.int64(cfg.symmetric), stochastic=np.int64(cfg.stochastic), threads=np.int64(cfg.threads))
 
@@ -223,7 +232,7 @@ def _jitted_quantize(groups: int, bits: int, symmetric: bool, threads: int) -> C
     def run(x: Any) -> Any:
         q = jax.ShapeDtypeStruct(formats.code_shape(tuple(x.shape), bits), jnp.int8)
         params = jax.ShapeDtypeStruct(formats.params_shape(groups, symmetric), jnp.float32)
-        return tuple(jax.ffi.ffi_call("dsquant_quantize", (q, params), vmap_method=_VMAP)(
+        return tuple(_ffi.ffi_call("dsquant_quantize", (q, params), vmap_method=_VMAP)(
             jax.lax.stop_gradient(x), bits=np.int64(bits), threads=np.int64(threads)))
     jitted: Callable[[Any], Any] = jax.jit(run)
     return jitted
@@ -244,7 +253,7 @@ def quantize(x: Any, groups: int = 1, bits: int = 8, *, symmetric: bool = True) 
 def _jitted_dequantize(bits: int, dtype: str, threads: int) -> Callable[[Any, Any], Any]:
     def run(q: Any, params: Any) -> Any:
         y = jax.ShapeDtypeStruct(formats.value_shape(tuple(q.shape), bits), jnp.dtype(dtype))
-        return jax.ffi.ffi_call("dsquant_dequantize", y, vmap_method=_VMAP)(
+        return _ffi.ffi_call("dsquant_dequantize", y, vmap_method=_VMAP)(
             q, jax.lax.stop_gradient(params), bits=np.int64(bits), threads=np.int64(threads))
     jitted: Callable[[Any, Any], Any] = jax.jit(run)
     return jitted

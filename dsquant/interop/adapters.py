@@ -9,6 +9,7 @@ and how a result becomes an array of the framework again (``from_dlpack``).
 """
 from __future__ import annotations
 
+import re
 import sys
 from typing import Any
 
@@ -230,6 +231,7 @@ class JaxAdapter(Adapter):
     bfloat16_as_bits = False
     hold_until_done = True   # a temporary's buffer goes back to XLA when its last reference drops
     _cpu_only: bool | None = None
+    _ffi_ok: bool | None = None          # whether this jax runs dsquant's XLA FFI handlers (JAX_FFI_MIN)
 
     def immutable(self, obj: Any) -> bool:
         return True
@@ -278,6 +280,15 @@ class JaxAdapter(Adapter):
         # on the CPU too (a cached jitted call costs less than a DLPack round trip); GPU arrays
         # outside a trace take the CUDA backend through DLPack
         jax = sys.modules["jax"]
+        if self._ffi_ok is None:
+            self._ffi_ok = tuple(int(p) for p in re.findall(r"\d+", jax.__version__)[:2]) >= JAX_FFI_MIN
+        if not self._ffi_ok:                 # an older jax: eager arrays through DLPack, no traced ones
+            if isinstance(obj, jax.core.Tracer):
+                raise NotImplementedError(
+                    f"dsquant under jax.jit / jax.grad / jax.vmap needs jax >= {'.'.join(map(str, JAX_FFI_MIN))} "
+                    f"(the XLA FFI API its handlers are built against); this is jax {jax.__version__}, with which "
+                    f"dsquant takes eager JAX arrays only")
+            return None
         if in_place or isinstance(obj, jax.core.Tracer):
             return JAX_FFI
         if self._cpu_only is None:           # JAX has no accelerator: every array is on the CPU
@@ -286,6 +297,9 @@ class JaxAdapter(Adapter):
 
 
 JAX_FFI = "jax.ffi"             # the registry device of dsquant's XLA FFI calls
+# The oldest jax dsquant's XLA FFI calls have run with (jaxlib 0.4.38's FFI API, 0.1, refuses the
+# handlers, built against the vendored C API 0.3; versions in between are untested)
+JAX_FFI_MIN = (0, 10)
 
 
 class CupyAdapter(Adapter):

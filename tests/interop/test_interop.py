@@ -204,6 +204,21 @@ def test_jax_in_place_refused():
         dsquant.ds_quantizer(jnp.ones(8))
 
 
+def test_old_jax_refuses_traced_calls(monkeypatch):
+    """With a jax older than the XLA FFI handlers need (simulated where this one is new enough),
+    eager JAX arrays still work (through DLPack) and a traced call says what is needed."""
+    from dsquant.interop import adapters
+    monkeypatch.setattr(adapters.JAX, "_ffi_ok", False)
+    x = jax.random.normal(jax.random.PRNGKey(1), (16, 8), dtype=jnp.float32)
+    y = dsquant.fake_quantize(x, 4, 4)
+    assert isinstance(y, jax.Array)
+    check_exact(np.asarray(y), ref.fake_quantize(np.asarray(x), 4, 4))
+    with pytest.raises(NotImplementedError, match="needs jax >="):
+        jax.jit(lambda a: dsquant.fake_quantize(a, 4, 4))(x)
+    with pytest.raises(BufferError, match="fake_quantize"):
+        dsquant.ds_quantizer(jnp.ones(8))
+
+
 # ------------------------------------------------------------------------------------- others
 class Producer:
     """A minimal third-party DLPack producer (legacy protocol only)."""
