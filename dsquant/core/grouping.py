@@ -69,6 +69,7 @@ class Grouping:
         return {"block_size": self.block_size}
 
     def params_shape(self, symmetric: bool) -> tuple[int, ...]:
+        """The shape of quantize's params for this grouping: the grid, then 1 (symmetric) or 2."""
         return self.grid + (1 if symmetric else 2,)
 
     def __str__(self) -> str:

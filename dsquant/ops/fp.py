@@ -152,7 +152,8 @@ def fp_dequantize(codes: Any, scales: Any, fmt: str = "e4m3", *, scaling: str = 
             float8 array of NumPy/ml_dtypes, torch or JAX).
         scales: as :func:`fp_quantize` returns them for `scaling` (same framework and device as
             `codes`); their count is the group count, which must divide the number of values.
-        fmt, scaling: as given to :func:`fp_quantize`.
+        fmt: as given to :func:`fp_quantize`.
+        scaling: as given to :func:`fp_quantize`.
         dtype: float16, bfloat16, float32 (default) or float64; with `out` and no `dtype`, `out`'s.
         out: optional array of the result's shape to write into.
 

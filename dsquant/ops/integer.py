@@ -207,7 +207,9 @@ def dequantize(q: Any, params: Any = None, bits: int | None = None, *, groups: i
             dimension holds 8/bits packed codes per byte for 2 and 4 bits.
         params: float32, same framework and device as `q` (none with a QuantizedTensor).
         bits: 2..8, as given to :func:`quantize` (default 8; a QuantizedTensor's own).
-        groups, block_size, axis: the grouping, as given to :func:`quantize`.
+        groups: the grouping, as given to :func:`quantize` (at most one of groups, block_size, axis).
+        block_size: the grouping, as given to :func:`quantize`.
+        axis: the grouping, as given to :func:`quantize`.
         dtype: float16, bfloat16, float32 or float64, by name or as a NumPy or torch dtype. Default:
             a QuantizedTensor's dtype; with `out`, `out`'s dtype; else float32.
         out: optional array (same framework and device as `q`) of the result's shape to write into.
