@@ -82,6 +82,20 @@ def take_outputs(out: Any, src: Operand, shapes: tuple[tuple[int, ...], ...], na
     return tuple(taken)
 
 
+def take_values_out(out: Any, like: Operand, like_name: str, shape: tuple[int, ...],
+                    dtype: Any) -> tuple[Operand | None, Any]:
+    """`out=` of an op that decodes codes (`like`) into values of `shape`: (the taken array or
+    None, the result dtype: `dtype`, else out's). Same framework and device as `like`, any float
+    dtype, the result's shape, writable."""
+    if out is None:
+        return None, dtype
+    dst = take_peer(out, "out", like, like_name, dtypes.NAMES)
+    if dst.tensor.shape != shape:
+        raise ValueError(f"out has shape {dst.tensor.shape} but the result has shape {shape}")
+    operand.check_writable(dst)
+    return dst, dst.tensor.dtype_name if dtype is None else dtype
+
+
 def implementation(op_name: str, op: Operand) -> Callable[..., Any]:
     """The backend function for `op_name` on the device of `op`."""
     return registry.lookup(op_name, device_of(op))

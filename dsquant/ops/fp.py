@@ -3,12 +3,13 @@ E5M2), FP6 (E3M2, E2M3) and FP4 (E2M1) codes with per-group scales (absmax as fl
 E8M0 shared exponents, NVIDIA's NVFP4). The formats, scalings and byte layouts are in docs/fp.md."""
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from ..core import checks, dtypes, fp_formats, registry, rng
 from ..interop import operand
 from ..interop.adapters import adapter_of, graph_device
-from ._args import implementation, take, take_out, take_peer
+from ._args import implementation, take, take_out, take_peer, take_values_out
 
 _CODE_DTYPES = ("uint8", "int8")
 
@@ -176,18 +177,9 @@ def fp_dequantize(codes: Any, scales: Any, fmt: str = "e4m3", *, scaling: str = 
     allowed = ("float32",) if scaling == "absmax" else _CODE_DTYPES
     prm = take_peer(scales, "scales" if tensor_scale is None else "scales[0]", q, "codes", allowed)
     shape = fp_formats.value_shape(q.tensor.shape, f)
-    numel = 1
-    for d in shape:
-        numel *= d
+    numel = math.prod(shape)
     groups = checks.groups(prm.tensor.numel, numel, name="the number of scales (the group count)")
-    dst = None
-    if out is not None:
-        dst = take_peer(out, "out", q, "codes", dtypes.NAMES)
-        if dtype is None:
-            dtype = dst.tensor.dtype_name
-        if dst.tensor.shape != shape:
-            raise ValueError(f"out has shape {dst.tensor.shape} but the result has shape {shape}")
-        operand.check_writable(dst)
+    dst, dtype = take_values_out(out, q, "codes", shape, dtype)
     dtype_code = dtypes.parse("float32" if dtype is None else dtype).code
     if dst is not None and dst.tensor.dtype != dtype_code:
         raise TypeError(f"out has dtype {dst.tensor.dtype_name} but dtype is {dtypes.NAMES[dtype_code]}")

@@ -10,7 +10,7 @@ from ..core import checks, dtypes, formats, registry
 from ..core.grouping import Grouping
 from ..interop import operand
 from ..interop.adapters import graph_device
-from ._args import block_of, grouping, implementation, take, take_out, take_outputs, take_peer
+from ._args import block_of, grouping, implementation, take, take_out, take_outputs, take_peer, take_values_out
 from .quantized import QuantizedTensor
 
 if TYPE_CHECKING:
@@ -288,14 +288,8 @@ def dequantize_array(q: Any, params: Any, bits: int, dtype: Any = None, out: Any
     prm = take_peer(params, "params", codes, "q", (formats.PARAMS_DTYPE,))
     shape = formats.value_shape(codes.tensor.shape, bits)
     g = _dequantize_grouping(shape, prm.tensor.shape, groups, block_size, axis)
-    dst = None
-    if out is not None:
-        dst = take_peer(out, "out", codes, "q", dtypes.NAMES)
-        if dtype is None:
-            dtype = dst.tensor.dtype_name
-        if dst.tensor.shape != shape:
-            raise ValueError(f"out has shape {dst.tensor.shape} but the result has shape {shape}")
-        operand.check_writable(dst)
+    dst, dtype = take_values_out(out, codes, "q", shape, dtype)
+    if dst is not None:
         operand.check_disjoint(codes, dst, "q", "out")
         operand.check_disjoint(prm, dst, "params", "out")
     dtype = dtypes.parse("float32" if dtype is None else dtype).code
