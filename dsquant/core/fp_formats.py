@@ -24,6 +24,7 @@ class FpFormat:
     nonfinite: int       # FINITE_ONLY, NAN_ONLY or IEEE
     ml_dtypes: str       # the ml_dtypes type with the same element codes
     cxx: str             # struct name in cuda/dsq_fp_formats.cuh
+    dlpack: int          # DLPack type code of the element type (dlpack.h 1.1+ kDLFloat8_e4m3fn ...)
 
     @property
     def bits(self) -> int:
@@ -72,13 +73,16 @@ class FpFormat:
 
 
 FORMATS = (
-    FpFormat("e4m3", 0, 4, 3, 7, NAN_ONLY, "float8_e4m3fn", "FpE4M3"),
-    FpFormat("e5m2", 1, 5, 2, 15, IEEE, "float8_e5m2", "FpE5M2"),
-    FpFormat("e3m2", 2, 3, 2, 3, FINITE_ONLY, "float6_e3m2fn", "FpE3M2"),
-    FpFormat("e2m3", 3, 2, 3, 1, FINITE_ONLY, "float6_e2m3fn", "FpE2M3"),
-    FpFormat("e2m1", 4, 2, 1, 1, FINITE_ONLY, "float4_e2m1fn", "FpE2M1"),
+    FpFormat("e4m3", 0, 4, 3, 7, NAN_ONLY, "float8_e4m3fn", "FpE4M3", 10),
+    FpFormat("e5m2", 1, 5, 2, 15, IEEE, "float8_e5m2", "FpE5M2", 12),
+    FpFormat("e3m2", 2, 3, 2, 3, FINITE_ONLY, "float6_e3m2fn", "FpE3M2", 16),
+    FpFormat("e2m3", 3, 2, 3, 1, FINITE_ONLY, "float6_e2m3fn", "FpE2M3", 15),
+    FpFormat("e2m1", 4, 2, 1, 1, FINITE_ONLY, "float4_e2m1fn", "FpE2M1", 17),
 )
 BY_NAME = {f.name: f for f in FORMATS}
+# The FP8 formats by the name of their element type (ml_dtypes', torch's and JAX's spelling, and
+# what dsquant calls an array of that DLPack type): FP8 codes may arrive as such arrays.
+FLOAT8 = {f.ml_dtypes: f for f in FORMATS if f.bits == 8}
 NAMES = tuple(f.name for f in FORMATS)
 
 # scaling= of the API (dsq::FpScaling): per group absmax / fmt_max as float32; OCP MX shared

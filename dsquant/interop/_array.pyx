@@ -106,12 +106,24 @@ _configure_cache()
 
 
 from dsquant.core import dtypes as _dtypes
+from dsquant.core import fp_formats as _fp_formats
 
-# dsquant's dtype codes (dsq::DType) by DLPack (code, bits): read from the one dtype table.
+# (dsquant dtype code (dsq::DType; -1: not one dsquant quantizes), name) by DLPack (code, bits):
+# the float dtypes of the one dtype table, and the FP8 element types fp_dequantize takes codes as.
 _DTYPES = {d.dlpack: (d.code, d.name) for d in _dtypes.FLOAT_DTYPES}
+_DTYPES.update({(f.dlpack, 8): (-1, name) for name, f in _fp_formats.FLOAT8.items()})
 DTYPE_NAMES = _dtypes.NAMES
 _DL_OF_DTYPE = {d.code: d.dlpack for d in _dtypes.FLOAT_DTYPES}
 _DL_CODE_NAMES = {0: "int", 1: "uint", 2: "float", 3: "opaque", 4: "bfloat", 5: "complex", 6: "bool"}
+
+
+cdef tuple _dtype_of(int code, int bits, int lanes):
+    """(dsquant dtype code or -1, name) of a DLPack element type."""
+    key = (code, bits)
+    if lanes == 1 and key in _DTYPES:
+        return _DTYPES[key]
+    name = f"{_DL_CODE_NAMES.get(code, code)}{bits}"
+    return -1, (name if lanes == 1 else f"{name}x{lanes}")
 
 # DLPack (code, bits) of the non-float buffers dsquant exports (integer codes).
 DL_INT8 = (kDLInt, 8)
@@ -163,14 +175,7 @@ cdef class Tensor:
         self.data = <uintptr_t>t.data + <uintptr_t>t.byte_offset
         self.device_type = t.device.device_type
         self.device_id = t.device.device_id
-        key = (t.dtype.code, t.dtype.bits)
-        if t.dtype.lanes == 1 and key in _DTYPES:
-            self.dtype, self.dtype_name = _DTYPES[key]
-        else:
-            self.dtype = -1
-            self.dtype_name = f"{_DL_CODE_NAMES.get(t.dtype.code, t.dtype.code)}{t.dtype.bits}"
-            if t.dtype.lanes != 1:
-                self.dtype_name += f"x{t.dtype.lanes}"
+        self.dtype, self.dtype_name = _dtype_of(t.dtype.code, t.dtype.bits, t.dtype.lanes)
 
     @property
     def is_c_contiguous(self):
@@ -268,11 +273,12 @@ def contiguous_strides(shape):
     return tuple(reversed(strides))
 
 
-def consume(obj, stream=None, int as_dtype=-1):
+def consume(obj, stream=None, tuple relabel=None):
     """Take `obj` through ``__dlpack__`` and return a :class:`Tensor` owning the result.
 
-    ``as_dtype`` relabels the elements with a dsquant dtype code of the same size (NumPy cannot
-    export ml_dtypes bfloat16 through DLPack, so such arrays arrive as uint16 views)."""
+    ``relabel``, a DLPack ``(code, bits)`` pair, replaces the element type with one of the same
+    size (NumPy cannot export ml_dtypes bfloat16 or float8 through DLPack, so such arrays arrive
+    as unsigned integer views)."""
     kwargs = {} if stream is None else {"stream": stream}
     try:
         capsule = obj.__dlpack__(max_version=(1, 0), **kwargs)
@@ -299,11 +305,11 @@ def consume(obj, stream=None, int as_dtype=-1):
         t._describe(&m.dl_tensor)
     else:
         raise BufferError(f"{type(obj).__name__}.__dlpack__() returned {capsule!r}, not a DLPack capsule")
-    if as_dtype >= 0:
-        if t.itemsize != _dtypes.FLOAT_DTYPES[as_dtype].itemsize:
-            raise BufferError(f"cannot view {t.dtype_name} elements as {DTYPE_NAMES[as_dtype]}")
-        t.dtype = as_dtype
-        t.dtype_name = DTYPE_NAMES[as_dtype]
+    if relabel is not None:
+        code, name = _dtype_of(relabel[0], relabel[1], 1)
+        if t.itemsize * 8 != relabel[1]:
+            raise BufferError(f"cannot view {t.dtype_name} elements as {name}")
+        t.dtype, t.dtype_name = code, name
     return t
 
 

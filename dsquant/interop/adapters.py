@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from ..core import dtypes
+from ..core import dtypes, fp_formats
 from . import _array
 
 # NumPy before 2.1 cannot export a read-only array through DLPack, and NumPy before 2.3 marks
@@ -49,9 +49,10 @@ class Adapter:
     # that is not ordered after those kernels.
     hold_until_done = False
 
-    def exportable(self, obj: Any) -> tuple[Any, int]:
-        """(the object whose __dlpack__ to call, dsquant dtype code to relabel its elements with or -1)."""
-        return obj, -1
+    def exportable(self, obj: Any) -> tuple[Any, tuple[int, int] | None]:
+        """(the object whose __dlpack__ to call, the DLPack (code, bits) to relabel its elements
+        with, or None)."""
+        return obj, None
 
     def immutable(self, obj: Any) -> bool:
         return False
@@ -93,10 +94,6 @@ class Adapter:
         (ml_dtypes' spelling: float8_e4m3fn, float8_e5m2), zero-copy."""
         raise TypeError(f"{self.name} arrays have no {name} type here; pass as_float8=False (uint8 codes)")
 
-    def code_bytes(self, obj: Any) -> Any:
-        """`obj` itself, or its bytes (uint8, zero-copy) when it is an array of a float8 type."""
-        return obj
-
     def graph_device(self, obj: Any, autograd: bool = True, in_place: bool = False) -> str | None:
         """The registry device whose implementation records a call on `obj` in the framework's
         own op graph (autograd, tracing, version counters of in-place writes), or None to run
@@ -111,14 +108,18 @@ class NumpyAdapter(Adapter):
     def is_array(self, obj: Any) -> bool:
         return isinstance(obj, np.ndarray)   # numpy scalars and other numpy objects are not arrays
 
-    def exportable(self, obj: Any) -> tuple[Any, int]:
-        code = -1
+    def exportable(self, obj: Any) -> tuple[Any, tuple[int, int] | None]:
+        relabel = None
         dtype = obj.dtype                    # (dtype.name costs microseconds: looked at for user dtypes only)
-        if dtype.kind == "V" and dtype.name == "bfloat16":   # NumPy cannot export ml_dtypes bfloat16 itself
-            obj, code = obj.view(np.uint16), dtypes.BFLOAT16.code
+        # ml_dtypes types, which NumPy cannot export through DLPack (float8_e5m2 says kind "f")
+        if dtype.kind == "V" or (dtype.kind == "f" and dtype.itemsize == 1):
+            if dtype.name == "bfloat16":
+                obj, relabel = obj.view(np.uint16), dtypes.BFLOAT16.dlpack
+            elif dtype.name in fp_formats.FLOAT8:
+                obj, relabel = obj.view(np.uint8), (fp_formats.FLOAT8[dtype.name].dlpack, 8)
         if not _NUMPY_EXPORTS_READ_ONLY:
             obj = _writable(obj)
-        return obj, code
+        return obj, relabel
 
     def immutable(self, obj: Any) -> bool:
         return not obj.flags.writeable
@@ -129,9 +130,6 @@ class NumpyAdapter(Adapter):
     def float8_view(self, codes: Any, name: str) -> Any:
         import ml_dtypes
         return codes.view(getattr(ml_dtypes, name))
-
-    def code_bytes(self, obj: Any) -> Any:
-        return obj.view(np.uint8) if obj.dtype.name.startswith("float8") else obj
 
     def from_host(self, buffer: Any, dtype_name: str) -> Any:
         # through the buffer protocol: a third of np.from_dlpack's cost, writable on every NumPy
@@ -160,8 +158,8 @@ class TorchAdapter(Adapter):
     roots = ("torch",)
     bfloat16_as_bits = False
 
-    def exportable(self, obj: Any) -> tuple[Any, int]:
-        return (obj.detach() if obj.requires_grad else obj), -1   # same storage; DLPack refuses grad tensors
+    def exportable(self, obj: Any) -> tuple[Any, tuple[int, int] | None]:
+        return (obj.detach() if obj.requires_grad else obj), None   # same storage; DLPack refuses grad tensors
 
     _codes: dict[Any, int] = {}
 
@@ -201,10 +199,6 @@ class TorchAdapter(Adapter):
 
     def float8_view(self, codes: Any, name: str) -> Any:
         return codes.view(getattr(sys.modules["torch"], name))
-
-    def code_bytes(self, obj: Any) -> Any:
-        torch = sys.modules["torch"]
-        return obj.view(torch.uint8) if str(obj.dtype).startswith("torch.float8") else obj
 
     def cast_float32(self, values: Any, dtype_name: str) -> Any:
         torch = sys.modules["torch"]
@@ -263,10 +257,6 @@ class JaxAdapter(Adapter):
     def float8_view(self, codes: Any, name: str) -> Any:
         jax = sys.modules["jax"]
         return jax.lax.bitcast_convert_type(codes, getattr(jax.numpy, name))
-
-    def code_bytes(self, obj: Any) -> Any:
-        jax = sys.modules["jax"]
-        return jax.lax.bitcast_convert_type(obj, jax.numpy.uint8) if str(obj.dtype).startswith("float8") else obj
 
     def cast_float32(self, values: Any, dtype_name: str) -> Any:
         jax = sys.modules["jax"]

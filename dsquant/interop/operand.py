@@ -56,7 +56,7 @@ def intake(obj: Any, name: str, consumer_stream: Callable[[Adapter, Any, int], i
     if adapter is None:
         raise TypeError(f"{name} must be an array (NumPy, CuPy, torch, JAX or any __dlpack__ producer), "
                         f"got {type(obj).__module__}.{type(obj).__qualname__}")
-    source, as_dtype = adapter.exportable(obj)
+    source, relabel = adapter.exportable(obj)
     claimed = _claimed_device(source, obj, name)
     stream = None
     if consumer_stream is not None and claimed is not None and claimed[0] in CUDA_DEVICES:
@@ -65,9 +65,9 @@ def intake(obj: Any, name: str, consumer_stream: Callable[[Adapter, Any, int], i
         except ImportError:
             # no CUDA backend here; but a producer whose memory is not on CUDA at all is refused
             # as what it is (the capsule is only looked at, never used, so no stream is needed)
-            _check_claim(_consume(source, None, as_dtype, obj, name), claimed, obj, name)
+            _check_claim(_consume(source, None, relabel, obj, name), claimed, obj, name)
             raise
-    tensor = _consume(source, stream, as_dtype, obj, name)
+    tensor = _consume(source, stream, relabel, obj, name)
     _check_claim(tensor, claimed, obj, name)
     if tensor.device_type in CUDA_DEVICES and tensor.data % tensor.itemsize:
         raise BufferError(f"{name}: its data address {tensor.data:#x} is not a multiple of the "
@@ -101,9 +101,9 @@ def _claimed_device(source: Any, obj: Any, name: str) -> tuple[int, int] | None:
     return device_type, device_id
 
 
-def _consume(source: Any, stream: int | None, as_dtype: int, obj: Any, name: str) -> _array.Tensor:
+def _consume(source: Any, stream: int | None, relabel: tuple[int, int] | None, obj: Any, name: str) -> _array.Tensor:
     try:
-        return _array.consume(source, stream, as_dtype)
+        return _array.consume(source, stream, relabel)
     except (TypeError, RuntimeError, ValueError) as exc:
         raise BufferError(f"{name}: {type(obj).__qualname__} could not be exported through DLPack: {exc}") from exc
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from ..core import checks, dtypes, fp_formats, registry, rng
 from ..interop import operand
-from ..interop.adapters import adapter_of, graph_device
+from ..interop.adapters import graph_device
 from ._args import implementation, take, take_out, take_peer, take_values_out
 
 _CODE_DTYPES = ("uint8", "int8")
@@ -150,7 +150,8 @@ def fp_dequantize(codes: Any, scales: Any, fmt: str = "e4m3", *, scaling: str = 
 
     Args:
         codes: uint8 (or int8) code bytes, as :func:`fp_quantize` returns them (FP8: also a
-            float8 array of NumPy/ml_dtypes, torch or JAX).
+            float8 array of NumPy/ml_dtypes, torch, JAX or any DLPack producer, whose float8 type
+            must be `fmt`'s).
         scales: as :func:`fp_quantize` returns them for `scaling` (same framework and device as
             `codes`); their count is the group count, which must divide the number of values.
         fmt: as given to :func:`fp_quantize`.
@@ -163,8 +164,11 @@ def fp_dequantize(codes: Any, scales: Any, fmt: str = "e4m3", *, scaling: str = 
     """
     f = fp_formats.parse(fmt)
     scaling_code = _scaling(scaling, f)
-    framework = adapter_of(codes)
-    q = take(framework.code_bytes(codes) if framework is not None else codes, "codes", _CODE_DTYPES)
+    q = take(codes, "codes", _CODE_DTYPES + tuple(fp_formats.FLOAT8))
+    element_type = fp_formats.FLOAT8.get(q.tensor.dtype_name)
+    if element_type is not None and element_type is not f:
+        raise TypeError(f"codes are {q.tensor.dtype_name} values, which are fmt={element_type.name!r} codes, "
+                        f"but fmt={f.name!r} was given")
     tensor_scale = None
     if scaling == "nvfp4":
         if not isinstance(scales, (tuple, list)) or len(scales) != 2:

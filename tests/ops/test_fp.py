@@ -364,6 +364,42 @@ def test_as_float8():
         dsquant.fp_quantize(x, 32, "e2m1", as_float8=True)
 
 
+class _Float8Producer:
+    """A third-party DLPack producer of float8 elements (torch's capsule; no framework adapter)."""
+
+    def __init__(self, tensor):
+        self.tensor = tensor
+
+    def __dlpack__(self, stream=None, max_version=None):
+        return self.tensor.__dlpack__(max_version=max_version)
+
+    def __dlpack_device__(self):
+        return self.tensor.__dlpack_device__()
+
+
+@pytest.mark.parametrize("fmt", ["e4m3", "e5m2"])
+def test_float8_codes_through_dlpack(fmt):
+    """FP8 codes arrive as float8 arrays of every framework (DLPack's float8 type codes: torch and
+    JAX export them, NumPy's ml_dtypes arrays are relabelled) and decode as their bytes do; codes of
+    the other FP8 type than fmt names are refused, not decoded as the wrong format."""
+    torch = require("torch")
+    jnp = require("jax.numpy")
+    x = helpers.sample("float32", (4, 32), seed=13)
+    e_codes, e_scales, dq = rf.fp_quantize(x, 32, fmt)
+    expected = rf.dequantize(e_codes, fmt, dq, 32, "float32")
+    name = {"e4m3": "float8_e4m3fn", "e5m2": "float8_e5m2"}[fmt]
+    other = {"e4m3": "e5m2", "e5m2": "e4m3"}[fmt]
+    as_numpy = e_codes.reshape(x.shape).view(getattr(ml_dtypes, name))
+    as_torch = torch.from_numpy(e_codes.reshape(x.shape)).view(getattr(torch, name))
+    as_jax = jnp.asarray(e_codes.reshape(x.shape)).view(getattr(jnp, name))
+    for codes, scales in ((as_numpy, e_scales), (as_torch, torch.from_numpy(e_scales)),
+                          (as_jax, jnp.asarray(e_scales)),
+                          (_Float8Producer(as_torch), _Float8Producer(torch.from_numpy(e_scales)))):
+        helpers.check_exact(np.asarray(dsquant.fp_dequantize(codes, scales, fmt)).ravel(), expected)
+        with pytest.raises(TypeError, match=f"{name} values.*fmt='{other}'"):
+            dsquant.fp_dequantize(codes, scales, other)
+
+
 # inductor itself uses torch.jit.script_method, which warns in torch 2.13 (not dsquant's code)
 @pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
 def test_torch_straight_through_gradient():
