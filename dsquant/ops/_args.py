@@ -82,18 +82,27 @@ def take_outputs(out: Any, src: Operand, shapes: tuple[tuple[int, ...], ...], na
     return tuple(taken)
 
 
-def take_values_out(out: Any, like: Operand, like_name: str, shape: tuple[int, ...],
-                    dtype: Any) -> tuple[Operand | None, Any]:
-    """`out=` of an op that decodes codes (`like`) into values of `shape`: (the taken array or
-    None, the result dtype: `dtype`, else out's). Same framework and device as `like`, any float
-    dtype, the result's shape, writable."""
-    if out is None:
-        return None, dtype
-    dst = take_peer(out, "out", like, like_name, dtypes.NAMES)
-    if dst.tensor.shape != shape:
-        raise ValueError(f"out has shape {dst.tensor.shape} but the result has shape {shape}")
-    operand.check_writable(dst)
-    return dst, dst.tensor.dtype_name if dtype is None else dtype
+def take_values_out(out: Any, shape: tuple[int, ...], dtype: Any,
+                    inputs: tuple[tuple[Operand, str], ...]) -> tuple[Operand | None, int]:
+    """`out=` of an op that decodes codes into values of `shape` (the taken array or None), and the
+    result's dtype code: `dtype`, else out's, else float32. `inputs` are the op's arrays with their
+    names, codes first: out shares their framework and device and none of their memory, has any
+    float dtype (the result's), the result's shape, and is writable."""
+    dst = None
+    if out is not None:
+        like, like_name = inputs[0]
+        dst = take_peer(out, "out", like, like_name, dtypes.NAMES)
+        if dst.tensor.shape != shape:
+            raise ValueError(f"out has shape {dst.tensor.shape} but the result has shape {shape}")
+        operand.check_writable(dst)
+        for op, name in inputs:
+            operand.check_disjoint(op, dst, name, "out")
+        if dtype is None:
+            dtype = dst.tensor.dtype_name
+    code = dtypes.parse("float32" if dtype is None else dtype).code
+    if dst is not None and dst.tensor.dtype != code:
+        raise TypeError(f"out has dtype {dst.tensor.dtype_name} but dtype is {dtypes.NAMES[code]}")
+    return dst, code
 
 
 def implementation(op_name: str, op: Operand) -> Callable[..., Any]:

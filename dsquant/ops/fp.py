@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from ..core import checks, dtypes, fp_formats, registry, rng
+from ..core import checks, fp_formats, registry, rng
 from ..interop import operand
 from ..interop.adapters import graph_device
 from ._args import implementation, take, take_out, take_peer, take_values_out
@@ -183,9 +183,7 @@ def fp_dequantize(codes: Any, scales: Any, fmt: str = "e4m3", *, scaling: str = 
     shape = fp_formats.value_shape(q.tensor.shape, f)
     numel = math.prod(shape)
     groups = checks.groups(prm.tensor.numel, numel, name="the number of scales (the group count)")
-    dst, dtype = take_values_out(out, q, "codes", shape, dtype)
-    dtype_code = dtypes.parse("float32" if dtype is None else dtype).code
-    if dst is not None and dst.tensor.dtype != dtype_code:
-        raise TypeError(f"out has dtype {dst.tensor.dtype_name} but dtype is {dtypes.NAMES[dtype_code]}")
+    inputs = ((q, "codes"), (prm, "scales")) + (((tensor_scale, "scales[1]"),) if tensor_scale is not None else ())
+    dst, dtype_code = take_values_out(out, shape, dtype, inputs)
     return implementation("fp_dequantize", q)(q, prm, tensor_scale, f.code, scaling_code, groups, numel, dtype_code,
                                               shape, dst)

@@ -6,9 +6,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, overload
 
-from ..core import checks, dtypes, formats, registry
+from ..core import checks, formats, registry
 from ..core.grouping import Grouping
-from ..interop import operand
 from ..interop.adapters import graph_device
 from ._args import block_of, grouping, implementation, take, take_out, take_outputs, take_peer, take_values_out
 from .quantized import QuantizedTensor
@@ -288,13 +287,7 @@ def dequantize_array(q: Any, params: Any, bits: int, dtype: Any = None, out: Any
     prm = take_peer(params, "params", codes, "q", (formats.PARAMS_DTYPE,))
     shape = formats.value_shape(codes.tensor.shape, bits)
     g = _dequantize_grouping(shape, prm.tensor.shape, groups, block_size, axis)
-    dst, dtype = take_values_out(out, codes, "q", shape, dtype)
-    if dst is not None:
-        operand.check_disjoint(codes, dst, "q", "out")
-        operand.check_disjoint(prm, dst, "params", "out")
-    dtype = dtypes.parse("float32" if dtype is None else dtype).code
-    if dst is not None and dst.tensor.dtype != dtype:
-        raise TypeError(f"out has dtype {dst.tensor.dtype_name} but dtype is {dtypes.NAMES[dtype]}")
+    dst, dtype = take_values_out(out, shape, dtype, ((codes, "q"), (prm, "params")))
     symmetric = prm.tensor.shape[-1] == 1
     return implementation("dequantize", codes)(codes, prm, max(g.groups, 1), bits, symmetric, dtype, shape, dst,
                                                block_of(g))

@@ -124,3 +124,25 @@ def test_dequantize_out_sharing_memory_refused():
     out = params_block[GROUPS - 1:GROUPS - 1 + SHAPE[0] * SHAPE[1]].reshape(SHAPE)
     with pytest.raises(BufferError, match="params and out share memory"):
         dsquant.dequantize(q, p_view, 8, out=out)
+
+
+@pytest.mark.parametrize("fmt, scaling", [("e4m3", "absmax"), ("e2m1", "mx"), ("e2m1", "nvfp4")])
+def test_fp_dequantize_out_sharing_memory_refused(fmt, scaling):
+    """fp_dequantize's out= may not overlap the codes or any of the scales (the decode would
+    overwrite them while it reads them)."""
+    x = np.linspace(-3, 3, 256, dtype=np.float32)
+    codes, scales = dsquant.fp_quantize(x, 16 if scaling == "nvfp4" else 32, fmt, scaling=scaling)
+    block = np.zeros(codes.nbytes + x.nbytes, np.uint8)        # codes, then room for the values
+    block[:codes.nbytes] = codes.ravel()
+    in_block = block[:codes.nbytes].reshape(codes.shape)
+    with pytest.raises(BufferError, match="codes and out share memory"):
+        dsquant.fp_dequantize(in_block, scales, fmt, scaling=scaling, out=block[4:4 + x.nbytes].view(np.float32))
+    floats = np.zeros(x.size + 8, np.float32)                  # float32 scales, then the values
+    if scaling == "absmax":
+        floats[:scales.size] = scales
+        with pytest.raises(BufferError, match="scales and out share memory"):
+            dsquant.fp_dequantize(codes, floats[:scales.size], fmt, out=floats[scales.size - 1:][:x.size])
+    if scaling == "nvfp4":
+        floats[0] = scales[1][0]
+        with pytest.raises(BufferError, match=r"scales\[1\] and out share memory"):
+            dsquant.fp_dequantize(codes, (scales[0], floats[:1]), fmt, scaling=scaling, out=floats[:x.size])
