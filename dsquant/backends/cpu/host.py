@@ -80,8 +80,9 @@ def xla_gpu_refusals() -> dict[str, object]:
 
 
 def _run_fake(src_ptr, dst_ptr, t: _array.Tensor, groups, bits, symmetric, stochastic, seed, offset):
-    sig.FAKE_QUANTIZE(t.dtype, in_=src_ptr, out=dst_ptr, n=t.numel, groups=groups, bits=bits, symmetric=symmetric,
-                      stochastic=stochastic, seed=seed, offset=offset, threads=num_threads())
+    # positional, in FAKE_QUANTIZE's field order (in_ out n groups bits symmetric stochastic seed offset threads)
+    sig.FAKE_QUANTIZE.run(t.dtype, src_ptr, dst_ptr, t.numel, groups, bits, symmetric, stochastic, seed, offset,
+                          num_threads())
 
 
 def _gather(t: _array.Tensor, dst_ptr: int) -> None:

@@ -43,6 +43,11 @@ class Signature:
             raise TypeError(f"{self.kernel} takes {', '.join(self.fields)}; got {', '.join(values)}")
         _run(self.index, dtype, args)
 
+    def run(self, dtype: int, *values) -> None:
+        """The kernel with its fields' values given in the order of `fields`: the per-call fast
+        path (a keyword call builds a dict of every field, a third of a small call's Python cost)."""
+        _run(self.index, dtype, self.layout.pack(*values))
+
 
 FAKE_QUANTIZE = Signature("fake_quantize", "in_:ptr out:ptr n:i64 groups:i64 bits:int symmetric:bool "
                                            "stochastic:bool seed:u64 offset:u64 threads:int")
