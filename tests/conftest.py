@@ -13,6 +13,10 @@ settings.register_profile("dev", max_examples=25, deadline=None,
                           suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
+# Multi-threaded calls start their OpenMP team even on a busy machine (kernels.hpp use_team), so
+# the team code paths are what the tests run wherever the suite runs (subprocesses inherit it).
+os.environ.setdefault("DSQUANT_CPU_LOAD_AWARE", "0")
+
 def _cuda_device_count() -> int:
     try:
         import cupy

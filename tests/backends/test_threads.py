@@ -155,3 +155,34 @@ def test_every_tier_converts_16_bit_formats_alike():
     finally:
         _cpu.set_isa("best")
     assert len(set(outputs.values())) == 1, f"the {' and '.join(outputs)} loops differ"
+
+
+LOAD_SCRIPT = """
+import os, subprocess, sys, time
+from dsquant.backends.cpu import _cpu
+small = _cpu.team_size(1 << 15, 2)
+busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(len(os.sched_getaffinity(0)) + 1)]
+try:
+    time.sleep(1.0)                       # the loops are running (and past their interpreter's start)
+    teams = []
+    for _ in range(40):
+        teams.append(max(_cpu.team_size(1 << 20, 2), _cpu.team_size(1 << 24, 2)))
+        time.sleep(0.003)                 # longer than the millisecond the run count is kept
+finally:
+    for p in busy:
+        p.kill()
+print(small, max(teams), min(teams))
+"""
+
+
+@pytest.mark.parametrize("load_aware", ["1", "0"])
+def test_no_team_while_the_cpus_are_busy(load_aware):
+    """With every CPU taken by busy loops, a call asked to use 2 threads runs on the calling thread
+    alone (a team would wait time slices for its descheduled thread: docs/threading.md); a call on
+    fewer than 2^16 elements never starts a team; DSQUANT_CPU_LOAD_AWARE=0 turns the load check off."""
+    env = dict(os.environ, DSQUANT_CPU_LOAD_AWARE=load_aware)
+    proc = subprocess.run([sys.executable, "-c", LOAD_SCRIPT], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    small, most, least = (int(v) for v in proc.stdout.split())
+    assert small == 1
+    assert (most, least) == ((1, 1) if load_aware == "1" else (2, 2))

@@ -24,6 +24,7 @@ cdef extern from "entries.hpp" namespace "dsq_cpu" nogil:
                                                 const int64_t* dst_strides, const int64_t* shape,
                                                 int ndim, int itemsize, int threads)
     int c_max_threads "dsq_cpu::max_threads"()
+    int c_team_size "dsq_cpu::team_size"(int64_t elements, int threads)
 
 cdef extern from "regroup.hpp" nogil:
     void c_blocked_copy "dsq_cpu::blocked_copy"(const char* src, const int64_t* src_strides, char* dst,
@@ -33,6 +34,13 @@ cdef extern from "regroup.hpp" nogil:
 
 def max_threads():
     return c_max_threads()
+
+
+def team_size(int64_t elements, int threads):
+    """The threads a kernel call on `elements` elements asked to use `threads` would run on now
+    (kernels.hpp team_size: 1 below 2^16 elements; else at most the CPUs that no other runnable
+    task holds, unless DSQUANT_CPU_LOAD_AWARE=0)."""
+    return c_team_size(elements, threads)
 
 
 def isa():

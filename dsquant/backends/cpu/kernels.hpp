@@ -6,6 +6,11 @@
 // wheels must run anywhere).
 #pragma once
 #include <omp.h>
+#if defined(__linux__)
+#include <fcntl.h>
+#include <time.h>
+#include <unistd.h>
+#endif
 #if defined(__x86_64__)
 #include <immintrin.h>
 #endif
@@ -170,7 +175,64 @@ const int64_t kChunk = 1 << 15;
 // team costs ~5-10 us on an idle machine (a time slice, milliseconds, when the other CPUs are
 // busy), which single-threaded work below this size does not make up for (docs/threading.md).
 const int64_t kSerialBelow = 1 << 16;
-inline bool use_team(int64_t elements, int threads) { return threads > 1 && elements >= kSerialBelow; }
+
+// When the machine's CPUs are taken by other work, a team thread is descheduled for a time slice
+// (milliseconds) at a time and OpenMP's join waits for it, so a team only gets the CPUs that are
+// free now (docs/threading.md has the measurements).
+#if defined(__linux__)
+// Tasks runnable on the machine now besides the caller: /proc/loadavg's fourth field
+// ("running/total") counts them at the moment of reading (the load averages lag by minutes and
+// count dsquant's own threads). Read at most once a millisecond; 0 where it cannot be read.
+inline int others_running() {
+  static std::atomic<int64_t> next_read_ns{0};
+  static std::atomic<int> others{0};
+  timespec ts;
+  clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+  const int64_t now = (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+  if (now < next_read_ns.load(std::memory_order_relaxed)) return others.load(std::memory_order_relaxed);
+  next_read_ns.store(now + 1000000, std::memory_order_relaxed);
+  int running = 1;
+  const int fd = open("/proc/loadavg", O_RDONLY | O_CLOEXEC);
+  if (fd >= 0) {
+    char text[128];
+    const ssize_t got = read(fd, text, sizeof text - 1);
+    close(fd);
+    if (got > 0) {
+      text[got] = 0;
+      const char* p = text;
+      for (int field = 0; field < 3 && p; ++field) {   // past the three load averages
+        p = std::strchr(p, ' ');
+        if (p) ++p;
+      }
+      if (p) running = std::atoi(p);
+    }
+  }
+  others.store(std::max(0, running - 1), std::memory_order_relaxed);
+  return others.load(std::memory_order_relaxed);
+}
+#else
+inline int others_running() { return 0; }
+#endif
+
+// DSQUANT_CPU_LOAD_AWARE=0 (read once): teams whatever the load (tests of the team code paths).
+inline bool load_aware() {
+  static const bool on = [] {
+    const char* v = std::getenv("DSQUANT_CPU_LOAD_AWARE");
+    return !(v && std::strcmp(v, "0") == 0);
+  }();
+  return on;
+}
+
+// The team size for a call of `elements` elements asked to use `threads` threads: 1 (the calling
+// thread alone) for small work, else the threads that fit on the CPUs no other task is running on
+// (the caller's own CPU counted as free).
+inline int team_size(int64_t elements, int threads) {
+  if (threads <= 1 || elements < kSerialBelow) return 1;
+  if (!load_aware()) return threads;
+  static const int cpus = omp_get_num_procs();
+  return std::max(1, std::min(threads, cpus - others_running()));
+}
+inline bool use_team(int64_t elements, int threads) { return team_size(elements, threads) > 1; }
 
 // Every parallel loop hands out its work items dynamically, one at a time (items are kChunk
 // elements or so: a few microseconds each, so the hand-out costs nothing): a thread that the OS
