@@ -57,9 +57,12 @@ def test_swizzle_bytes_4bit_table():
 
 
 # (groups, S, pipeline, nodes, dpn): S = 1 and 3 (groups share bytes), odd S, DeepSpeed's limit
-# S <= 40,960 passed, and S over the 2^15 large-group threshold (two-pass path)
+# S <= 40,960 passed, and S over the 2^15 large-group threshold (two-pass path); S = 1001: tiles of
+# 512 that lie in one group (AVX-512 codes them 16 at a time), one ending 4 values after a vector,
+# tiles across two groups, and, reduced, in-group runs that start inside a byte
 SWIZZLES = {"S1": (16, 1, 1, 2, 2), "S3_pipe2": (24, 3, 2, 2, 3), "S13": (8, 13, 1, 2, 4),
-            "S64_1x4": (8, 64, 1, 1, 4), "S40962": (4, 40962, 1, 2, 2), "S70000_pipe2": (4, 70000, 2, 1, 2)}
+            "S64_1x4": (8, 64, 1, 1, 4), "S40962": (4, 40962, 1, 2, 2), "S70000_pipe2": (4, 70000, 2, 1, 2),
+            "S1001": (4, 1001, 1, 2, 2)}
 
 
 @pytest.mark.parametrize("layout", SWIZZLES)
@@ -80,7 +83,7 @@ def test_swizzle_matches_reference(dtype, bits, scheme, layout):
     same_bits(params, exp_params)
 
 
-@pytest.mark.parametrize("layout", ["S1", "S3_pipe2", "S13", "S64_1x4"])
+@pytest.mark.parametrize("layout", ["S1", "S3_pipe2", "S13", "S64_1x4", "S1001"])
 @pytest.mark.parametrize("scheme", SCHEMES)
 @pytest.mark.parametrize("bits", [4, 8])
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32"])
@@ -98,6 +101,21 @@ def test_every_backend_matches_reference(backend, dtype, bits, scheme, layout):
     exp_r, exp_rp = zref.reduction_ref(exp_q.view(np.int8), exp_params, groups, groups // dpn, bits, sym, dpn)
     same_bits(as_bytes(backend.get(r)), exp_r)
     same_bits(backend.get(rp), exp_rp)
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+@pytest.mark.parametrize("bits", [4, 8])
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_swizzle_every_16_bit_value(backend, dtype, bits, scheme):
+    """Every bit pattern of the dtype (NaN, Inf, subnormals, both zeros), in 128 groups of 512
+    consecutive patterns (each group its own scale, whole tiles of one group: the AVX-512 loops code
+    them 16 at a time), on every backend and tier, against the reference."""
+    x = np.arange(1 << 16, dtype=np.uint16).view(ref.DTYPES[dtype])
+    sym = SCHEMES[scheme]
+    q, params = dsquant.swizzle_quantize(backend.put(x), 128, bits, symmetric=sym, nodes=2, devices_per_node=2)
+    exp_q, exp_params = zref.swizzle_ref(x, 128, bits, sym, 1, 2, 2)
+    same_bits(as_bytes(backend.get(q)), exp_q)
+    same_bits(backend.get(params), exp_params)
 
 
 def test_swizzle_torch_in_torch_out():
@@ -136,6 +154,39 @@ def test_reduction_matches_reference(bits, scheme, layout):
     assert r.shape == (q.size // devices,)
     same_bits(as_bytes(r), exp_q)
     same_bits(rp, exp_params)
+
+
+# (devices, values per slab, in_groups, out_groups) for every backend and tier: in-group runs that
+# start inside a byte (odd S_in), runs shorter than one 16-value vector (S_in 3, 7), runs of a few
+# vectors plus a tail (S_in 37), runs longer than a tile (1030), out-groups that cut in-groups
+REDUCTION_RUNS = {"Sin3": (2, 24, 16, 6), "Sin7_D3": (3, 56, 24, 7), "Sin37": (4, 148, 16, 2),
+                  "Sin1030_D2": (2, 4120, 8, 5)}
+
+
+@pytest.mark.parametrize("special", [False, True], ids=["plain", "special_params"])
+@pytest.mark.parametrize("half", [False, True], ids=["f32_sum", "f16_sum"])
+@pytest.mark.parametrize("layout", REDUCTION_RUNS)
+@pytest.mark.parametrize("scheme", SCHEMES)
+@pytest.mark.parametrize("bits", [2, 4, 8])
+def test_reduction_runs_every_backend(backend, bits, scheme, layout, half, special):
+    """quantized_reduction on every backend and CPU tier (the AVX-512 loops look 2- and 4-bit codes
+    up in a table, the others unpack them): ragged in-group runs, float16 sums, and params that
+    are huge, infinite or NaN (sums that overflow float16, Inf, NaN)."""
+    devices, n, in_groups, out_groups = REDUCTION_RUNS[layout]
+    sym = SCHEMES[scheme]
+    q, params = quantized_slabs(devices, n, in_groups, bits, sym, seed=n + bits + 5, dtype="float16")
+    if special:
+        params = params.copy()
+        params[::5, 0] *= np.float32(3e4)     # beyond float16 once summed
+        params[1, 0] = np.inf
+        params[-1, 0] = np.nan
+        if not sym:
+            params[2, 1] = -np.inf
+    r, rp = dsquant.quantized_reduction(backend.put(q), backend.put(params), in_groups, out_groups, bits,
+                                        symmetric=sym, devices_per_node=devices, half_accumulate=half)
+    exp_q, exp_params = zref.reduction_ref(q, params, in_groups, out_groups, bits, sym, devices, half=half)
+    same_bits(as_bytes(backend.get(r)), exp_q)
+    same_bits(backend.get(rp), exp_params)
 
 
 def test_reduction_asymmetric_several_devices_is_not_deepspeeds_indexing():
