@@ -73,6 +73,24 @@ def test_every_backend_matches_reference(backend, dtype, scheme, rounding, bits,
     check_exact(backend.get(inplace), ref.fake_quantize(x, groups, bits, symmetric=SCHEMES[scheme]))
 
 
+# Stream offsets on and off the Philox block boundary (4 positions a block), and near the 2^64
+# wrap: each tier's vector Philox starts mid-block and mid-tile, and its ragged last vector
+# covers from 1 to all of its blocks (1000/8: tiles of 125 elements; 1537: tiles of 512 and a tail).
+SR_OFFSETS = (1, 2, 3, 4097, 2 ** 64 - 1001)
+
+
+@pytest.mark.parametrize("offset", SR_OFFSETS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_every_backend_stochastic_at_odd_offsets(backend, dtype, offset):
+    from dsquant.core import rng as _rng
+    for numel, groups in ((1000, 8), (1537, 1)):
+        x = sample(dtype, numel, seed=zlib.crc32(f"{dtype}{offset}{numel}".encode()))
+        dsquant.manual_seed(31)
+        _rng.GLOBAL.offset = offset
+        got = backend.get(dsquant.fake_quantize(backend.put(x), groups, 8, stochastic=True))
+        check_exact(got, ref.fake_quantize(x, groups, 8, stochastic=True, seed=31, offset=offset))
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_ds_quantizer_in_place_matches_reference(dtype):
     x = sample(dtype, 4096, seed=3)

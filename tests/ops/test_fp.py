@@ -249,6 +249,24 @@ def test_stochastic_against_reference(backend, fmt, dtype):
     check_all(backend, x[:, :32], 32, fmt, scaling="mx", stochastic=True, seed=9)
 
 
+@pytest.mark.parametrize("offset", (1, 3, 4097, 2 ** 64 - 1001))
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_stochastic_at_odd_offsets(backend, dtype, offset):
+    """Stream offsets off the Philox block boundary and across the 2^64 wrap, tiles with tails
+    (1537 = 3 tiles of 512 and 1 element): the vector Philox of each tier against the definition."""
+    from dsquant.core import rng as _rng
+    x = helpers.sample(dtype, 2 * 1537, seed=offset % 1000, specials=True)
+    for fmt, group in (("e4m3", 1537), ("e2m1", 1), ("e3m2", 3)):
+        if emulated(backend) and fmt != "e4m3":
+            continue
+        xs = x if fmt != "e3m2" else x[:3072]   # FP6 packs 4 codes in 3 bytes
+        dsquant.manual_seed(8)
+        _rng.GLOBAL.offset = offset
+        codes, _ = dsquant.fp_quantize(backend.put(xs), group, fmt, stochastic=True)
+        e_codes, _, _ = rf.fp_quantize(xs, group, fmt, stochastic=True, seed=8, offset=offset)
+        assert_codes(codes, e_codes, fmt, xs.shape)
+
+
 @pytest.mark.parametrize("fmt", FMTS)
 def test_stochastic_unbiased(fmt):
     """The mean of many stochastic roundings of one value between two neighbours lo < v < hi is v:
