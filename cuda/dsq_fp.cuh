@@ -107,17 +107,19 @@ template <class Fp, class C> DSQ_HD uint32_t fp_encode(C v, bool saturate, bool 
 }
 
 // The value of a code as a float (exact: every element format is a subset of float32). NaN codes
-// give the quiet NaN with the code's sign.
+// give the quiet NaN with the code's sign. Branch-free, on the magnitude bits: a normal code is its
+// bits moved into float32's exponent and mantissa fields plus the exponent rebias; a subnormal
+// code (below 2^M) is its integer value times the quantum 2^(emin - M).
 template <class Fp> DSQ_HD float fp_decode(uint32_t code) {
-  constexpr uint32_t mmask = (1u << Fp::M) - 1, emask = (1u << Fp::E) - 1;
-  const uint32_t sign = ((code >> (Fp::BITS - 1)) & 1u) << 31;
-  const uint32_t f = (code >> Fp::M) & emask, m = code & mmask;
-  const float sub = (float)m * pow2<float>(1 - Fp::BIAS - Fp::M);
-  const float norm = bits_float(((f + (uint32_t)(127 - Fp::BIAS)) << 23) | (m << (23 - Fp::M)));
-  float mag = f == 0 ? sub : norm;
-  if (Fp::NONFINITE == FP_NAN_ONLY) mag = (f == emask && m == mmask) ? bits_float(0x7fc00000u) : mag;
-  if (Fp::NONFINITE == FP_IEEE) mag = f == emask ? bits_float(m ? 0x7fc00000u : 0x7f800000u) : mag;
-  return bits_float(float_bits(mag) | sign);
+  constexpr uint32_t mag_mask = (1u << (Fp::BITS - 1)) - 1, inf_mag = ((1u << Fp::E) - 1) << Fp::M;
+  const uint32_t sign = (code << (32 - Fp::BITS)) & 0x80000000u;
+  const uint32_t mag = code & mag_mask;
+  const float sub = (float)mag * pow2<float>(1 - Fp::BIAS - Fp::M);
+  const float norm = bits_float((mag << (23 - Fp::M)) + ((uint32_t)(127 - Fp::BIAS) << 23));
+  float v = mag < (1u << Fp::M) ? sub : norm;
+  if (Fp::NONFINITE == FP_NAN_ONLY) v = mag == mag_mask ? bits_float(0x7fc00000u) : v;
+  if (Fp::NONFINITE == FP_IEEE) v = mag >= inf_mag ? bits_float(mag > inf_mag ? 0x7fc00000u : 0x7f800000u) : v;
+  return bits_float(float_bits(v) | sign);
 }
 
 // ---------------------------------------------------------------------------------------------
