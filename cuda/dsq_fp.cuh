@@ -45,9 +45,10 @@ DSQ_HD float pow2f_wide(int e) {
 // ---------------------------------------------------------------------------------------------
 // Element codes. A code is BITS wide: sign in the top bit, then E exponent bits, then M mantissa bits.
 // ---------------------------------------------------------------------------------------------
-// The magnitude code of finite a >= 0 rounded to nearest even; any value above MAX_CODE means
-// overflow (the caller decides what overflow gives). Inf gives a value above MAX_CODE.
-template <class Fp, class C> DSQ_HD uint32_t fp_magnitude_rne(C a) {
+// The magnitude code of a >= 0 (any non-NaN value of C, Inf included) rounded to nearest even,
+// at most `limit` (overflow gives min(code, limit); callers pass MAX_CODE + 1 or less). Branch-free
+// integer operations on the bits plus one IEEE addition, so the CPU loops vectorize it as written.
+template <class Fp, class C> DSQ_HD uint32_t fp_magnitude_rne(C a, uint32_t limit) {
   typedef FBits<C> B;
   typedef typename B::U U;
   constexpr int emin = 1 - Fp::BIAS, drop = B::MANT - Fp::M;
@@ -55,13 +56,13 @@ template <class Fp, class C> DSQ_HD uint32_t fp_magnitude_rne(C a) {
   // below 2^emin the result is subnormal (or the smallest normal, by carry): the sum's ulp is the
   // target's quantum 2^(emin - M), so the adder rounds to nearest even, and the low bits are the code
   const C k = pow2<C>(emin - Fp::M + B::MANT);
-  const uint32_t sub = (uint32_t)(B::bits(a + k) - B::bits(k));
-  // normal: round the bits to M mantissa bits (nearest even), then rebias the exponent
-  const U r = u + ((((U)1) << (drop - 1)) - 1) + ((u >> drop) & 1);
-  const U shifted = r >> drop;
-  constexpr U rebias = (U)(B::BIAS - Fp::BIAS) << Fp::M;
-  const uint32_t norm = shifted >= rebias + ((U)1 << (Fp::E + Fp::M)) ? 0xffffffffu : (uint32_t)(shifted - rebias);
-  return a < pow2<C>(emin) ? sub : norm;
+  const U sub = B::bits(a + k) - B::bits(k);
+  // normal: rebias the exponent and round the bits to M mantissa bits (nearest even); no wrap for
+  // u >= 2^emin's bits, which are above the rebias
+  constexpr U rebias = (U)(B::BIAS - Fp::BIAS) << B::MANT;
+  const U norm = (u - rebias + ((((U)1) << (drop - 1)) - 1) + ((u >> drop) & 1)) >> drop;
+  const U mag = u < B::bits(pow2<C>(emin)) ? sub : norm;
+  return (uint32_t)(mag < (U)limit ? mag : (U)limit);
 }
 
 // Stochastic rounding of finite a >= 0: down or up to the neighbouring representable magnitudes
@@ -76,7 +77,7 @@ template <class Fp, class C> DSQ_HD uint32_t fp_magnitude_sr(C a, float u) {
   const C t = floor_small(k);
   const C up = (C)u < k - t ? t + (C)1 : t;
   const C r = up * pow2<C>(e - Fp::M);               // exact (e - M >= emin - M >= -17)
-  return fp_magnitude_rne<Fp, C>(r);                // r is representable (or overflows): no rounding
+  return fp_magnitude_rne<Fp, C>(r, Fp::MAX_CODE + 1);   // r is representable (or overflows): no rounding
 }
 
 // The code of v (any value of C). Overflow (and Inf) saturates to ±max when `saturate`, else
@@ -85,29 +86,40 @@ template <class Fp, class C> DSQ_HD uint32_t fp_magnitude_sr(C a, float u) {
 template <class Fp, class C> DSQ_HD uint32_t fp_encode(C v, bool saturate, bool stochastic, float u) {
   typedef FBits<C> B;
   typedef typename B::U U;
+  // every format's overflow code is its largest finite code or the one above it (Inf, or E4M3's
+  // NaN), so overflow is one unsigned min with the code it gives
+  static_assert(Fp::INF_CODE == Fp::MAX_CODE || Fp::INF_CODE == Fp::MAX_CODE + 1, "overflow code");
   const U bits = B::bits(v);
-  const uint32_t sign = (uint32_t)(bits >> (8 * sizeof(U) - 1)) << (Fp::BITS - 1);
-  const C a = B::from(bits & ~(((U)1) << (8 * sizeof(U) - 1)));
-  const bool nan = !(a == a);
-  const C finite_a = nan ? (C)0 : a;
-  uint32_t mag = stochastic ? fp_magnitude_sr<Fp, C>(finite_a, u) : fp_magnitude_rne<Fp, C>(finite_a);
-  mag = mag > Fp::MAX_CODE ? (saturate ? Fp::MAX_CODE : Fp::INF_CODE) : mag;
+  const uint32_t sign = (uint32_t)(bits >> (8 * sizeof(U) - Fp::BITS)) & (1u << (Fp::BITS - 1));   // shift, and
+  const U abs_bits = bits & ~(((U)1) << (8 * sizeof(U) - 1));
+  const C a = B::from(abs_bits);
+  const bool nan = abs_bits > ((U)(2 * B::BIAS + 1) << B::MANT);   // above Inf's bits
+  const uint32_t limit = saturate ? Fp::MAX_CODE : Fp::INF_CODE;
+  uint32_t mag;
+  if (stochastic) {
+    mag = fp_magnitude_sr<Fp, C>(nan ? (C)0 : a, u);
+    mag = mag < limit ? mag : limit;
+  } else {
+    mag = fp_magnitude_rne<Fp, C>(a, limit);   // a NaN's code is replaced below
+  }
   const uint32_t nan_code = Fp::NONFINITE == FP_FINITE_ONLY ? 0u : (sign | Fp::NAN_CODE);
   return nan ? nan_code : (sign | mag);
 }
 
 // The value of a code as a float (exact: every element format is a subset of float32). NaN codes
-// give the quiet NaN with the code's sign.
+// give the quiet NaN with the code's sign. Branch-free, on the magnitude bits: a normal code is its
+// bits moved into float32's exponent and mantissa fields plus the exponent rebias; a subnormal
+// code (below 2^M) is its integer value times the quantum 2^(emin - M).
 template <class Fp> DSQ_HD float fp_decode(uint32_t code) {
-  constexpr uint32_t mmask = (1u << Fp::M) - 1, emask = (1u << Fp::E) - 1;
-  const uint32_t sign = ((code >> (Fp::BITS - 1)) & 1u) << 31;
-  const uint32_t f = (code >> Fp::M) & emask, m = code & mmask;
-  const float sub = (float)m * pow2<float>(1 - Fp::BIAS - Fp::M);
-  const float norm = bits_float(((f + (uint32_t)(127 - Fp::BIAS)) << 23) | (m << (23 - Fp::M)));
-  float mag = f == 0 ? sub : norm;
-  if (Fp::NONFINITE == FP_NAN_ONLY) mag = (f == emask && m == mmask) ? bits_float(0x7fc00000u) : mag;
-  if (Fp::NONFINITE == FP_IEEE) mag = f == emask ? bits_float(m ? 0x7fc00000u : 0x7f800000u) : mag;
-  return bits_float(float_bits(mag) | sign);
+  constexpr uint32_t mag_mask = (1u << (Fp::BITS - 1)) - 1, inf_mag = ((1u << Fp::E) - 1) << Fp::M;
+  const uint32_t sign = (code << (32 - Fp::BITS)) & 0x80000000u;
+  const uint32_t mag = code & mag_mask;
+  const float sub = (float)mag * pow2<float>(1 - Fp::BIAS - Fp::M);
+  const float norm = bits_float((mag << (23 - Fp::M)) + ((uint32_t)(127 - Fp::BIAS) << 23));
+  float v = mag < (1u << Fp::M) ? sub : norm;
+  if (Fp::NONFINITE == FP_NAN_ONLY) v = mag == mag_mask ? bits_float(0x7fc00000u) : v;
+  if (Fp::NONFINITE == FP_IEEE) v = mag >= inf_mag ? bits_float(mag > inf_mag ? 0x7fc00000u : 0x7f800000u) : v;
+  return bits_float(float_bits(v) | sign);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -5,6 +5,9 @@ written; or codes and scales read, values written) and is compared with ``numpy.
 the same number of bytes, timed alternately with the op. Peers in the same run, where installed:
 ml_dtypes ``astype`` to the element type (a cast only: no scaling, no packing) and torch's
 ``Tensor.to(torch.float8_e4m3fn)`` (the same); their ``vs copy`` counts the bytes they move.
+The DeepSpeed-compatible records (``dsquant.compat.deepspeed_fp``, q_bits 8: codes then a float32
+scale per group, in one buffer) have rows of their own, in both code spaces: ``ocp`` (the module's
+functions, E4M3FN) and ``deepspeed`` (``DEEPSPEED``, DeepSpeed's E4M3 with q_range 480).
 """
 from __future__ import annotations
 
@@ -13,7 +16,12 @@ import importlib.util
 import numpy as np
 
 from .. import fp_dequantize, fp_quantize
+from ..compat import deepspeed_fp
 from .integer import timed_against_copy
+
+# DeepSpeed-compatible records: (code space name, functions), q_bits 8 with 3 mantissa bits
+DS_MODES = (("ocp", deepspeed_fp.OCP), ("deepspeed", deepspeed_fp.DEEPSPEED))
+DS_GROUP = 128
 
 # (fmt, scaling, group size)
 CASES = (("e4m3", "absmax", 128), ("e5m2", "absmax", 128), ("e4m3", "mx", 32), ("e3m2", "absmax", 128),
@@ -62,7 +70,24 @@ def fp_rows(numel: int = 1 << 24, reps: int = 7, dtypes: tuple[str, ...] = ("flo
                     continue
                 seconds, copy = timed_against_copy(fn, moved, reps)
                 rows.append(_row(op, dtype, fmt, scaling, group, rounding, moved, seconds, copy))
+        rows += deepspeed_rows(x, dtype, reps)
         rows += peer_rows(x, dtype, reps)
+    return rows
+
+
+def deepspeed_rows(x: np.ndarray, dtype: str, reps: int) -> list[dict]:
+    """deepspeed_fp quantize / dequantize (q_bits 8, groups of DS_GROUP) into preallocated buffers,
+    as DeepSpeed's API takes them: `out` records and `val` values."""
+    rows = []
+    records = np.empty((x.size // DS_GROUP, DS_GROUP + 4), np.uint8)
+    values = np.empty_like(x)
+    moved = x.nbytes + records.nbytes
+    for name, ops in DS_MODES:
+        ops.quantize(records, x, DS_GROUP, False, 8, 3)
+        for op, fn in ((f"deepspeed_fp.quantize ({name})", lambda: ops.quantize(records, x, DS_GROUP, False, 8, 3)),
+                       (f"deepspeed_fp.dequantize ({name})", lambda: ops.dequantize(values, records, DS_GROUP, 3, 4))):
+            seconds, copy = timed_against_copy(fn, moved, reps)
+            rows.append(_row(op, dtype, "e4m3", "absmax", DS_GROUP, "nearest", moved, seconds, copy))
     return rows
 
 

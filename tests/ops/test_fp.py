@@ -17,8 +17,11 @@ ml_dtypes = require("ml_dtypes")
 FMTS = list(rf.NAMES)
 DTYPES = list(ref.DTYPES)
 # (shape, group_size): S = 1, 2, odd S (group boundaries inside FP6/FP4 byte runs), S > 1536,
-# odd S > 1536, one group, and groups over the CPU's 2^15 large-group threshold
-LAYOUTS = {"S1": ((8, 4), 1), "S2": ((64,), 2), "S3": ((6, 8), 3), "S13": ((13, 4), 13), "S128": ((4, 256), 128),
+# odd S > 1536, one group, and groups over the CPU's 2^15 large-group threshold; S5 and S600 put
+# the CPU's batches (about one 512-element tile of whole groups, or one larger group in tiles)
+# and their vector loops' tails off any power of two
+LAYOUTS = {"S1": ((8, 4), 1), "S2": ((64,), 2), "S3": ((6, 8), 3), "S5": ((20, 52), 5), "S13": ((13, 4), 13),
+           "S128": ((4, 256), 128), "S600": ((3, 600), 600),
            "S1537": ((1537, 4), 1537), "S4100": ((2, 4100), 4100), "one": ((1000,), 1000),
            "huge": ((3, 40000), 40000)}
 SAT = {"sat": True, "nosat": False}
@@ -152,6 +155,41 @@ def test_ties_boundaries_overflow(backend, fmt, dtype, saturate):
     pairs = pairs[: pairs.size // 4 * 4]
     check_all(backend, pairs, 2, fmt, scaling="mx", saturate=saturate)
     check_all(backend, pairs, 2, fmt, saturate=saturate)
+
+
+def rounding_points(fmt, dtype):
+    """float32/float64 bit patterns at every exponent field (subnormals, Inf and NaN included),
+    both signs, every value of the format's kept mantissa bits, and the dropped bits at the
+    rounding points: 0, 1, half - 1, half (a tie), half + 1, all ones."""
+    mant = {"float32": 23, "float64": 52}[dtype]
+    m = rf.FORMATS[fmt][2]
+    drop = mant - m
+    uint = np.uint32 if dtype == "float32" else np.uint64
+    half = 1 << (drop - 1)
+    low = np.array([0, 1, half - 1, half, half + 1, (1 << drop) - 1], np.uint64)
+    kept = np.arange(1 << m, dtype=np.uint64) << np.uint64(drop)
+    expo = np.arange(1 << (8 * np.dtype(dtype).itemsize - 1 - mant), dtype=np.uint64) << np.uint64(mant)
+    if dtype == "float64":       # the exponents around the formats' range, and the ends
+        expo = expo[np.r_[0:4, 1023 - 160:1023 + 40, 2044:2048]]
+    sign = np.array([0, 1], np.uint64) << np.uint64(8 * np.dtype(dtype).itemsize - 1)
+    b = (sign[:, None, None, None] | expo[None, :, None, None] | kept[None, None, :, None] | low[None, None, None, :])
+    return b.ravel().astype(uint).view(dtype)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("fmt", FMTS)
+def test_wide_input_rounding_points(backend, fmt, dtype):
+    """The encoder's integer rounding of 32- and 64-bit inputs (no exhaustive test there): every
+    binade and every rounding point of the dropped bits, each paired with max, through MX (the
+    raw conversions, as in test_ties_boundaries_overflow) and absmax, saturating or not."""
+    v = rounding_points(fmt, dtype)
+    if emulated(backend):
+        v = v[np.random.default_rng(3).permutation(v.size)[:2048]]
+    pairs = np.stack([v, np.full_like(v, rf.fmt_max(fmt))], 1).ravel()
+    pairs = pairs[: pairs.size // 4 * 4]
+    for saturate in (True, False):
+        check_all(backend, pairs, 2, fmt, scaling="mx", saturate=saturate)
+        check_all(backend, pairs, 2, fmt, saturate=saturate)
 
 
 # --------------------------------------------------------------------------- NaN / Inf policy
