@@ -1,5 +1,6 @@
 """The command line (``dsquant`` / ``python -m dsquant``): argparse everywhere, and one line, never a
 traceback, for each missing optional dependency or launcher."""
+import importlib.util
 import json
 import os
 import subprocess
@@ -100,6 +101,8 @@ def test_bench_quick_states_what_it_measures(capsys):
     assert head in out
     assert "| op | dtype | bits | scheme | group | rounding | GB/s | vs copy | new/out | target |" in out
     assert "| ratio |" not in out
+    assert "vs sym:" in out and "| asymmetric |" in out and ">= 0.9 vs sym" in out   # asymmetric rows, their target
+    assert ("| bfloat16 |" in out) == (importlib.util.find_spec("ml_dtypes") is not None)
 
 
 def test_kernels_compile_only_without_cuda_bindings():

@@ -217,6 +217,25 @@ def test_float16_exhaustive_against_reference():
                         ref.fake_quantize(x, 1024, bits, symmetric=sym))
 
 
+# every 16-bit pattern (NaN, Inf, subnormals included) on each CPU tier, whose float16 and bfloat16
+# nearest paths convert a vector at a time: groups of 64, and of 255 and 17 (on the first 65535
+# patterns) whose ends are shorter than a vector; functional and in place (input = output)
+@pytest.mark.parametrize("tier", ["cpu", "cpu-avx2", "cpu-baseline"])
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_16bit_exhaustive_every_cpu_tier(request, tier, dtype):
+    from conftest import CPU_TIERS, _use_isa
+    _use_isa(request, CPU_TIERS[tier])
+    every = np.arange(2 ** 16, dtype=np.uint16).view(ref.DTYPES[dtype])
+    for x, groups in ((every, 1024), (every[:65535], 257), (every[:65535], 3855)):
+        for bits in (4, 8):
+            for sym in (True, False):
+                expected = ref.fake_quantize(x, groups, bits, symmetric=sym)
+                check_exact(dsquant.fake_quantize(x, groups, bits, symmetric=sym), expected)
+                inplace = x.copy()
+                dsquant.ds_quantizer(inplace, groups, bits, asym=not sym)
+                check_exact(inplace, expected)
+
+
 def test_empty_arrays_are_returned_unchanged():
     x = np.zeros((0, 3), dtype=np.float32)
     out = dsquant.fake_quantize(x, 1, 8)

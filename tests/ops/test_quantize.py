@@ -237,17 +237,23 @@ def test_float64_beyond_float32():
 CANONICAL_NAN = {"float16": 0x7E00, "bfloat16": 0x7FC0, "float32": 0x7FC00000, "float64": 0x7FF8000000000000}
 
 
+@pytest.mark.parametrize("tier", ["cpu", "cpu-avx2", "cpu-baseline"])
+@pytest.mark.parametrize("length", [2, 74])   # per group: shorter than any vector, and vectors plus a tail
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_nan_results_are_the_canonical_nan(dtype):
+def test_nan_results_are_the_canonical_nan(request, dtype, length, tier):
     # NaN / infinite params (user data, or float64 groups beyond float32) make NaN values; they
     # are stored as one quiet NaN, whatever the payload, so the CPU and GPU agree bit for bit
-    q = np.array([0, 3, -2, 0], dtype=np.int8)
+    from conftest import CPU_TIERS, _use_isa
+    _use_isa(request, CPU_TIERS[tier])
+    q = np.resize(np.array([0, 3, -2, 0], dtype=np.int8), 2 * length)
     payload_nan = np.array([0xFFC00123], dtype=np.uint32).view(np.float32)[0]
     params = np.array([[payload_nan], [np.inf]], dtype=np.float32)
     y = dsquant.dequantize(q, params, 8, dtype=dtype)
     bits = y.view(np.dtype(f"u{y.dtype.itemsize}")).tolist()
-    assert bits[:2] == [CANONICAL_NAN[dtype]] * 2 and bits[3] == CANONICAL_NAN[dtype]   # NaN, 0 * Inf
-    assert float(y[2].astype(np.float64)) == -np.inf
+    nan = CANONICAL_NAN[dtype]
+    assert bits[:length] == [nan] * length                                  # NaN params
+    assert [b for b, c in zip(bits[length:], q[length:]) if c == 0] == [nan] * int((q[length:] == 0).sum())   # 0 * Inf
+    assert np.all(np.isinf(y[length:][q[length:] != 0].astype(np.float64)))
 
 
 # ------------------------------------------------------------------------------ round trips

@@ -54,19 +54,32 @@ struct IntDequantArgs {
   int threads;
 };
 
+// Fake quantization of n elements in `groups` groups, in place when in == out.
+struct FakeArgs {
+  const void* in;
+  void* out;
+  int64_t n, groups;
+  int bits;
+  bool symmetric, stochastic;
+  uint64_t seed, offset;
+  int threads;
+};
+
 // A batch of integer quantization holds at most this many groups (their params stay on the stack).
 const int64_t kIntBatchGroups = 512;
 
 // ---------------------------------------------------------------- per-range loops, one set per ISA tier
-// The kernels of one ISA for one element format: statistics of a range indexed [symmetric], and
-// fake quantization of a range indexed [symmetric][stochastic]; integer quantization of a batch of
-// groups indexed [codes per byte 1, 2, 4][symmetric], integer codes of a flat range indexed
-// [codes per byte], integer dequantization of a flat range indexed [codes per byte][symmetric].
+// The kernels of one ISA for one element format: statistics of a range indexed [symmetric],
+// fake quantization of a range and of a run of whole small groups indexed [symmetric][stochastic];
+// integer quantization of a batch of groups indexed [codes per byte 1, 2, 4][symmetric], integer
+// codes of a flat range indexed [codes per byte], integer dequantization of a flat range indexed
+// [codes per byte][symmetric].
 template <class Fmt> struct Ranges {
   typedef void (*FakeFn)(const typename Fmt::storage*, typename Fmt::storage*, int64_t,
                          const FakeParams<typename Fmt::compute>&, uint64_t, uint64_t);
   Stats<Fmt> (*stats[2])(const typename Fmt::storage*, int64_t);
   FakeFn fake[2][2];
+  void (*fake_groups[2][2])(const FakeArgs&, int64_t, int64_t);
   void (*int_batch[3][2])(const IntQuantArgs&, int64_t, int64_t);
   void (*int_codes[3])(const IntQuantArgs&, int64_t, int64_t, const IntParams<typename Fmt::compute>*);
   void (*int_dequant[3][2])(const IntDequantArgs&, int64_t, int64_t);
@@ -279,16 +292,6 @@ struct ChunkCounters {
   }
 };
 
-struct FakeArgs {
-  const void* in;
-  void* out;
-  int64_t n, groups;
-  int bits;
-  bool symmetric, stochastic;
-  uint64_t seed, offset;
-  int threads;
-};
-
 // Groups below kLargeGroup are whole (statistics and quantization in one visit, the group stays in
 // cache), kChunk elements' worth of them a work item; larger groups are cut into kChunk pieces
 // processed in two parallel passes (partial statistics, then quantization), so a single huge
@@ -304,15 +307,11 @@ void fake_quantize_typed(const FakeArgs& a) {
   T* out = static_cast<T*>(a.out);
   const int64_t S = a.n / a.groups;
   if (S < kLargeGroup) {
+    const auto groups = k.fake_groups[a.symmetric][a.stochastic];
     const int64_t per_item = std::max<int64_t>(1, kChunk / std::max<int64_t>(1, S));   // groups per work item
     const int64_t items = (a.groups + per_item - 1) / per_item;
 #pragma omp parallel for schedule(dynamic, 1) num_threads(a.threads) if (use_team(a.n, a.threads))
-    for (int64_t it = 0; it < items; ++it)
-      for (int64_t g = it * per_item; g < std::min(a.groups, (it + 1) * per_item); ++g) {
-        const int64_t begin = g * S;
-        FakeParams<C> p = dsq::fake_params(stats(in + begin, S), a.bits, a.symmetric);
-        fake(in + begin, out + begin, S, p, a.seed, a.offset + (uint64_t)begin);
-      }
+    for (int64_t it = 0; it < items; ++it) groups(a, it * per_item, std::min(a.groups, (it + 1) * per_item));
     return;
   }
   const LargeGroups layout{a.groups, S};
