@@ -12,6 +12,7 @@
 #include "dsq_fp_ds.cuh"
 #include "dsq_math.cuh"
 #include "dsq_philox.cuh"
+#include "kernels.hpp"   // team_size, kChunk
 
 namespace dsq_cpu {
 
@@ -45,7 +46,7 @@ template <class Space, class Fmt> void fp_ds_quantize_typed(const FpDsQuantArgs&
   const int U = dsq::ds_fp_unit(a.bits), ub = dsq::ds_fp_unit_bytes(a.bits);
   const T* in = static_cast<const T*>(a.in);
   const int64_t S = a.group_size, groups = a.n / S;
-#pragma omp parallel for schedule(static) num_threads(a.threads) if (groups > 1)
+#pragma omp parallel for schedule(dynamic, std::max<int64_t>(1, kChunk / S)) num_threads(team_size(a.n, a.threads))
   for (int64_t g = 0; g < groups; ++g) {
     const T* x = in + g * S;
     dsq::Stats<Fmt> st = dsq::stats_empty<Fmt>();
@@ -72,7 +73,7 @@ template <class Space, class Fmt> void fp_ds_dequantize_typed(const FpDsDequantA
   const int U = dsq::ds_fp_unit(a.bits), ub = dsq::ds_fp_unit_bytes(a.bits);
   T* out = static_cast<T*>(a.out);
   const int64_t S = a.group_size, units = a.n / U;
-#pragma omp parallel for schedule(static) num_threads(a.threads) if (units > 4096)
+#pragma omp parallel for schedule(dynamic, std::max<int64_t>(1, kChunk / U)) num_threads(team_size(a.n, a.threads))
   for (int64_t j = 0; j < units; ++j) {
     const int64_t t = j * U, src = dsq::ds_fp_source(t, a.rows, a.row_elems);
     const int64_t g = src / S, k = src % S;   // k is a multiple of U: units never cross groups

@@ -245,7 +245,6 @@ inline int team_size(int64_t elements, int threads) {
   static const int cpus = omp_get_num_procs();
   return std::max(1, std::min(threads, cpus - others_running()));
 }
-inline bool use_team(int64_t elements, int threads) { return team_size(elements, threads) > 1; }
 
 // Every parallel loop hands out its work items dynamically, one at a time (items are kChunk
 // elements or so: a few microseconds each, so the hand-out costs nothing): a thread that the OS
@@ -310,7 +309,7 @@ void fake_quantize_typed(const FakeArgs& a) {
     const auto groups = k.fake_groups[a.symmetric][a.stochastic];
     const int64_t per_item = std::max<int64_t>(1, kChunk / std::max<int64_t>(1, S));   // groups per work item
     const int64_t items = (a.groups + per_item - 1) / per_item;
-#pragma omp parallel for schedule(dynamic, 1) num_threads(a.threads) if (use_team(a.n, a.threads))
+#pragma omp parallel for schedule(dynamic, 1) num_threads(team_size(a.n, a.threads))
     for (int64_t it = 0; it < items; ++it) groups(a, it * per_item, std::min(a.groups, (it + 1) * per_item));
     return;
   }
@@ -318,7 +317,7 @@ void fake_quantize_typed(const FakeArgs& a) {
   std::vector<Stats<Fmt>> partial(layout.items());
   std::vector<FakeParams<C>> params(a.groups);
   const ChunkCounters counters(layout);
-#pragma omp parallel num_threads(a.threads) if (use_team(a.n, a.threads))
+#pragma omp parallel num_threads(team_size(a.n, a.threads))
   {
     large_group_stats(
         layout, partial, counters.left.get(), [&](int64_t i) { return stats(in + layout.begin(i), layout.length(i)); },
@@ -366,7 +365,7 @@ void int_quantize_typed(const IntQuantArgs& a) {
     const int64_t runs = std::min(kChunk / std::max<int64_t>(1, run * S), kIntBatchGroups / run);
     const int64_t batch = run * std::max<int64_t>(1, runs);
     const int64_t batches = (a.groups + batch - 1) / batch;
-#pragma omp parallel for schedule(dynamic, 1) num_threads(a.threads) if (use_team(a.n, a.threads))
+#pragma omp parallel for schedule(dynamic, 1) num_threads(team_size(a.n, a.threads))
     for (int64_t b = 0; b < batches; ++b) batch_fn(a, b * batch, std::min(a.groups, (b + 1) * batch));
     return;
   }
@@ -379,7 +378,7 @@ void int_quantize_typed(const IntQuantArgs& a) {
   std::vector<Stats<Fmt>> partial(layout.items());
   std::vector<IntParams<C>> params(a.groups);
   const ChunkCounters counters(layout);
-#pragma omp parallel num_threads(a.threads) if (use_team(a.n, a.threads))
+#pragma omp parallel num_threads(team_size(a.n, a.threads))
   {
     large_group_stats(
         layout, partial, counters.left.get(), [&](int64_t i) { return stats(in + layout.begin(i), layout.length(i)); },
@@ -396,7 +395,7 @@ template <class Fmt>
 void int_dequantize_typed(const IntDequantArgs& a) {
   const auto range = ranges_for_this_cpu<Fmt>().int_dequant[per_index(a.bits)][a.symmetric];
   const int64_t chunks = (a.n + kChunk - 1) / kChunk;
-#pragma omp parallel for schedule(dynamic, 1) num_threads(a.threads) if (use_team(a.n, a.threads))
+#pragma omp parallel for schedule(dynamic, 1) num_threads(team_size(a.n, a.threads))
   for (int64_t c = 0; c < chunks; ++c) range(a, c * kChunk, std::min(a.n, (c + 1) * kChunk));
 }
 
@@ -432,7 +431,7 @@ inline void uint_dequantize_half(const UintHalfArgs& a) {
   const int per = dsq::int_codes_per_byte(a.bits);
   const int64_t n = a.num_group * a.group_size;
   const int64_t chunks = (n + kChunk - 1) / kChunk;
-#pragma omp parallel for schedule(dynamic, 1) num_threads(a.threads) if (use_team(n, a.threads))
+#pragma omp parallel for schedule(dynamic, 1) num_threads(team_size(n, a.threads))
   for (int64_t c = 0; c < chunks; ++c) {
     const int64_t end = std::min(n, (c + 1) * kChunk);
     for (int64_t i = c * kChunk; i < end;) {
@@ -458,7 +457,7 @@ inline void strided_copy(const char* src, const int64_t* src_strides, char* dst,
   if (outer == 0 || inner == 0) return;
   const int64_t ss = src_strides[ndim - 1] * itemsize, ds = dst_strides[ndim - 1] * itemsize;
   const int64_t rows_per_item = std::max<int64_t>(1, kChunk / inner);
-#pragma omp parallel for schedule(dynamic, rows_per_item) num_threads(threads) if (use_team(outer * inner, threads))
+#pragma omp parallel for schedule(dynamic, rows_per_item) num_threads(team_size(outer * inner, threads))
   for (int64_t o = 0; o < outer; ++o) {
     int64_t rem = o, so = 0, dof = 0;
     for (int d = ndim - 2; d >= 0; --d) {

@@ -48,7 +48,7 @@ inline void blocked_copy(const char* src, const int64_t* src_strides, char* dst,
   for (int k = 0; k < ndim; ++k)
     if (k != a && k != b) outer *= shape[k];
   const int64_t work = outer * ta * tb;
-#pragma omp parallel for schedule(static) num_threads(threads) if (numel > (1 << 16))
+#pragma omp parallel for schedule(dynamic, 4) num_threads(team_size(numel, threads))
   for (int64_t w = 0; w < work; ++w) {
     int64_t rem = w / (ta * tb), so = 0, dof = 0;
     const int64_t tile = w % (ta * tb), ia = (tile / tb) * Ta, jb = (tile % tb) * Tb;

@@ -10,6 +10,7 @@
 #include <cstdint>
 
 #include "dsq_math.cuh"
+#include "kernels.hpp"   // team_size, kChunk
 
 namespace dsq_cpu {
 
@@ -30,7 +31,7 @@ template <class Fmt> void int_quantize_given_typed(const IntQuantGivenArgs& a) {
   const int per = dsq::int_codes_per_byte(a.bits);
   const int64_t S = a.n / a.groups, bytes = a.n / per, chunk = 1 << 14;
   const int64_t chunks = (bytes + chunk - 1) / chunk;
-#pragma omp parallel for schedule(static) num_threads(a.threads) if (chunks > 1)
+#pragma omp parallel for schedule(dynamic, 1) num_threads(team_size(a.n, a.threads))
   for (int64_t c = 0; c < chunks; ++c) {
     int64_t group = -1;
     dsq::IntParams<C> p{};
