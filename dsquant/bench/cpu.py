@@ -131,6 +131,9 @@ TARGETS = [
     ({"op": "swizzle_quantize"}, 0.7, "vs copy"),
     ({"op": "loco_swizzle_quantize"}, 0.7, "vs copy"),
     ({"op": "quantized_reduction"}, 0.5, "vs copy"),
+    # issue 11: FP8 absmax quantization with groups of 128
+    ({"op": "fp_quantize", "fmt": "e4m3", "scaling": "absmax", "group": 128, "rounding": "nearest"}, 0.6, "vs copy"),
+    ({"op": "fp_quantize", "fmt": "e5m2", "scaling": "absmax", "group": 128, "rounding": "nearest"}, 0.6, "vs copy"),
 ]
 
 
@@ -159,7 +162,7 @@ LEGEND = ("# GB/s: bytes the op reads + writes per second (1e9). vs copy: time o
           "call making its result (1.00 = allocating costs nothing). vs NumPy: time of a vectorised NumPy "
           "implementation of the same op / the op's time. vs sym: time of the symmetric row (same dtype, group) / "
           "the asymmetric row's time. group: elements per group (all: one group). target: "
-          "issue 12's least vs copy (asymmetric: vs sym) at 2^24 elements.")
+          "issue 12's (FP8: issue 11's) least vs copy (asymmetric: vs sym) at 2^24 elements.")
 PEERS_LEGEND = ("# dsquant and each peer on the same float32 input, each computing its own per-group scales; "
                 "speed-up: the peer's median time / dsquant's (dsquant makes a new result, like the peers).")
 CALLS_LEGEND = ("# microseconds per call on 1024 float32 elements (4 KB), median (and best) of 15 rounds of 2000 "
