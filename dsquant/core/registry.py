@@ -8,6 +8,7 @@ needs its device, so the CUDA backend (and CuPy) is imported only for GPU arrays
 from __future__ import annotations
 
 import importlib
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -38,11 +39,8 @@ def implements(op: str, device: str) -> Callable[[Callable[..., Any]], Callable[
 
 def lookup(op: str, device: str) -> Callable[..., Any]:
     """`op`'s implementation on `device`; NotImplementedError listing where `op` is available."""
-    fn = _TABLE.get((op, device))
-    if fn is not None:                   # (a per-call path: the common case first)
-        return fn
     module = BACKENDS.get(device)
-    if module is not None:
+    if module is not None and (module not in sys.modules or (op, device) not in _TABLE):
         # its @implements decorators fill _TABLE; an import in progress in another thread is waited for
         importlib.import_module(module)
     fn = _TABLE.get((op, device))
