@@ -4,7 +4,7 @@ dsquant/_cuda.py is the GPU backend module, so the data package needs another na
 import glob
 import os
 
-import numpy  # noqa: F401  (build requirement; keeps the environment honest)
+import numpy  # build requirement: its C API headers (interop._array)
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 
@@ -28,12 +28,14 @@ HEADERS = sorted(glob.glob("cuda/*.cuh") + glob.glob(f"{CPU}/*.hpp") + glob.glob
                  + glob.glob("dsquant/interop/*.h") + glob.glob("third_party/xla/xla/ffi/api/*.h"))
 
 
-def extension(module):
-    """The Cython extension `module` (a dotted name under dsquant)."""
+def extension(module, numpy_api=False):
+    """The Cython extension `module` (a dotted name under dsquant); `numpy_api`: it uses NumPy's C
+    API (headers of the build's NumPy, which target every NumPy from pyproject.toml's floor on)."""
     return Extension(
         f"dsquant.{module}",
         [os.path.join("dsquant", *module.split(".")) + ".pyx"],
-        include_dirs=INCLUDE,
+        include_dirs=INCLUDE + ([numpy.get_include()] if numpy_api else []),
+        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")] if numpy_api else [],
         language="c++",
         extra_compile_args=COMPILE,
         extra_link_args=LINK,
@@ -49,7 +51,7 @@ setup(
     # the kernels' sources for the GPU path, and the types: py.typed plus the stubs of the extensions
     package_data={"dsquant._cuda_src": ["*.cuh", "*.cu"], "dsquant": ["py.typed"],
                   "dsquant.interop": ["_array.pyi"], "dsquant.backends.cpu": ["_cpu.pyi"]},
-    ext_modules=cythonize([extension("interop._array"), extension("backends.cpu._cpu")],
+    ext_modules=cythonize([extension("interop._array", numpy_api=True), extension("backends.cpu._cpu")],
                           compiler_directives={"language_level": "3"}),
     zip_safe=False,
 )

@@ -12,6 +12,15 @@ from cpython.pycapsule cimport (PyCapsule_GetPointer, PyCapsule_IsValid, PyCapsu
 from libc.stdint cimport int64_t, uint64_t, uintptr_t, uint8_t, int32_t
 from libc.stdlib cimport malloc, free
 from libc.string cimport memset
+from cpython.ref cimport Py_INCREF
+cimport numpy as cnp
+
+cdef extern from "numpy/arrayobject.h":
+    # (NumPy's own .pxd leaves it out; it steals a reference to `descr`)
+    object PyArray_NewFromDescr(type subtype, cnp.dtype descr, int nd, cnp.npy_intp* dims, cnp.npy_intp* strides,
+                                void* data, int flags, object obj)
+
+cnp.import_array()
 
 cdef extern from "_dlpack.h":
     ctypedef struct DLDevice:
@@ -212,6 +221,13 @@ def host_tensor(source, uintptr_t data, tuple shape, int dtype, bint read_only=F
     """A :class:`Tensor` over C-contiguous host memory at `data` holding `shape` elements of dsquant
     dtype code `dtype`, kept alive by `source` (a framework's array known to be C-contiguous on the
     CPU: the fast intake of interop.operand, which skips the DLPack capsule round trip)."""
+    return _host_tensor(source, data, shape, dtype, read_only)
+
+
+_ITEMSIZES = [d.itemsize for d in sorted(_dtypes.FLOAT_DTYPES, key=lambda d: d.code)]
+
+
+cdef Tensor _host_tensor(source, uintptr_t data, tuple shape, int dtype, bint read_only):
     cdef Tensor t = Tensor.__new__(Tensor)
     cdef int64_t n = 1
     for extent in shape:
@@ -223,7 +239,7 @@ def host_tensor(source, uintptr_t data, tuple shape, int dtype, bint read_only=F
     t.strides = _contiguous_strides(shape)
     t.dtype = dtype
     t.dtype_name = DTYPE_NAMES[dtype]
-    t.itemsize = _dtypes.FLOAT_DTYPES[dtype].itemsize
+    t.itemsize = _ITEMSIZES[dtype]
     t.device_type = kDLCPU
     t.device_id = 0
     t.read_only = read_only
@@ -231,35 +247,33 @@ def host_tensor(source, uintptr_t data, tuple shape, int dtype, bint read_only=F
     return t
 
 
-# native-order buffer-protocol formats of the float dtypes (NumPy exports these for its arrays)
-_FORMAT_DTYPES = {b"e": _dtypes.FLOAT16.code, b"f": _dtypes.FLOAT32.code, b"d": _dtypes.FLOAT64.code}
-
-
-def host_view(obj):
-    """A :class:`Tensor` over `obj`'s memory when `obj` exports a C-contiguous float16, float32
-    or float64 buffer in native byte order through the buffer protocol (NumPy arrays), else None.
-    A few hundred nanoseconds where DLPack's capsule round trip costs microseconds; `obj` is kept
-    alive by the Tensor (as NumPy's own frombuffer does, the buffer is released at once)."""
+def host_view(obj, int dtype):
+    """A :class:`Tensor` over `obj`'s memory when `obj` (a NumPy array whose dtype the caller
+    found to be dsquant dtype `dtype`, native byte order) exports a C-contiguous buffer of that
+    element size through the buffer protocol, else None. About fifty nanoseconds where DLPack's
+    capsule round trip costs microseconds: the buffer's format string is not asked for (NumPy
+    builds one on every request), the caller already knows the dtype. `obj` is kept alive by the
+    Tensor (as NumPy's own frombuffer does, the buffer is released at once)."""
     cdef Py_buffer view
     cdef Py_ssize_t i, expected
     cdef bint contiguous = True
+    cdef int itemsize = _ITEMSIZES[dtype]
     try:
-        PyObject_GetBuffer(obj, &view, PyBUF_RECORDS_RO)
+        PyObject_GetBuffer(obj, &view, PyBUF_STRIDES)
     except (BufferError, TypeError, ValueError, NotImplementedError):
         return None
     try:
-        dtype = _FORMAT_DTYPES.get(view.format if view.format is not NULL else b"B")
-        if dtype is None or view.itemsize != _dtypes.FLOAT_DTYPES[dtype].itemsize:
+        if view.itemsize != itemsize:
             return None
         expected = view.itemsize
         for i in range(view.ndim - 1, -1, -1):
-            if view.shape[i] != 1 and view.strides is not NULL and view.strides[i] != expected:
+            if view.shape[i] != 1 and view.strides[i] != expected:
                 contiguous = False
             expected *= view.shape[i]
         if not contiguous and expected != 0:      # (an empty array has no element to misplace)
             return None
         shape = tuple([view.shape[i] for i in range(view.ndim)])
-        return host_tensor(obj, <uintptr_t>view.buf, shape, dtype, view.readonly)
+        return _host_tensor(obj, <uintptr_t>view.buf, shape, dtype, view.readonly)
     finally:
         PyBuffer_Release(&view)
 
@@ -351,6 +365,42 @@ cdef void _capsule_destructor_versioned(object capsule) noexcept:
 cdef char* _BYTE_FORMAT = b"B"
 
 
+cdef void _span(Tensor t, int64_t* lo, int64_t* hi):
+    cdef int64_t step
+    lo[0] = hi[0] = <int64_t>t.data
+    if t.numel == 0:
+        return
+    for extent, stride in zip(t.shape, t.strides):
+        step = (<int64_t>extent - 1) * <int64_t>stride * t.itemsize
+        if step < 0:
+            lo[0] += step
+        else:
+            hi[0] += step
+    hi[0] += t.itemsize
+
+
+def byte_span(Tensor t):
+    """[first, last) byte address any element of `t` occupies."""
+    cdef int64_t lo, hi
+    _span(t, &lo, &hi)
+    return lo, hi
+
+
+def overlap(Tensor a, Tensor b):
+    """How the memory of `a` and `b` relates: 0 when they share no byte (or live on different
+    devices), 1 when they are exactly the same view, 2 when their byte ranges overlap otherwise."""
+    cdef int64_t lo_a, hi_a, lo_b, hi_b
+    if a.device_type != b.device_type or a.device_id != b.device_id:
+        return 0
+    _span(a, &lo_a, &hi_a)
+    _span(b, &lo_b, &hi_b)
+    if not (lo_a < hi_b and lo_b < hi_a):
+        return 0
+    if a.data == b.data and a.itemsize == b.itemsize and a.shape == b.shape and a.strides == b.strides:
+        return 1
+    return 2
+
+
 cdef class HostBuffer:
     """A 64-byte-aligned, C-contiguous host array owned by dsquant until it is exported once
     through ``__dlpack__`` (then the consumer owns it and frees it through the deleter), or shared
@@ -407,6 +457,27 @@ cdef class HostBuffer:
 
     def __releasebuffer__(self, Py_buffer* view):
         pass          # the memory stays with this object until it is freed
+
+    def as_numpy(self, cnp.dtype dtype):
+        """This buffer as a writable C-contiguous NumPy array of `dtype` and the buffer's shape,
+        which keeps the buffer alive (its base): what ``numpy.frombuffer`` and a reshape give,
+        at a third of their cost. Like them it shares the memory, so the buffer can no longer
+        be handed over through DLPack."""
+        cdef cnp.npy_intp dims[32]
+        cdef int i, ndim = len(self.shape)
+        cdef int64_t n = 1
+        if self._data is NULL:
+            raise BufferError("this dsquant result buffer was already exported through DLPack")
+        for i in range(ndim):
+            dims[i] = self.shape[i]
+            n *= dims[i]
+        if n * dtype.itemsize != self.nbytes:
+            raise ValueError(f"a {self.nbytes}-byte buffer of shape {self.shape} cannot hold {dtype} elements")
+        Py_INCREF(dtype)                # PyArray_NewFromDescr steals a reference to the dtype
+        arr = PyArray_NewFromDescr(cnp.ndarray, dtype, ndim, dims, NULL, self._data, cnp.NPY_ARRAY_CARRAY, None)
+        cnp.set_array_base(arr, self)
+        self._shared = True
+        return arr
 
     def __dlpack_device__(self):
         return (kDLCPU, 0)

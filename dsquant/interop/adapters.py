@@ -125,20 +125,22 @@ class NumpyAdapter(Adapter):
         return not obj.flags.writeable
 
     def host_tensor(self, obj: Any) -> Any:
-        return _array.host_view(obj)         # the buffer protocol: float16/32/64, C-contiguous
+        code = _HOST_DTYPES.get(obj.dtype)   # float16/32/64 in native byte order
+        return None if code is None else _array.host_view(obj, code)   # the buffer protocol, C-contiguous
 
     def float8_view(self, codes: Any, name: str) -> Any:
         import ml_dtypes
         return codes.view(getattr(ml_dtypes, name))
 
     def from_host(self, buffer: Any, dtype_name: str) -> Any:
-        # through the buffer protocol: a third of np.from_dlpack's cost, writable on every NumPy
-        # (the array keeps the buffer alive; the buffer frees its memory when the array goes)
-        arr = np.frombuffer(buffer, _numpy_dtype(dtype_name))
-        return arr if len(buffer.shape) == 1 else arr.reshape(buffer.shape)
+        # NumPy's C API: a sixth of np.from_dlpack's cost, writable on every NumPy (the array
+        # keeps the buffer alive; the buffer frees its memory when the array goes)
+        return buffer.as_numpy(_numpy_dtype(dtype_name))
 
 
 _NUMPY_DTYPES: dict[str, np.dtype] = {}
+# the NumPy dtypes the per-call fast path takes (native byte order: a swapped dtype compares unequal)
+_HOST_DTYPES = {np.dtype(d.name): d.code for d in dtypes.FLOAT_DTYPES if d.name != "bfloat16"}
 
 
 def _numpy_dtype(name: str) -> np.dtype:

@@ -135,31 +135,14 @@ def check_writable(dst: Operand, name: str = "out") -> None:
 
 
 
-def _byte_span(t: _array.Tensor) -> tuple[int, int]:
-    """[first, last) byte address any element of `t` occupies."""
-    lo = hi = t.data
-    if t.numel == 0:
-        return lo, hi
-    for extent, stride in zip(t.shape, t.strides):
-        step = (extent - 1) * stride * t.itemsize
-        if step < 0:
-            lo += step
-        else:
-            hi += step
-    return lo, hi + t.itemsize
-
-
 def check_disjoint(a: Operand, b: Operand, a_name: str, b_name: str, same_ok: bool = False) -> None:
     """BufferError when `a` and `b` share memory (their byte ranges overlap: a result written
     there would change an input while it is read). `same_ok`: exactly the same view is fine (an
     elementwise op in place)."""
-    s, d = a.tensor, b.tensor
-    if (s.device_type, s.device_id) != (d.device_type, d.device_id):
+    relation = _array.overlap(a.tensor, b.tensor)       # 0 disjoint, 1 the same view, 2 overlapping
+    if relation == 0 or (relation == 1 and same_ok):
         return
-    if same_ok and (s.data, s.shape, s.strides, s.itemsize) == (d.data, d.shape, d.strides, d.itemsize):
-        return
-    (lo_a, hi_a), (lo_b, hi_b) = _byte_span(s), _byte_span(d)
-    if lo_a < hi_b and lo_b < hi_a:
-        what = "" if not same_ok else " (only exactly the same array is allowed, to work in place)"
-        raise BufferError(f"{a_name} and {b_name} share memory: bytes {lo_a:#x}..{hi_a:#x} and {lo_b:#x}..{hi_b:#x} "
-                          f"overlap{what}; pass an {b_name} that does not overlap {a_name}")
+    (lo_a, hi_a), (lo_b, hi_b) = _array.byte_span(a.tensor), _array.byte_span(b.tensor)
+    what = "" if not same_ok else " (only exactly the same array is allowed, to work in place)"
+    raise BufferError(f"{a_name} and {b_name} share memory: bytes {lo_a:#x}..{hi_a:#x} and {lo_b:#x}..{hi_b:#x} "
+                      f"overlap{what}; pass an {b_name} that does not overlap {a_name}")

@@ -115,9 +115,10 @@ def fake_quantize_array(x: ArrayT, groups: int | None, bits: int, symmetric: boo
 
 def _fake_quantize(src: Operand, dst: Operand | None, groups: int, bits: int, symmetric: bool, stochastic: bool,
                    seed: int | None) -> Any:
+    """The per-call fast path, on an operand of host_intake (host memory: the CPU backend)."""
     groups = checks.groups(groups, src.tensor.numel)
     seed, offset = rng.resolve(seed, src.tensor.numel, stochastic)
-    return implementation("fake_quantize", src)(src, dst, groups, bits, symmetric, stochastic, seed, offset)
+    return registry.lookup("fake_quantize", "cpu")(src, dst, groups, bits, symmetric, stochastic, seed, offset)
 
 
 def ds_quantizer(input: ArrayT, groups: int = 1, bit_num: int = 8, sr: bool = False, asym: bool = False) -> ArrayT:  # noqa: A002 - DeepSpeed's name

@@ -48,7 +48,7 @@ def num_threads() -> int:
     raw = _cpu.getenv(b"DSQUANT_NUM_THREADS")    # parsed again only when it changes (a per-call cost)
     if raw != _requested[0]:
         _requested = (raw, threads.requested())
-    return _requested[1] or max(1, _cpu.max_threads())
+    return _requested[1] or _cpu.max_threads()      # (OpenMP's is at least 1)
 
 
 @registry.implements("openmp_threads", "cpu")
