@@ -2,6 +2,7 @@
 tables, stochastic rounding properties, errors."""
 import zlib
 
+import ml_dtypes
 import numpy as np
 import pytest
 from hypothesis import given
@@ -237,36 +238,49 @@ def test_16bit_exhaustive_every_cpu_tier(request, tier, dtype):
                 check_exact(inplace, expected)
 
 
-# float32 edges on each CPU tier, whose nearest paths run a vector of 16 (AVX-512) or 8 (AVX2)
-# elements with the saturation as a max/min pair, and the baseline's scalar loop: +-max (bits 2:
-# the scale is subnormal and q/s overflows, so the saturation acts), spans beyond the largest
-# float (asymmetric halved operands), +-0 (max/min of equal zeros), NaN and +-Inf passing through,
-# subnormals; every length up to 40 (tails of every size), functional and in place
-F32_EDGES = [np.finfo(np.float32).max, -np.finfo(np.float32).max, 3e38, -2.5e38, 1.7e38, 0.0, -0.0, np.nan,
-             np.inf, -np.inf, 2.0 ** -149, -(2.0 ** -149), 1.1e-38, -3e-39, 1.0, -0.75, 65504.0, 12.5]
+# float32 and bfloat16 edges on each CPU tier, whose nearest paths run a vector of 16 (AVX-512) or
+# 8 (AVX2) elements with the saturation as a max/min pair, and the baseline's scalar loop: +-max
+# (bits 2: the scale is subnormal and q/s overflows, so the saturation acts, which the test checks),
+# spans beyond the largest value (asymmetric halved operands), +-0 (max/min of equal zeros), NaN
+# and +-Inf passing through, subnormals; every length up to 40 (tails of every size), functional
+# and in place
+def _edges(dtype):
+    top = float(ml_dtypes.finfo(ref.DTYPES[dtype]).max)
+    tiny = float(ml_dtypes.finfo(ref.DTYPES[dtype]).smallest_subnormal)
+    return np.array([top, -top, 0.88 * top, -0.73 * top, 0.5 * top, 0.0, -0.0, np.nan, np.inf, -np.inf, tiny, -tiny,
+                     3 * tiny, 1.0, -0.75, 12.5]).astype(ref.DTYPES[dtype])
 
 
 @pytest.mark.parametrize("tier", ["cpu", "cpu-avx2", "cpu-baseline"])
 @pytest.mark.parametrize("scheme", list(SCHEMES))
-def test_float32_edges_every_cpu_tier(request, tier, scheme):
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_float_edges_every_cpu_tier(request, tier, scheme, dtype):
     from conftest import CPU_TIERS, _use_isa
     _use_isa(request, CPU_TIERS[tier])
     rng = np.random.default_rng(12)
     sym = SCHEMES[scheme]
+    saturated = 0
     for n in range(1, 41):
-        x = rng.choice(np.array(F32_EDGES, dtype=np.float32), n)
+        x = rng.choice(_edges(dtype), n)
         for bits in (2, 3, 8, 16):
             for groups in sorted({1, n} | ({2} if n % 2 == 0 else set())):
                 expected = ref.fake_quantize(x, groups, bits, symmetric=sym)
+                saturated += not ref.same_bits(expected, ref.fake_quantize(x, groups, bits, symmetric=sym,
+                                                                           saturate=False))
                 check_exact(dsquant.fake_quantize(x, groups, bits, symmetric=sym), expected)
                 inplace = x.copy()
                 dsquant.ds_quantizer(inplace, groups, bits, asym=not sym)
                 check_exact(inplace, expected)
+    # float32 data reach the saturation (symmetric, near max: q/s overflows); bfloat16's clamp runs
+    # too, but its overflow threshold is 2^-9 above its max, beyond where q/s rounds in float
+    if sym and dtype == "float32":
+        assert saturated > 0
     # groups of only zeros of either sign, and of one value with the sign of zero mixed
     for x in ([-0.0] * 20, [0.0, -0.0] * 10, [-0.0] * 19 + [3.0], [0.0] * 19 + [-3.0]):
-        x = np.array(x, dtype=np.float32)
+        x = np.array(x).astype(ref.DTYPES[dtype])
         for groups in (1, 4, 20):
-            check_exact(dsquant.fake_quantize(x, groups, 8, symmetric=sym), ref.fake_quantize(x, groups, 8, symmetric=sym))
+            expected = ref.fake_quantize(x, groups, 8, symmetric=sym)
+            check_exact(dsquant.fake_quantize(x, groups, 8, symmetric=sym), expected)
 
 
 def _asymmetric_ties(bits, count, seed):
