@@ -2,6 +2,7 @@
 tables, stochastic rounding properties, errors."""
 import zlib
 
+import ml_dtypes
 import numpy as np
 import pytest
 from hypothesis import given
@@ -218,15 +219,16 @@ def test_float16_exhaustive_against_reference():
 
 
 # every 16-bit pattern (NaN, Inf, subnormals included) on each CPU tier, whose float16 and bfloat16
-# nearest paths convert a vector at a time: groups of 64, and of 255 and 17 (on the first 65535
-# patterns) whose ends are shorter than a vector; functional and in place (input = output)
+# nearest paths convert a vector at a time (its saturation a max/min pair): groups of 64 (batches
+# of whole groups), of 255 and 17 (on the first 65535 patterns) whose ends are shorter than a
+# vector, of 1, and one group of all 65536 (the chunked two-pass path); functional and in place
 @pytest.mark.parametrize("tier", ["cpu", "cpu-avx2", "cpu-baseline"])
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 def test_16bit_exhaustive_every_cpu_tier(request, tier, dtype):
     from conftest import CPU_TIERS, _use_isa
     _use_isa(request, CPU_TIERS[tier])
     every = np.arange(2 ** 16, dtype=np.uint16).view(ref.DTYPES[dtype])
-    for x, groups in ((every, 1024), (every[:65535], 257), (every[:65535], 3855)):
+    for x, groups in ((every, 1024), (every[:65535], 257), (every[:65535], 3855), (every, 65536), (every, 1)):
         for bits in (4, 8):
             for sym in (True, False):
                 expected = ref.fake_quantize(x, groups, bits, symmetric=sym)
@@ -234,6 +236,90 @@ def test_16bit_exhaustive_every_cpu_tier(request, tier, dtype):
                 inplace = x.copy()
                 dsquant.ds_quantizer(inplace, groups, bits, asym=not sym)
                 check_exact(inplace, expected)
+
+
+# float32 and bfloat16 edges on each CPU tier, whose nearest paths run a vector of 16 (AVX-512) or
+# 8 (AVX2) elements with the saturation as a max/min pair, and the baseline's scalar loop: +-max
+# (bits 2: the scale is subnormal and q/s overflows, so the saturation acts, which the test checks),
+# spans beyond the largest value (asymmetric halved operands), +-0 (max/min of equal zeros), NaN
+# and +-Inf passing through, subnormals; every length up to 40 (tails of every size), functional
+# and in place
+def _edges(dtype):
+    top = float(ml_dtypes.finfo(ref.DTYPES[dtype]).max)
+    tiny = float(ml_dtypes.finfo(ref.DTYPES[dtype]).smallest_subnormal)
+    return np.array([top, -top, 0.88 * top, -0.73 * top, 0.5 * top, 0.0, -0.0, np.nan, np.inf, -np.inf, tiny, -tiny,
+                     3 * tiny, 1.0, -0.75, 12.5]).astype(ref.DTYPES[dtype])
+
+
+@pytest.mark.parametrize("tier", ["cpu", "cpu-avx2", "cpu-baseline"])
+@pytest.mark.parametrize("scheme", list(SCHEMES))
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_float_edges_every_cpu_tier(request, tier, scheme, dtype):
+    from conftest import CPU_TIERS, _use_isa
+    _use_isa(request, CPU_TIERS[tier])
+    rng = np.random.default_rng(12)
+    sym = SCHEMES[scheme]
+    saturated = 0
+    for n in range(1, 41):
+        x = rng.choice(_edges(dtype), n)
+        for bits in (2, 3, 8, 16):
+            for groups in sorted({1, n} | ({2} if n % 2 == 0 else set())):
+                expected = ref.fake_quantize(x, groups, bits, symmetric=sym)
+                saturated += not ref.same_bits(expected, ref.fake_quantize(x, groups, bits, symmetric=sym,
+                                                                           saturate=False))
+                check_exact(dsquant.fake_quantize(x, groups, bits, symmetric=sym), expected)
+                inplace = x.copy()
+                dsquant.ds_quantizer(inplace, groups, bits, asym=not sym)
+                check_exact(inplace, expected)
+    # float32 data reach the saturation (symmetric, near max: q/s overflows); bfloat16's clamp runs
+    # too, but its overflow threshold is 2^-9 above its max, beyond where q/s rounds in float
+    if sym and dtype == "float32":
+        assert saturated > 0
+    # groups of only zeros of either sign, and of one value with the sign of zero mixed
+    for x in ([-0.0] * 20, [0.0, -0.0] * 10, [-0.0] * 19 + [3.0], [0.0] * 19 + [-3.0]):
+        x = np.array(x).astype(ref.DTYPES[dtype])
+        for groups in (1, 4, 20):
+            expected = ref.fake_quantize(x, groups, 8, symmetric=sym)
+            check_exact(dsquant.fake_quantize(x, groups, 8, symmetric=sym), expected)
+
+
+def _asymmetric_ties(bits, count, seed):
+    """Float32 groups (min 0, max m) holding values x whose scaled value (x - 0)·r is exactly
+    k + 1/2 in float32 arithmetic (r = 1/s as the contract computes it): half-way cases of the
+    asymmetric rounding, which rounds them up (away from zero)."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    while len(rows) < count:
+        m = np.float32(rng.uniform(0.5, 100.0))
+        s = np.float32((np.float64(m) - 0.0 + 1e-5) / 2.0 ** bits)
+        r = np.float32(np.float32(1) / s)
+        k = rng.integers(0, 2 ** bits - 1, 64)
+        cand = ((k + 0.5) / np.float64(r)).astype(np.float32)
+        cand = cand[(cand > 0) & (cand < m)]
+        ties = cand[(cand * r).astype(np.float32) == (np.floor((cand * r).astype(np.float32)) + np.float32(0.5))]
+        if ties.size >= 8:
+            rows.append(np.concatenate([[np.float32(0), m], ties[:30], rng.uniform(0, m, 32 - min(30, ties.size))
+                                        .astype(np.float32)])[:32])
+    return np.concatenate(rows).astype(np.float32)
+
+
+@pytest.mark.parametrize("tier", ["cpu", "cpu-avx2", "cpu-baseline"])
+@pytest.mark.parametrize("bits", [2, 4, 8])
+def test_asymmetric_ties_round_up_every_cpu_tier(request, tier, bits):
+    from conftest import CPU_TIERS, _use_isa
+    _use_isa(request, CPU_TIERS[tier])
+    x = _asymmetric_ties(bits, 40, seed=bits)
+    groups = x.size // 32
+    got = dsquant.fake_quantize(x, groups, bits, symmetric=False)
+    check_exact(got, ref.fake_quantize(x, groups, bits, symmetric=False))
+    # the ties really are ties, and came back one step up: code k + 1
+    g = x.reshape(groups, 32)
+    s = ((g.max(axis=1, keepdims=True).astype(np.float64) + 1e-5) / 2.0 ** bits).astype(np.float32)
+    v = (g * (np.float32(1) / s).astype(np.float32)).astype(np.float32)
+    tie = v == np.floor(v) + np.float32(0.5)
+    assert tie.sum() >= 8 * groups
+    assert np.array_equal(got.reshape(groups, 32)[tie], np.broadcast_to((np.floor(v) + 1) * s, v.shape)[tie]
+                          .astype(np.float32))
 
 
 def test_empty_arrays_are_returned_unchanged():
