@@ -160,12 +160,12 @@ def test_reduction_matches_reference(bits, scheme, layout):
 # (devices, values per slab, in_groups, out_groups) for every backend and tier: in-group runs that
 # start inside a byte (odd S_in), runs shorter than one 16-value vector (S_in 3, 7), runs of a few
 # vectors plus a tail (S_in 37), runs longer than a tile (1030), out-groups that cut in-groups;
-# in- and out-groups of whole 16-byte blocks (the AVX-512 loops' blocked order: 64 values for 2
-# bits, 32 for 4), with more slabs than one pass of tables holds (17), and out-groups of 32 (whole
-# blocks for 4 bits only)
+# in- and out-groups of whole 64-byte blocks (the AVX-512 loops' blocked order: 256 values for 2
+# bits, 128 for 4), with more slabs than one pass of tables holds (17), and out-groups of 128
+# (whole blocks for 4 bits only)
 REDUCTION_RUNS = {"Sin3": (2, 24, 16, 6), "Sin7_D3": (3, 56, 24, 7), "Sin37": (4, 148, 16, 2),
-                  "Sin1030_D2": (2, 4120, 8, 5), "blocks_D3": (3, 4096, 6, 4), "blocks_D17": (17, 128, 17, 2),
-                  "blocks_S32": (2, 256, 4, 8)}
+                  "Sin1030_D2": (2, 4120, 8, 5), "blocks_D3": (3, 4096, 6, 4), "blocks_D17": (17, 512, 17, 2),
+                  "blocks_S128": (2, 512, 4, 4)}
 
 
 @pytest.mark.parametrize("special", [False, True], ids=["plain", "special_params"])
