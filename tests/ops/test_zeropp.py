@@ -59,10 +59,11 @@ def test_swizzle_bytes_4bit_table():
 # (groups, S, pipeline, nodes, dpn): S = 1 and 3 (groups share bytes), odd S, DeepSpeed's limit
 # S <= 40,960 passed, and S over the 2^15 large-group threshold (two-pass path); S = 1001: tiles of
 # 512 that lie in one group (AVX-512 codes them 16 at a time), one ending 4 values after a vector,
-# tiles across two groups, and, reduced, in-group runs that start inside a byte
+# tiles across two groups, and, reduced, in-group runs that start inside a byte; S = 100: sub-batches
+# of 40 groups (the CPU loops code each ~4096 values while the next are fetched), the last of 24
 SWIZZLES = {"S1": (16, 1, 1, 2, 2), "S3_pipe2": (24, 3, 2, 2, 3), "S13": (8, 13, 1, 2, 4),
             "S64_1x4": (8, 64, 1, 1, 4), "S40962": (4, 40962, 1, 2, 2), "S70000_pipe2": (4, 70000, 2, 1, 2),
-            "S1001": (4, 1001, 1, 2, 2)}
+            "S1001": (4, 1001, 1, 2, 2), "S100_2x4": (64, 100, 1, 2, 4)}
 
 
 @pytest.mark.parametrize("layout", SWIZZLES)
@@ -83,7 +84,7 @@ def test_swizzle_matches_reference(dtype, bits, scheme, layout):
     same_bits(params, exp_params)
 
 
-@pytest.mark.parametrize("layout", ["S1", "S3_pipe2", "S13", "S64_1x4", "S1001"])
+@pytest.mark.parametrize("layout", ["S1", "S3_pipe2", "S13", "S64_1x4", "S1001", "S100_2x4"])
 @pytest.mark.parametrize("scheme", SCHEMES)
 @pytest.mark.parametrize("bits", [4, 8])
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32"])
@@ -158,9 +159,13 @@ def test_reduction_matches_reference(bits, scheme, layout):
 
 # (devices, values per slab, in_groups, out_groups) for every backend and tier: in-group runs that
 # start inside a byte (odd S_in), runs shorter than one 16-value vector (S_in 3, 7), runs of a few
-# vectors plus a tail (S_in 37), runs longer than a tile (1030), out-groups that cut in-groups
+# vectors plus a tail (S_in 37), runs longer than a tile (1030), out-groups that cut in-groups;
+# in- and out-groups of whole 64-byte blocks (the AVX-512 loops' blocked order: 256 values for 2
+# bits, 128 for 4), with more slabs than one pass of tables holds (17), and out-groups of 128
+# (whole blocks for 4 bits only)
 REDUCTION_RUNS = {"Sin3": (2, 24, 16, 6), "Sin7_D3": (3, 56, 24, 7), "Sin37": (4, 148, 16, 2),
-                  "Sin1030_D2": (2, 4120, 8, 5)}
+                  "Sin1030_D2": (2, 4120, 8, 5), "blocks_D3": (3, 4096, 6, 4), "blocks_D17": (17, 512, 17, 2),
+                  "blocks_S128": (2, 512, 4, 4)}
 
 
 @pytest.mark.parametrize("special", [False, True], ids=["plain", "special_params"])
