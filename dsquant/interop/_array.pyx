@@ -200,7 +200,7 @@ cdef class Tensor:
     @property
     def has_overlap_or_reversal(self):
         """True when two indices share memory or an axis runs backwards (zero/negative strides)."""
-        if self.numel == 0:
+        if self._contiguous or self.numel == 0:
             return False
         return any(s <= 0 and e > 1 for e, s in zip(self.shape, self.strides))
 

@@ -139,6 +139,7 @@ class NumpyAdapter(Adapter):
 
 
 _NUMPY_DTYPES: dict[str, np.dtype] = {}
+_UINT16 = np.dtype(np.uint16)
 # the NumPy dtypes the per-call fast path takes (native byte order: a swapped dtype compares unequal)
 _HOST_DTYPES = {np.dtype(d.name): d.code for d in dtypes.FLOAT_DTYPES if d.name != "bfloat16"}
 
@@ -189,12 +190,12 @@ class TorchAdapter(Adapter):
 
     def from_host(self, buffer: Any, dtype_name: str) -> Any:
         torch = sys.modules["torch"]
-        if not buffer.nbytes:
-            return torch.from_dlpack(buffer)         # torch.frombuffer refuses empty buffers
-        # through the buffer protocol: less than half of torch.from_dlpack's cost; the tensor
-        # keeps the buffer alive and the buffer frees its memory when the tensor goes
-        t = torch.frombuffer(buffer, dtype=getattr(torch, dtype_name))
-        return t if len(buffer.shape) == 1 else t.view(buffer.shape)
+        # through a NumPy array over the buffer (NUMPY.from_host): a third of torch.frombuffer's
+        # cost with a reshape, a fifth of torch.from_dlpack's; the tensor keeps the array, the
+        # array the buffer, and the buffer frees its memory when the last of them goes
+        if dtype_name == "bfloat16":       # (NumPy has none torch takes: its bits, relabelled)
+            return torch.from_numpy(buffer.as_numpy(_UINT16)).view(torch.bfloat16)
+        return torch.from_numpy(buffer.as_numpy(_numpy_dtype(dtype_name)))
 
     def from_device(self, result: Any, relabel: Any) -> Any:
         return sys.modules["torch"].from_dlpack(relabel or result)

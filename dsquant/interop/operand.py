@@ -118,10 +118,10 @@ def _check_claim(tensor: _array.Tensor, claimed: tuple[int, int] | None, obj: An
 def check_peer(first: Operand, other: Operand, name: str, first_name: str = "x") -> None:
     """`other` (argument `name`) must share `first`'s framework and device."""
     s, d = first.tensor, other.tensor
-    if other.framework != first.framework:
+    if other.adapter is not first.adapter and other.framework != first.framework:
         raise TypeError(f"{name} is a {other.framework} array but {first_name} is a {first.framework} array; "
                         f"{name} must be of the input's framework")
-    if (d.device_type, d.device_id) != (s.device_type, s.device_id):
+    if d.device_type != s.device_type or d.device_id != s.device_id:
         raise BufferError(f"{name} is on device {(d.device_type, d.device_id)} but {first_name} is on "
                           f"{(s.device_type, s.device_id)}")
 

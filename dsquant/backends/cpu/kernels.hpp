@@ -309,7 +309,12 @@ void fake_quantize_typed(const FakeArgs& a) {
     const auto groups = k.fake_groups[a.symmetric][a.stochastic];
     const int64_t per_item = std::max<int64_t>(1, kChunk / std::max<int64_t>(1, S));   // groups per work item
     const int64_t items = (a.groups + per_item - 1) / per_item;
-#pragma omp parallel for schedule(dynamic, 1) num_threads(team_size(a.n, a.threads))
+    const int team = team_size(a.n, a.threads);
+    if (team == 1) {                  // small work: no OpenMP region at all (a per-call cost)
+      groups(a, 0, a.groups);
+      return;
+    }
+#pragma omp parallel for schedule(dynamic, 1) num_threads(team)
     for (int64_t it = 0; it < items; ++it) groups(a, it * per_item, std::min(a.groups, (it + 1) * per_item));
     return;
   }
