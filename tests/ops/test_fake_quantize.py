@@ -322,6 +322,32 @@ def test_asymmetric_ties_round_up_every_cpu_tier(request, tier, bits):
                           .astype(np.float32))
 
 
+# every 16-bit pattern through stochastic rounding on each CPU tier, whose float16 and bfloat16
+# stochastic paths convert a vector at a time in steps of 128 stream positions that start on Philox
+# block boundaries: groups of 64, 255 and 17 (ends shorter than a vector), one group of 2^16 (the
+# chunked passes), stream offsets on and off a block boundary (partial first and last steps);
+# functional and in place (input = output)
+@pytest.mark.parametrize("offset", [0, 3])
+@pytest.mark.parametrize("tier", ["cpu", "cpu-avx2", "cpu-baseline"])
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_16bit_exhaustive_stochastic_every_cpu_tier(request, tier, dtype, offset):
+    from conftest import CPU_TIERS, _use_isa
+    from dsquant.core import rng as _rng
+    _use_isa(request, CPU_TIERS[tier])
+    every = np.arange(2 ** 16, dtype=np.uint16).view(ref.DTYPES[dtype])
+    for x, groups in ((every, 1024), (every[:65535], 257), (every[:65535], 3855), (every, 1)):
+        for sym in (True, False):
+            expected = ref.fake_quantize(x, groups, 4, symmetric=sym, stochastic=True, seed=9, offset=offset)
+            dsquant.manual_seed(9)
+            _rng.GLOBAL.offset = offset
+            check_exact(dsquant.fake_quantize(x, groups, 4, symmetric=sym, stochastic=True), expected)
+            inplace = x.copy()
+            dsquant.manual_seed(9)
+            _rng.GLOBAL.offset = offset
+            dsquant.ds_quantizer(inplace, groups, 4, sr=True, asym=not sym)
+            check_exact(inplace, expected)
+
+
 def test_empty_arrays_are_returned_unchanged():
     x = np.zeros((0, 3), dtype=np.float32)
     out = dsquant.fake_quantize(x, 1, 8)
