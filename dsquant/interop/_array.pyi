@@ -2,7 +2,6 @@
 from typing import Any
 
 import numpy as np
-
 from typing_extensions import Self, disjoint_base
 
 DTYPE_NAMES: tuple[str, ...]

@@ -5,7 +5,7 @@ Consumption follows the DLPack rules: ask for ``max_version=(1, 0)`` and fall ba
 protocol, accept both capsule names, rename a consumed capsule to ``used_...``, call the producer's
 deleter exactly once (with the GIL), reject a newer major version.
 """
-from cpython.buffer cimport (PyBUF_FORMAT, PyBUF_ND, PyBUF_RECORDS_RO, PyBUF_STRIDES, PyBuffer_Release,
+from cpython.buffer cimport (PyBUF_FORMAT, PyBUF_ND, PyBUF_STRIDES, PyBuffer_Release,
                              PyObject_GetBuffer)
 from cpython.pycapsule cimport (PyCapsule_GetPointer, PyCapsule_IsValid, PyCapsule_New,
                                 PyCapsule_SetName)

@@ -332,6 +332,7 @@ def test_asymmetric_ties_round_up_every_cpu_tier(request, tier, bits):
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 def test_16bit_exhaustive_stochastic_every_cpu_tier(request, tier, dtype, offset):
     from conftest import CPU_TIERS, _use_isa
+
     from dsquant.core import rng as _rng
     _use_isa(request, CPU_TIERS[tier])
     every = np.arange(2 ** 16, dtype=np.uint16).view(ref.DTYPES[dtype])
