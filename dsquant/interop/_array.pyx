@@ -461,7 +461,7 @@ cdef class HostBuffer:
     def as_numpy(self, cnp.dtype dtype):
         """This buffer as a writable C-contiguous NumPy array of `dtype` and the buffer's shape,
         which keeps the buffer alive (its base): what ``numpy.frombuffer`` and a reshape give,
-        at a third of their cost. Like them it shares the memory, so the buffer can no longer
+        without their argument parsing. Like them it shares the memory, so the buffer can no longer
         be handed over through DLPack."""
         cdef cnp.npy_intp dims[32]
         cdef int i, ndim = len(self.shape)

@@ -133,8 +133,8 @@ class NumpyAdapter(Adapter):
         return codes.view(getattr(ml_dtypes, name))
 
     def from_host(self, buffer: Any, dtype_name: str) -> Any:
-        # NumPy's C API: a sixth of np.from_dlpack's cost, writable on every NumPy (the array
-        # keeps the buffer alive; the buffer frees its memory when the array goes)
+        # NumPy's C API (no frombuffer argument parsing, no reshape), writable on every NumPy
+        # (the array keeps the buffer alive; the buffer frees its memory when the array goes)
         return buffer.as_numpy(_numpy_dtype(dtype_name))
 
 
@@ -190,9 +190,9 @@ class TorchAdapter(Adapter):
 
     def from_host(self, buffer: Any, dtype_name: str) -> Any:
         torch = sys.modules["torch"]
-        # through a NumPy array over the buffer (NUMPY.from_host): a third of torch.frombuffer's
-        # cost with a reshape, a fifth of torch.from_dlpack's; the tensor keeps the array, the
-        # array the buffer, and the buffer frees its memory when the last of them goes
+        # through a NumPy array over the buffer (NUMPY.from_host): a third of the cost of
+        # torch.frombuffer and a view to the shape; the tensor keeps the array, the array the
+        # buffer, and the buffer frees its memory when the last of them goes
         if dtype_name == "bfloat16":       # (NumPy has none torch takes: its bits, relabelled)
             return torch.from_numpy(buffer.as_numpy(_UINT16)).view(torch.bfloat16)
         return torch.from_numpy(buffer.as_numpy(_numpy_dtype(dtype_name)))

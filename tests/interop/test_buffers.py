@@ -203,3 +203,44 @@ def test_cache_works_in_a_forked_child():
     proc = subprocess.run([sys.executable, "-c", _FORK_CHILD], capture_output=True, text=True, cwd=root,
                           timeout=120)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_a_buffer_as_numpy_shares_and_keeps_its_memory():
+    """HostBuffer.as_numpy (how NumPy and torch results are made): a writable C-contiguous view of
+    the buffer's memory that keeps the buffer alive; the buffer can then no longer go out through
+    DLPack (two owners), and a dtype that does not fill the buffer exactly is refused."""
+    buf = _array.HostBuffer((3, 5), 2)                          # float32
+    arr = buf.as_numpy(np.dtype(np.float32))
+    assert arr.shape == (3, 5) and arr.dtype == np.float32 and arr.flags.c_contiguous and arr.flags.writeable
+    assert arr.ctypes.data == buf.data and arr.base is buf
+    with pytest.raises(BufferError, match="shared"):
+        buf.__dlpack__()
+    arr[...] = np.arange(15, dtype=np.float32).reshape(3, 5)
+    again = np.frombuffer(buf, np.float32)                      # the same bytes, read another way
+    assert np.array_equal(again, np.arange(15, dtype=np.float32))
+    with pytest.raises(ValueError, match="cannot hold"):
+        _array.HostBuffer((4,), 2).as_numpy(np.dtype(np.float64))
+    del buf, again
+    assert arr.sum() == 105                                     # still alive through arr.base
+
+
+def test_host_view_takes_only_contiguous_arrays_of_the_given_element_size():
+    x = np.arange(12, dtype=np.float32).reshape(3, 4)
+    t = _array.host_view(x, dsquant.core.dtypes.FLOAT32.code)
+    assert (t.data, t.shape, t.strides, t.itemsize, t.read_only) == (x.ctypes.data, (3, 4), (4, 1), 4, False)
+    assert _array.host_view(x[:, ::2], dsquant.core.dtypes.FLOAT32.code) is None        # not contiguous
+    assert _array.host_view(x, dsquant.core.dtypes.FLOAT16.code) is None               # 4-byte elements
+    x.flags.writeable = False
+    assert _array.host_view(x, dsquant.core.dtypes.FLOAT32.code).read_only
+
+
+def test_overlap_of_views():
+    x = np.zeros(64, np.float32)
+    code = dsquant.core.dtypes.FLOAT32.code
+    a, b = _array.host_view(x[:32], code), _array.host_view(x[32:], code)
+    assert _array.overlap(a, b) == 0
+    assert _array.overlap(a, _array.host_view(x[:32], code)) == 1
+    assert _array.overlap(a, _array.host_view(x[16:48], code)) == 2
+    assert _array.byte_span(a) == (x.ctypes.data, x.ctypes.data + 128)
+    empty = _array.host_view(x[5:5], code)
+    assert _array.overlap(a, empty) == 0
